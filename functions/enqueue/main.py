@@ -1,0 +1,19 @@
+"""The enqueue function: `POST /tasks` (and the blog's `POST /enqueue/`) answers 202 at once.
+
+Deploy alone: `functions-framework --source functions/enqueue/main.py --target enqueue`.
+"""
+
+import flask
+import functions_framework
+
+from taskbus import logs
+from taskbus.api_enqueue import make_service
+from taskbus.settings import Settings
+
+logs.configure()
+service = make_service(Settings.from_env())  # built at start-up: bad settings refuse to start
+
+
+@functions_framework.http
+def enqueue(request: flask.Request) -> flask.Response:
+    return service(request)

@@ -1,0 +1,19 @@
+"""The status function: `GET /tasks/<id>[?wait=s]` (and the blog's `GET /task/<id>`).
+
+Deploy alone: `functions-framework --source functions/status/main.py --target status`.
+"""
+
+import flask
+import functions_framework
+
+from taskbus import logs
+from taskbus.api_status import make_service
+from taskbus.settings import Settings
+
+logs.configure()
+service = make_service(Settings.from_env())  # built at start-up: bad settings refuse to start
+
+
+@functions_framework.http
+def status(request: flask.Request) -> flask.Response:
+    return service(request)

@@ -1,0 +1,140 @@
+"""The worker's side of Redis: the consumer group on each queue's stream and the fenced
+state transitions (start, finish, heartbeat, reclaim, promote) done by the Lua scripts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Any
+
+import redis
+
+from taskbus import codec
+from taskbus.keys import Keys
+from taskbus.settings import Settings
+from taskbus.store import Scripts, connect
+from taskbus.task import queue_of
+
+log = logging.getLogger(__name__)
+
+DEAD_MAXLEN = 100_000
+
+
+@dataclasses.dataclass(frozen=True)
+class Delivery:
+    """One stream entry handed to this consumer; `task_id` is None when the entry is malformed."""
+
+    queue: str
+    entry: str
+    task_id: str | None
+    fields: dict[str, str]
+
+
+@dataclasses.dataclass(frozen=True)
+class Job:
+    """A delivery that `start` marked running: everything needed to run one attempt."""
+
+    queue: str
+    entry: str
+    task_id: str
+    type: str
+    payload: Any
+    attempt: int
+    max_attempts: int
+    timeout_s: float
+
+
+class Channel:
+    def __init__(self, settings: Settings, consumer: str) -> None:
+        self.settings = settings
+        self.consumer = consumer
+        self.group = settings.group
+        self.keys = Keys(settings.key_prefix)
+        self.client = connect(settings, max_connections=settings.concurrency + 8)
+        self.scripts = Scripts(self.client)
+        self.lease_ms = int(settings.lease_s * 1000)
+
+    def ensure_groups(self) -> None:
+        """Create each queue's group at id 0, so tasks enqueued before any worker ran are read."""
+        for queue in self.settings.queues:
+            try:
+                self.client.xgroup_create(self.keys.stream(queue), self.group, id="0", mkstream=True)
+                log.info("created consumer group", extra={"queue": queue})
+            except redis.ResponseError as exc:
+                if "BUSYGROUP" not in str(exc):
+                    raise
+
+    def read(self, count: int, block_ms: int) -> list[Delivery]:
+        streams = {self.keys.stream(q): ">" for q in self.settings.queues}
+        reply = self.client.xreadgroup(self.group, self.consumer, streams, count=count, block=block_ms)
+        by_stream = {self.keys.stream(q): q for q in self.settings.queues}
+        return [_delivery(by_stream[name], entry, fields)
+                for name, entries in (reply or []) for entry, fields in entries]
+
+    def reclaim(self, queue: str, limit: int) -> list[Delivery]:
+        """Take over entries whose lease expired, one at a time: a poison entry that killed its
+        worker must not drag innocent entries along with it."""
+        found: list[Delivery] = []
+        cursor = "0-0"
+        while len(found) < limit:
+            cursor, claimed, _deleted = self.client.xautoclaim(
+                self.keys.stream(queue), self.group, self.consumer, self.lease_ms, cursor, count=1)
+            found.extend(_delivery(queue, entry, fields) for entry, fields in claimed if fields is not None)
+            if cursor == "0-0":
+                break
+        return found
+
+    def start(self, queue: str, deliveries: list[Delivery]) -> list[tuple[Delivery, list[Any]]]:
+        """Mark a batch running in one script call; returns each delivery with its verdict."""
+        keys = [self.keys.stream(queue), self.keys.dead(queue)]
+        args: list[Any] = [self.group, self.consumer, self.settings.result_ttl_s, DEAD_MAXLEN]
+        for d in deliveries:
+            assert d.task_id is not None
+            keys += [self.keys.task(d.task_id), self.keys.events(d.task_id)]
+            args += [d.entry, d.task_id]
+        verdicts = self.scripts.start(keys=keys, args=args, client=self.client)
+        return list(zip(deliveries, verdicts))
+
+    def finish(self, job: Job, outcome: str, body: bytes, retry_delay_ms: int = 0) -> str | None:
+        """Write an attempt's outcome; None when this worker's lease was lost (fenced off)."""
+        keys = [self.keys.stream(job.queue), self.keys.task(job.task_id), self.keys.events(job.task_id),
+                self.keys.delayed(job.queue), self.keys.dead(job.queue)]
+        args = [self.group, self.consumer, job.entry, job.task_id, job.attempt, outcome, body,
+                self.settings.result_ttl_s, retry_delay_ms, self.settings.pending_ttl_s, DEAD_MAXLEN]
+        return self.scripts.finish(keys=keys, args=args, client=self.client)
+
+    def heartbeat(self, queue: str, entries: list[str]) -> list[str]:
+        """Renew leases; returns entries this consumer lost."""
+        return self.scripts.heartbeat(keys=[self.keys.stream(queue)],
+                                      args=[self.group, self.consumer, *entries], client=self.client)
+
+    def release(self, queue: str, entries: list[str]) -> None:
+        """Hand back unfinished entries on shutdown: mark them long idle so the next
+        reclaim by any worker takes them at once instead of after a full lease."""
+        for entry in entries:
+            self.client.xclaim(self.keys.stream(queue), self.group, self.consumer, 0, [entry],
+                               idle=self.lease_ms * 10, justid=True)
+
+    def promote_due(self, queue: str, limit: int = 500) -> int:
+        """Move due delayed tasks to the stream; returns ms until the next one is due (-1: none)."""
+        due, wait_ms = self.scripts.due(keys=[self.keys.delayed(queue)], args=[limit], client=self.client)
+        if due:
+            keys = [self.keys.delayed(queue), self.keys.stream(queue)]
+            keys += [self.keys.task(task_id) for task_id in due]
+            self.scripts.promote(keys=keys, args=due, client=self.client)
+            if len(due) == limit:
+                return 0
+        return int(wait_ms)
+
+    def drop(self, d: Delivery, reason: str) -> None:
+        error = codec.dumps({"type": "MalformedEntry", "message": reason, "traceback": None})
+        self.scripts.drop(keys=[self.keys.stream(d.queue), self.keys.dead(d.queue)],
+                          args=[self.group, self.consumer, d.entry, error, codec.dumps(d.fields), DEAD_MAXLEN],
+                          client=self.client)
+
+
+def _delivery(queue: str, entry: str, fields: dict[str, str]) -> Delivery:
+    task_id = fields.get("id", "")
+    ok = queue_of(task_id) == queue
+    return Delivery(queue, entry, task_id if ok else None, fields)

@@ -1,0 +1,76 @@
+"""The taskbus error tree. The HTTP layer maps each class to a status in one table.
+
+    TaskbusError
+    ├── ConfigError           bad settings: refuse to start
+    ├── Unavailable           Redis unreachable or timing out          → 503 + Retry-After
+    ├── LeaseLost             a worker's write was fenced off (another worker owns the task)
+    └── RequestError          the caller's fault                      → 4xx
+        ├── BadRequest              malformed JSON, bad encoding, nesting → 400
+        ├── NotFound                unknown path or task                  → 404
+        ├── MethodNotAllowed        → 405 with Allow
+        ├── PayloadTooLarge         → 413
+        ├── UnsupportedMediaType    → 415
+        └── ValidationError         schema violation, names the field    → 422
+"""
+
+from __future__ import annotations
+
+
+class TaskbusError(Exception):
+    """Base of every error taskbus raises on purpose."""
+
+
+class ConfigError(TaskbusError):
+    """Settings that cannot work; raised at start-up, never per request."""
+
+
+class Unavailable(TaskbusError):
+    """Redis did not answer in time. Safe to retry later."""
+
+
+class LeaseLost(TaskbusError):
+    """The worker no longer owns the task: its lease was reclaimed or the task finished."""
+
+
+class RequestError(TaskbusError):
+    """An error in the request; `code` is the stable machine-readable name."""
+
+    status = 400
+    code = "bad_request"
+
+    def __init__(self, message: str, **extra: object) -> None:
+        super().__init__(message)
+        self.message = message
+        self.extra = extra
+
+
+class BadRequest(RequestError):
+    status, code = 400, "bad_request"
+
+
+class NotFound(RequestError):
+    status, code = 404, "not_found"
+
+
+class MethodNotAllowed(RequestError):
+    status, code = 405, "method_not_allowed"
+
+    def __init__(self, message: str, allow: list[str]) -> None:
+        super().__init__(message)
+        self.allow = allow
+
+
+class PayloadTooLarge(RequestError):
+    status, code = 413, "payload_too_large"
+
+
+class UnsupportedMediaType(RequestError):
+    status, code = 415, "unsupported_media_type"
+
+
+class ValidationError(RequestError):
+    status, code = 422, "validation_error"
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}", field=field)
+        self.field = field

@@ -1,0 +1,59 @@
+"""Every Redis key name and Lua script taskbus uses, in one place.
+
+All keys of a queue share the hash tag `{<queue>}`, and scripts receive every key in
+KEYS, so the same scripts run unchanged on Redis Cluster.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.resources
+
+from taskbus.task import queue_of
+
+SCRIPT_NAMES = ("enqueue", "start", "finish", "heartbeat", "due", "promote", "drop")
+
+
+def load_script(name: str) -> str:
+    return importlib.resources.files("taskbus").joinpath(f"lua/{name}.lua").read_text("utf-8")
+
+
+class Keys:
+    """Key names under one prefix (tests give each test its own prefix)."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+
+    def _q(self, queue: str) -> str:
+        return f"{self.prefix}:{{{queue}}}"
+
+    def stream(self, queue: str) -> str:
+        """The work stream: one entry per delivery, deleted once acknowledged."""
+        return f"{self._q(queue)}:stream"
+
+    def delayed(self, queue: str) -> str:
+        """Sorted set of task ids scored by due time (ms, server clock): delays and backoffs."""
+        return f"{self._q(queue)}:delayed"
+
+    def dead(self, queue: str) -> str:
+        """The dead-letter stream."""
+        return f"{self._q(queue)}:dead"
+
+    def task(self, task_id: str) -> str:
+        """The task hash. `task_id` must be well formed (see `task.queue_of`)."""
+        return f"{self._q(_queue(task_id))}:task:{task_id.rsplit('~', 1)[1]}"
+
+    def events(self, task_id: str) -> str:
+        """A tiny per-task stream of status changes that long-polls block on."""
+        return f"{self._q(_queue(task_id))}:events:{task_id.rsplit('~', 1)[1]}"
+
+    def idempotency(self, queue: str, key: str) -> str:
+        digest = hashlib.sha256(key.encode("ascii")).hexdigest()
+        return f"{self._q(queue)}:idem:{digest}"
+
+
+def _queue(task_id: str) -> str:
+    queue = queue_of(task_id)
+    if queue is None:
+        raise ValueError("malformed task id")  # callers validate first; this is a bug guard
+    return queue

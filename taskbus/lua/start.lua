@@ -1,0 +1,54 @@
+-- Mark a batch of delivered entries running, fenced by lease ownership.
+-- KEYS[1] work stream   KEYS[2] dead-letter stream   then per entry i: KEYS[1+2i] task hash, KEYS[2+2i] events
+-- ARGV[1] group  ARGV[2] consumer  ARGV[3] result TTL s  ARGV[4] dead-letter maxlen
+-- then per entry i: ARGV[3+2i] entry id, ARGV[4+2i] task id
+-- Returns per entry one of:
+--   {'run', type, payload, attempt, max_attempts, timeout_s}
+--   {'lost'}    the entry is no longer pending for this consumer
+--   {'done'}    the task is already terminal (a redelivery): acknowledged, not run again
+--   {'dead', reason}  dead-lettered now: task record missing, or last attempt died with its worker
+local stream, dead, group, consumer = KEYS[1], KEYS[2], ARGV[1], ARGV[2]
+local t = redis.call('TIME')
+local now = t[1] * 1000 + math.floor(t[2] / 1000)
+local out = {}
+local n = (#KEYS - 2) / 2
+for i = 1, n do
+  local task, events = KEYS[1 + 2 * i], KEYS[2 + 2 * i]
+  local entry, id = ARGV[3 + 2 * i], ARGV[4 + 2 * i]
+  local pending = redis.call('XPENDING', stream, group, entry, entry, 1, consumer)
+  if #pending == 0 then
+    out[i] = {'lost'}
+  else
+    local f = redis.call('HMGET', task, 'status', 'attempts', 'max_attempts', 'type', 'payload', 'timeout_s')
+    if not f[1] then
+      redis.call('XACK', stream, group, entry)
+      redis.call('XDEL', stream, entry)
+      local err = cjson.encode({type = 'TaskMissing', message = 'task record not found (expired or never written)'})
+      redis.call('XADD', dead, 'MAXLEN', '~', ARGV[4], '*', 'id', id, 'error', err)
+      out[i] = {'dead', 'TaskMissing'}
+    elseif f[1] == 'succeeded' or f[1] == 'failed' then
+      redis.call('XACK', stream, group, entry)
+      redis.call('XDEL', stream, entry)
+      out[i] = {'done'}
+    elseif tonumber(f[2]) >= tonumber(f[3]) then
+      -- every attempt was started and the last one never finished: it took its worker down
+      local err = cjson.encode({type = 'WorkerLost', message = 'the worker running the last attempt died or lost its lease', traceback = cjson.null})
+      redis.call('XACK', stream, group, entry)
+      redis.call('XDEL', stream, entry)
+      redis.call('HSET', task, 'status', 'failed', 'error', err, 'finished_ms', now)
+      redis.call('EXPIRE', task, ARGV[3])
+      redis.call('XADD', dead, 'MAXLEN', '~', ARGV[4], '*', 'id', id, 'type', f[4], 'attempts', f[2], 'error', err)
+      redis.call('XADD', events, 'MAXLEN', 8, '*', 'status', 'failed')
+      redis.call('EXPIRE', events, ARGV[3])
+      out[i] = {'dead', 'WorkerLost'}
+    else
+      local attempt = tonumber(f[2]) + 1
+      redis.call('HSET', task, 'status', 'running', 'attempts', attempt, 'started_ms', now,
+        'consumer', consumer, 'entry', entry)
+      redis.call('XADD', events, 'MAXLEN', 8, '*', 'status', 'running')
+      redis.call('EXPIRE', events, ARGV[3])
+      out[i] = {'run', f[4], f[5], attempt, f[3], f[6]}
+    end
+  end
+end
+return out

@@ -1,0 +1,87 @@
+"""One settings object, read once from the environment at the edge.
+
+`Settings.from_env()` is the only code in taskbus that reads `os.environ`; everything
+else receives a `Settings`. Units are in the names (`_s`, `_ms`, `_bytes`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+
+from taskbus.errors import ConfigError
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    key_prefix: str = "taskbus"
+    # Redis client: bounded so a dead server surfaces in about a second, never 14 s.
+    redis_connect_timeout_s: float = 0.5
+    redis_socket_timeout_s: float = 1.0
+    redis_retries: int = 1
+    redis_max_connections: int = 64
+    # HTTP
+    max_body_bytes: int = 1024 * 1024
+    max_wait_s: float = 60.0
+    status_base_url: str = ""  # where the status function is reachable, for status_url; empty: relative links
+    retry_after_s: int = 1
+    # Task defaults and retention
+    default_max_attempts: int = 5
+    default_timeout_s: float = 300.0
+    result_ttl_s: int = 24 * 3600
+    pending_ttl_s: int = 7 * 24 * 3600
+    idempotency_ttl_s: int = 24 * 3600
+    # Worker
+    queues: tuple[str, ...] = ("default",)
+    group: str = "taskbus"
+    concurrency: int = 8
+    lease_s: float = 30.0
+    grace_s: float = 8.0
+    block_ms: int = 500
+    backoff_base_s: float = 1.0
+    backoff_max_s: float = 300.0
+    handlers: str = "worker_fn.handlers"
+    consumer: str = ""  # empty: derived from host name and pid
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Build settings from `env` (default `os.environ`); unknown names are ignored."""
+        env = os.environ if env is None else env
+        changes: dict[str, object] = {}
+        for field in dataclasses.fields(cls):
+            raw = env.get(field.name.upper())
+            if raw is None or raw == "":
+                continue
+            changes[field.name] = _convert(field.name, field.type, raw)
+        settings = cls(**changes)  # type: ignore[arg-type]
+        settings.check()
+        return settings
+
+    def check(self) -> None:
+        """Refuse settings that would make the system unsafe rather than fail later."""
+        if self.block_ms / 1000 >= self.redis_socket_timeout_s:
+            raise ConfigError("BLOCK_MS must stay below REDIS_SOCKET_TIMEOUT_S")
+        if self.lease_s <= 0 or self.grace_s < 0 or self.concurrency < 1:
+            raise ConfigError("LEASE_S must be > 0, GRACE_S >= 0, CONCURRENCY >= 1")
+        if self.max_body_bytes < 1:
+            raise ConfigError("MAX_BODY_BYTES must be >= 1")
+        from taskbus.task import check_name  # late import: task imports settings-free helpers
+
+        for queue in self.queues:
+            check_name("QUEUES", queue)
+
+
+def _convert(name: str, type_name: object, raw: str) -> object:
+    kind = str(type_name)
+    try:
+        if kind == "int":
+            return int(raw)
+        if kind == "float":
+            return float(raw)
+        if kind.startswith("tuple"):
+            return tuple(part.strip() for part in raw.split(",") if part.strip())
+        return raw
+    except ValueError:
+        raise ConfigError(f"{name.upper()}={raw!r} is not a valid {kind}") from None

@@ -1,0 +1,131 @@
+"""Redis connections and the task-state operations of the HTTP functions.
+
+Only this module and `channel` talk to Redis. Every Redis failure leaves here as
+`Unavailable`, so callers never see a redis-py exception.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import redis
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
+
+from taskbus import codec
+from taskbus.errors import Unavailable
+from taskbus.keys import SCRIPT_NAMES, Keys, load_script
+from taskbus.settings import Settings
+from taskbus.task import TERMINAL, TaskSpec, new_id, queue_of
+
+log = logging.getLogger(__name__)
+
+REDIS_ERRORS = (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError, redis.ReadOnlyError)
+
+
+def connect(settings: Settings, *, socket_timeout_s: float | None = None,
+            max_connections: int | None = None) -> redis.Redis:
+    """A client with bounded timeouts and a small retry budget (redis-py's default retries 10 times)."""
+    pool = redis.BlockingConnectionPool.from_url(
+        settings.redis_url,
+        max_connections=max_connections or settings.redis_max_connections,
+        timeout=settings.redis_socket_timeout_s,  # wait for a free connection at most this long
+        socket_timeout=socket_timeout_s or settings.redis_socket_timeout_s,
+        socket_connect_timeout=settings.redis_connect_timeout_s,
+        retry=Retry(ExponentialBackoff(cap=0.2, base=0.02), settings.redis_retries),
+        decode_responses=True,
+        protocol=2,
+        health_check_interval=30,
+    )
+    return redis.Redis(connection_pool=pool)
+
+
+@contextlib.contextmanager
+def unavailable_on_redis_errors() -> Iterator[None]:
+    try:
+        yield
+    except REDIS_ERRORS as exc:
+        raise Unavailable(f"Redis unavailable: {type(exc).__name__}") from exc
+    except redis.ConnectionError as exc:  # pool exhausted raises ConnectionError too
+        raise Unavailable(str(exc)) from exc
+
+
+class Scripts:
+    """The Lua scripts registered on one client (EVALSHA with automatic fallback to EVAL)."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        for name in SCRIPT_NAMES:
+            setattr(self, name, client.register_script(load_script(name)))
+
+    enqueue: Any
+    start: Any
+    finish: Any
+    heartbeat: Any
+    due: Any
+    promote: Any
+    drop: Any
+
+
+class Store:
+    """Task state as the HTTP functions see it: enqueue, read, wait for a change, health."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.keys = Keys(settings.key_prefix)
+        self.client = connect(settings)
+        # Long-polls block inside Redis: they need their own socket timeout and pool.
+        self.blocking = connect(settings, socket_timeout_s=settings.max_wait_s + 2)
+        self.scripts = Scripts(self.client)
+
+    def enqueue(self, spec: TaskSpec, idempotency_key: str | None = None) -> tuple[str, str, bool]:
+        """Record and publish a task in one round trip; returns (id, status, created)."""
+        task_id = new_id(spec.queue)
+        keys = [self.keys.task(task_id), self.keys.stream(spec.queue), self.keys.delayed(spec.queue)]
+        if idempotency_key is not None:
+            keys.append(self.keys.idempotency(spec.queue, idempotency_key))
+        args = [task_id, spec.type, spec.queue, codec.dumps(spec.payload), spec.max_attempts,
+                repr(spec.timeout_s), int(spec.delay_s * 1000), self.settings.pending_ttl_s,
+                self.settings.idempotency_ttl_s]
+        with unavailable_on_redis_errors():
+            found_id, created, status = self.scripts.enqueue(keys=keys, args=args, client=self.client)
+            if not created:
+                status = self.client.hget(self.keys.task(found_id), "status") or "unknown"
+        return found_id, status, bool(created)
+
+    def get(self, task_id: str) -> dict[str, str] | None:
+        """The stored record of a task, or None when unknown, expired or not a task id."""
+        if queue_of(task_id) is None:
+            return None
+        with unavailable_on_redis_errors():
+            record = self.client.hgetall(self.keys.task(task_id))
+        return record or None
+
+    def wait(self, task_id: str, timeout_s: float) -> dict[str, str] | None:
+        """The record once terminal, or as it is when `timeout_s` passes.
+
+        State and the last event id are read in one MULTI, so a change that lands after the
+        read is always seen by the blocking XREAD that follows: no missed wake-up, no polling.
+        """
+        if queue_of(task_id) is None:
+            return None
+        task_key, events_key = self.keys.task(task_id), self.keys.events(task_id)
+        deadline = time.monotonic() + timeout_s
+        with unavailable_on_redis_errors():
+            while True:
+                pipe = self.client.pipeline(transaction=True)
+                pipe.hgetall(task_key)
+                pipe.xrevrange(events_key, count=1)
+                record, last = pipe.execute()
+                remaining_ms = int((deadline - time.monotonic()) * 1000)
+                if not record or record.get("status") in TERMINAL or remaining_ms <= 0:
+                    return record or None
+                last_id = last[0][0] if last else "0-0"
+                self.blocking.xread({events_key: last_id}, count=1, block=remaining_ms)
+
+    def ping(self) -> None:
+        with unavailable_on_redis_errors():
+            self.client.ping()
