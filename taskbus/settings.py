@@ -22,7 +22,13 @@ class Settings:
     redis_socket_timeout_s: float = 1.0
     redis_retries: int = 1
     redis_max_connections: int = 64
-    # HTTP
+    # HTTP: where each function listens (PORT, set by Cloud Run, wins) and how many threads serve it
+    host: str = "127.0.0.1"
+    port: int = 0
+    enqueue_port: int = 8080
+    status_port: int = 8081
+    enqueue_threads: int = 16
+    status_threads: int = 32  # each long-poll holds a thread for up to MAX_WAIT_S
     max_body_bytes: int = 1024 * 1024
     max_wait_s: float = 60.0
     status_base_url: str = ""  # where the status function is reachable, for status_url; empty: relative links

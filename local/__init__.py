@@ -1,0 +1,1 @@
+"""The local runner: the whole stack without Docker (`make up`, `python -m local`)."""

