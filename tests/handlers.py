@@ -1,0 +1,45 @@
+"""Handlers the tests run: the examples plus ones that count executions, block or crash."""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import redis
+
+from taskbus import Context
+from worker_fn.handlers import registry
+
+_client = redis.Redis.from_url(os.environ["REDIS_URL"], decode_responses=True, socket_timeout=5)
+
+
+@registry.register("record")
+def record(payload: Any, ctx: Context) -> Any:
+    """Count each execution in `<payload.key>` (a Redis hash: task id -> executions), after
+    sleeping `payload.seconds`; the count is the oracle for at-most/at-least-once checks."""
+    time.sleep(float(payload.get("seconds", 0)))
+    _client.hincrby(payload["key"], ctx.id, 1)
+    return {"attempt": ctx.attempt}
+
+
+@registry.register("crash")
+def crash(payload: Any, ctx: Context) -> Any:
+    """Kill the whole worker process, as a segfaulting C extension would."""
+    _client.hincrby(payload["key"], ctx.id, 1)
+    os._exit(3)
+
+
+@registry.register("hang")
+def hang(payload: Any, ctx: Context) -> Any:
+    time.sleep(3600)
+
+
+@registry.register("garbage")
+def garbage(payload: Any, ctx: Context) -> Any:
+    return object()  # not JSON
+
+
+@registry.register("prefix.*")
+def prefixed(payload: Any, ctx: Context) -> Any:
+    return {"type": ctx.type}

@@ -1,0 +1,99 @@
+"""Helpers for tests that drive real processes: env building, waiting, process control."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from local.commands import argv
+from taskbus.settings import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02,
+               message: str = "condition") -> Any:
+    """Return the first truthy value of `predicate()`; fail loudly after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {message}")
+        time.sleep(interval)
+
+
+def env_of(settings: Settings, **extra: str) -> dict[str, str]:
+    """The environment that makes `Settings.from_env()` return `settings` in a child process."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("FUNCTION_", "PYTEST_"))}
+    for field in dataclasses.fields(settings):
+        value = getattr(settings, field.name)
+        env[field.name.upper()] = ",".join(value) if isinstance(value, tuple) else str(value)
+    env["PYTHONPATH"] = str(ROOT)
+    env.update(extra)
+    return env
+
+
+@dataclasses.dataclass
+class Proc:
+    name: str
+    popen: subprocess.Popen[bytes]
+    log: Path
+
+    def signal(self, signum: int) -> None:
+        self.popen.send_signal(signum)
+
+    def kill(self) -> None:
+        if self.popen.poll() is None:
+            self.popen.kill()
+            self.popen.wait(10)
+
+    def wait(self, timeout: float) -> int:
+        return self.popen.wait(timeout)
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+def spawn(name: str, settings: Settings, log_dir: Path, **extra_env: str) -> Proc:
+    log = log_dir / f"{name}-{time.monotonic_ns()}.log"
+    with open(log, "wb") as out:
+        popen = subprocess.Popen(argv(name, settings), cwd=ROOT, env=env_of(settings, **extra_env),
+                                 stdout=out, stderr=subprocess.STDOUT)
+    return Proc(name, popen, log)
+
+
+def start_function(name: str, settings: Settings, log_dir: Path) -> tuple[Proc, str]:
+    """Start one HTTP function under gunicorn and wait for its /healthz."""
+    port = settings.enqueue_port if name == "enqueue" else settings.status_port
+    proc = spawn(name, settings, log_dir)
+    base = f"http://127.0.0.1:{port}"
+
+    def up() -> bool:
+        if proc.popen.poll() is not None:
+            raise AssertionError(f"{name} exited early:\n{proc.output()}")
+        try:
+            return httpx.get(base + "/healthz", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    wait_until(up, timeout=20, message=f"{name} /healthz")
+    return proc, base
+
+
+def stop(proc: Proc, timeout: float = 15) -> None:
+    if proc.popen.poll() is None:
+        proc.popen.send_signal(signal.SIGTERM)
+        try:
+            proc.popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()

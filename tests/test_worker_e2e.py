@@ -1,0 +1,231 @@
+"""End to end through real processes: HTTP enqueue -> worker process -> HTTP status."""
+
+from __future__ import annotations
+
+import signal
+import time
+import uuid
+from typing import Any
+
+import httpx
+import pytest
+import redis
+
+from tests.support import wait_until
+
+
+def enqueue(http: httpx.Client, functions: dict[str, str], queue: str, type_: str, payload: Any = None,
+            **options: Any) -> str:
+    body = {"type": type_, "queue": queue, "payload": payload if payload is not None else {}, **options}
+    response = http.post(functions["enqueue"] + "/tasks", json=body)
+    assert response.status_code == 202, response.text
+    return str(response.json()["id"])
+
+
+def status(http: httpx.Client, functions: dict[str, str], task_id: str, wait: float = 0) -> dict[str, Any]:
+    response = http.get(f"{functions['status']}/tasks/{task_id}", params={"wait": wait} if wait else None)
+    assert response.status_code == 200, response.text
+    return dict(response.json())
+
+
+def finished(http: httpx.Client, functions: dict[str, str], task_id: str, timeout: float = 20) -> dict[str, Any]:
+    """Long-poll until terminal (each wait blocks server-side; no client-side polling)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        task = status(http, functions, task_id, wait=min(10, max(1, deadline - time.monotonic())))
+        if task["status"] in ("succeeded", "failed") or time.monotonic() > deadline:
+            return task
+
+
+def executions(r: redis.Redis, key: str) -> dict[str, int]:
+    return {k: int(v) for k, v in r.hgetall(key).items()}
+
+
+def stream_len(r: redis.Redis, queue: str) -> int:
+    return int(r.xlen(f"tb:{{{queue}}}:stream"))
+
+
+def pending(r: redis.Redis, queue: str) -> int:
+    return int(r.xpending(f"tb:{{{queue}}}:stream", "taskbus")["pending"])
+
+
+def test_enqueue_then_long_poll_returns_result(http, functions, queue, workers):
+    workers()
+    task_id = enqueue(http, functions, queue, "echo", {"hello": "world"})
+    task = finished(http, functions, task_id)
+    assert task["status"] == "succeeded"
+    assert task["result"] == {"hello": "world"}
+    assert task["attempts"] == 1
+    assert task["started_at"] <= task["finished_at"]
+
+
+def test_long_poll_wakes_when_task_finishes(http, functions, queue, workers):
+    workers()
+    task_id = enqueue(http, functions, queue, "sleep", {"seconds": 1.0})
+    began = time.monotonic()
+    task = status(http, functions, task_id, wait=30)
+    elapsed = time.monotonic() - began
+    assert task["status"] == "succeeded"
+    assert elapsed < 10, "the long-poll must answer when the task finishes, not at the 30 s timeout"
+
+
+def test_task_enqueued_with_no_worker_runs_when_one_starts(http, functions, queue, workers, r):
+    ids = [enqueue(http, functions, queue, "echo", {"n": n}) for n in range(5)]
+    assert all(status(http, functions, i)["status"] == "queued" for i in ids)
+    workers()
+    assert [finished(http, functions, i)["result"] for i in ids] == [{"n": n} for n in range(5)]
+    wait_until(lambda: stream_len(r, queue) == 0, message="acknowledged entries deleted")
+
+
+def test_retry_with_backoff_then_success(http, functions, queue, workers):
+    workers()
+    task_id = enqueue(http, functions, queue, "fail", {"succeed_on_attempt": 3})
+    task = finished(http, functions, task_id)
+    assert task["status"] == "succeeded"
+    assert task["attempts"] == 3
+    assert task["result"] == {"succeeded_on_attempt": 3}
+    assert task["error"] is None
+
+
+def test_dead_letter_after_max_attempts(http, functions, queue, workers, r):
+    workers()
+    task_id = enqueue(http, functions, queue, "fail", {}, max_attempts=2)
+    task = finished(http, functions, task_id)
+    assert task["status"] == "failed"
+    assert task["attempts"] == 2
+    assert task["error"]["type"] == "RuntimeError"
+    assert "failing on purpose" in task["error"]["message"]
+    assert "Traceback" in task["error"]["traceback"]
+    dead = r.xrange(f"tb:{{{queue}}}:dead")
+    assert [fields["id"] for _, fields in dead] == [task_id]
+
+
+@pytest.mark.parametrize("type_, error", [("nosuchtype", "UnknownTaskType"), ("garbage", "TypeError")])
+def test_unknown_type_and_garbage_result_fail_without_hurting_the_worker(http, functions, queue, workers, type_, error):
+    workers()
+    bad = enqueue(http, functions, queue, type_, {}, max_attempts=2)
+    good = enqueue(http, functions, queue, "echo", {"ok": True})
+    task = finished(http, functions, bad)
+    assert task["status"] == "failed"
+    assert task["error"]["type"] == error
+    assert finished(http, functions, good)["result"] == {"ok": True}
+
+
+def test_prefix_handler_takes_types_under_it(http, functions, queue, workers):
+    workers()
+    task = finished(http, functions, enqueue(http, functions, queue, "prefix.thing.done"))
+    assert task["result"] == {"type": "prefix.thing.done"}
+
+
+def test_timeout_counts_as_failed_attempt_and_worker_stays_healthy(http, functions, queue, workers):
+    workers()
+    hung = enqueue(http, functions, queue, "hang", {}, max_attempts=2, timeout_s=0.5)
+    task = finished(http, functions, hung)
+    assert task["status"] == "failed"
+    assert task["attempts"] == 2
+    assert task["error"]["type"] == "TimeoutError"
+    assert finished(http, functions, enqueue(http, functions, queue, "echo", {"after": 1}))["status"] == "succeeded"
+
+
+def test_delayed_task_waits_then_runs(http, functions, queue, workers):
+    workers()
+    began = time.monotonic()
+    response = http.post(functions["enqueue"] + "/tasks",
+                         json={"type": "echo", "queue": queue, "payload": {}, "delay_s": 1.0})
+    assert response.json()["status"] == "scheduled"
+    task = finished(http, functions, response.json()["id"])
+    assert task["status"] == "succeeded"
+    assert time.monotonic() - began >= 1.0
+
+
+def test_worker_sigkilled_mid_task_is_reclaimed_and_succeeds_once(http, functions, queue, workers, r):
+    key = f"exec-{uuid.uuid4().hex}"
+    victim = workers()
+    task_id = enqueue(http, functions, queue, "record", {"key": key, "seconds": 1.5})
+    wait_until(lambda: status(http, functions, task_id)["status"] == "running", message="task running")
+    victim.kill()
+    workers()
+    task = finished(http, functions, task_id)
+    assert task["status"] == "succeeded"
+    assert task["attempts"] == 2
+    assert executions(r, key) == {task_id: 1}, "the killed attempt never finished; the reclaimer ran it once"
+    wait_until(lambda: pending(r, queue) == 0 and stream_len(r, queue) == 0, message="stream drained")
+
+
+def test_paused_worker_cannot_overwrite_reclaimers_result(http, functions, queue, workers, r):
+    key = f"exec-{uuid.uuid4().hex}"
+    paused = workers()
+    task_id = enqueue(http, functions, queue, "record", {"key": key, "seconds": 1.0})
+    wait_until(lambda: status(http, functions, task_id)["status"] == "running", message="task running")
+    paused.signal(signal.SIGSTOP)
+    try:
+        workers()
+        task = finished(http, functions, task_id)
+        assert task["status"] == "succeeded" and task["attempts"] == 2
+        first = r.hgetall(f"tb:{{{queue}}}:task:{task_id.split('~')[1]}")
+    finally:
+        paused.signal(signal.SIGCONT)
+    # The paused attempt now finishes its handler and tries to write: it must be refused.
+    wait_until(lambda: executions(r, key).get(task_id) == 2, message="paused attempt's handler finished")
+    wait_until(lambda: "outcome refused" in paused.output(), message="paused worker's write refused")
+    assert r.hgetall(f"tb:{{{queue}}}:task:{task_id.split('~')[1]}") == first
+
+
+def test_poison_task_that_kills_its_worker_is_dead_lettered_alone(http, functions, queue, workers, r):
+    key = f"exec-{uuid.uuid4().hex}"
+    poison = enqueue(http, functions, queue, "crash", {"key": key}, max_attempts=2)
+    innocents = [enqueue(http, functions, queue, "echo", {"n": n}) for n in range(6)]
+
+    def keep_a_worker_alive() -> bool:  # a supervisor's job: restart workers that died
+        if status(http, functions, poison)["status"] == "failed":
+            return True
+        if all(p.popen.poll() is not None for p in alive):
+            alive.append(workers())
+        return False
+
+    alive = [workers()]
+    wait_until(keep_a_worker_alive, timeout=30, interval=0.1, message="poison task dead-lettered")
+    if all(p.popen.poll() is not None for p in alive):
+        workers()
+    assert all(finished(http, functions, i)["status"] == "succeeded" for i in innocents)
+    assert status(http, functions, poison)["error"]["type"] == "WorkerLost"
+    assert executions(r, key) == {poison: 2}
+    dead = r.xrange(f"tb:{{{queue}}}:dead")
+    assert [fields["id"] for _, fields in dead] == [poison]
+
+
+def test_sigterm_drains_in_flight_tasks_and_exits_zero(http, functions, queue, workers, r):
+    key = f"exec-{uuid.uuid4().hex}"
+    worker = workers(concurrency=4)
+    ids = [enqueue(http, functions, queue, "record", {"key": key, "seconds": 1.0}) for _ in range(4)]
+    wait_until(lambda: all(status(http, functions, i)["status"] == "running" for i in ids), message="all running")
+    worker.signal(signal.SIGTERM)
+    assert worker.wait(15) == 0
+    assert [status(http, functions, i)["status"] for i in ids] == ["succeeded"] * 4
+    assert executions(r, key) == {i: 1 for i in ids}
+    assert pending(r, queue) == 0
+
+
+def test_sigterm_hands_back_unfinished_tasks_for_another_worker(http, functions, queue, workers, r):
+    key = f"exec-{uuid.uuid4().hex}"
+    worker = workers(grace_s=0.5, lease_s=30.0)
+    task_id = enqueue(http, functions, queue, "record", {"key": key, "seconds": 3.0})
+    wait_until(lambda: status(http, functions, task_id)["status"] == "running", message="task running")
+    worker.signal(signal.SIGTERM)
+    assert worker.wait(10) == 0
+    began = time.monotonic()
+    workers(lease_s=30.0)  # a full lease would be 30 s; the hand-back makes it immediate
+    task = finished(http, functions, task_id)
+    assert task["status"] == "succeeded"
+    assert time.monotonic() - began < 15
+
+
+def test_many_tasks_two_workers_each_runs_exactly_once(http, functions, queue, workers, r):
+    key = f"exec-{uuid.uuid4().hex}"
+    workers()
+    workers()
+    ids = [enqueue(http, functions, queue, "record", {"key": key}) for _ in range(200)]
+    wait_until(lambda: len(executions(r, key)) == 200, timeout=30, message="all 200 executed")
+    assert all(status(http, functions, i)["status"] == "succeeded" for i in ids)
+    assert set(executions(r, key).values()) == {1}
+    wait_until(lambda: pending(r, queue) == 0 and stream_len(r, queue) == 0, message="stream drained")
