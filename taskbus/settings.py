@@ -19,7 +19,7 @@ class Settings:
     key_prefix: str = "taskbus"
     # Redis client: bounded so a dead server surfaces in about a second, never 14 s.
     redis_connect_timeout_s: float = 0.5
-    redis_socket_timeout_s: float = 1.0
+    redis_socket_timeout_s: float = 0.8
     redis_retries: int = 1
     redis_max_connections: int = 64
     # HTTP: where each function listens (PORT, set by Cloud Run, wins) and how many threads serve it

@@ -1,0 +1,73 @@
+"""The worker and the functions ride out a Redis restart (AOF everysec, kill -9)."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import redis
+
+from local.embedded import EmbeddedServer, free_port
+from taskbus.settings import Settings
+from tests.conftest import FAST
+from tests.support import spawn, start_function, stop, wait_until
+
+
+@pytest.fixture
+def own_server(tmp_path: Path) -> Iterator[EmbeddedServer]:
+    srv = EmbeddedServer(tmp_path / "valkey", appendonly=True)
+    srv.start()
+    yield srv
+    srv.kill()
+
+
+@pytest.mark.timeout(90)
+def test_worker_survives_server_restart_and_keeps_computed_result(own_server, tmp_path):
+    queue = "restart"
+    settings = Settings(redis_url=own_server.url, key_prefix="rs", queues=(queue,), enqueue_port=free_port(),
+                        status_port=free_port(), **FAST)  # type: ignore[arg-type]
+    enqueue_proc, enqueue_url = start_function("enqueue", settings, tmp_path)
+    status_proc, status_url = start_function("status", settings, tmp_path)
+    worker = spawn("worker", settings, tmp_path)
+    r = redis.Redis.from_url(own_server.url, decode_responses=True)
+    key = f"exec-{uuid.uuid4().hex}"
+    try:
+        with httpx.Client(timeout=10) as http:
+            def submit(seconds: float) -> str:
+                reply = http.post(enqueue_url + "/tasks", json={"type": "record", "queue": queue,
+                                                               "payload": {"key": key, "seconds": seconds}})
+                assert reply.status_code == 202, reply.text
+                return str(reply.json()["id"])
+
+            def state(task_id: str) -> str:
+                return str(http.get(f"{status_url}/tasks/{task_id}").json()["status"])
+
+            slow = submit(3.0)
+            wait_until(lambda: state(slow) == "running", message="slow task running")
+            time.sleep(1.5)  # let AOF everysec fsync the 'running' state before the crash we inject
+            own_server.kill()
+            began = time.monotonic()
+            down = http.post(enqueue_url + "/tasks", json={"type": "echo", "queue": queue})
+            assert down.status_code == 503 and "Retry-After" in down.headers
+            assert time.monotonic() - began < 2.5
+            assert http.get(enqueue_url + "/healthz").status_code == 503
+            time.sleep(1.0)  # the outage itself: keep Redis down across the task's finish
+            own_server.start()
+            wait_until(lambda: http.get(enqueue_url + "/healthz").status_code == 200, message="healthz back")
+            after = submit(0)
+            wait_until(lambda: state(after) == "succeeded", timeout=20, message="new task runs after restart")
+            wait_until(lambda: state(slow) == "succeeded", timeout=20, message="slow task result written")
+            task = http.get(f"{status_url}/tasks/{slow}").json()
+            assert task["attempts"] == 1, "the result computed during the outage was written, not recomputed"
+            assert r.hget(key, slow) == "1"
+            assert "redis unavailable" in worker.output()
+    finally:
+        worker.kill()
+        stop(enqueue_proc)
+        stop(status_proc)
+        r.close()
