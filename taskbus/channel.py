@@ -49,7 +49,7 @@ class Channel:
     def __init__(self, settings: Settings, consumer: str) -> None:
         self.settings = settings
         self.consumer = consumer
-        self.group = settings.group
+        self.group = settings.consumer_group
         self.keys = Keys(settings.key_prefix)
         self.client = connect(settings, max_connections=settings.concurrency + 8)
         self.scripts = Scripts(self.client)

@@ -41,7 +41,7 @@ class Settings:
     idempotency_ttl_s: int = 24 * 3600
     # Worker
     queues: tuple[str, ...] = ("default",)
-    group: str = "taskbus"
+    consumer_group: str = "taskbus"
     concurrency: int = 8
     lease_s: float = 30.0
     grace_s: float = 8.0
@@ -49,7 +49,7 @@ class Settings:
     backoff_base_s: float = 1.0
     backoff_max_s: float = 300.0
     handlers: str = "worker_fn.handlers"
-    consumer: str = ""  # empty: derived from host name and pid
+    consumer_name: str = ""  # empty: derived from host name and pid
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:

@@ -44,7 +44,7 @@ class Worker:
     def __init__(self, settings: Settings, registry: Registry, consumer: str = "") -> None:
         self.settings = settings
         self.registry = registry
-        self.consumer = consumer or settings.consumer or \
+        self.consumer = consumer or settings.consumer_name or \
             f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
         self.channel = Channel(settings, self.consumer)
         self.stopping = threading.Event()
