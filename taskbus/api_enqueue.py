@@ -2,21 +2,33 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
 import flask
 from werkzeug.routing import Rule
 
-from taskbus.errors import ValidationError
-from taskbus.http import Service, json_response, read_json, status_url
+from taskbus import webhooks
+from taskbus.errors import NotFound, ValidationError
+from taskbus.http import Service, json_response, read_body, read_json, status_url
 from taskbus.settings import Settings
 from taskbus.task import TaskSpec, check_idempotency_key, parse_spec
 
+log = logging.getLogger(__name__)
+
+Shape = Callable[[str, str], dict[str, Any]]
+
 
 def make_service(settings: Settings) -> Service:
+    sources = {source.name: source for source in settings.webhooks}
+
     def create(request: flask.Request) -> flask.Response:
-        body = read_json(request, settings)
-        spec = parse_spec(body, default_max_attempts=settings.default_max_attempts,
+        spec = parse_spec(read_json(request, settings), default_max_attempts=settings.default_max_attempts,
                           default_timeout_s=settings.default_timeout_s)
-        return _submit(request, spec, lambda task_id, status: {"id": task_id, "status": status})
+        return submit(request, spec, lambda task_id, status: {"id": task_id, "status": status})
 
     def enqueue_legacy(request: flask.Request) -> flask.Response:
         """The blog design's route: any JSON object becomes the payload of a `default` task."""
@@ -25,24 +37,50 @@ def make_service(settings: Settings) -> Service:
             raise ValidationError("body", "must be a JSON object")
         spec = TaskSpec(type="default", payload=body, max_attempts=settings.default_max_attempts,
                         timeout_s=settings.default_timeout_s)
-        return _submit(request, spec, lambda task_id, status: {
+        return submit(request, spec, lambda task_id, status: {
             "message": "Task published", "task_id": task_id, "id": task_id, "status": status})
 
-    def _submit(request: flask.Request, spec: TaskSpec, shape: object) -> flask.Response:
+    def submit(request: flask.Request, spec: TaskSpec, shape: Shape) -> flask.Response:
         key = request.headers.get("Idempotency-Key")
         if key is not None:
             check_idempotency_key("Idempotency-Key", key)
-        task_id, status, created = service.store.enqueue(spec, key)
+        return _accepted(spec, key, None, shape)
+
+    def hook(request: flask.Request, source: str) -> flask.Response:
+        """A signed webhook: verify the raw body, answer what must be answered now, else enqueue."""
+        src = sources.get(source)
+        if src is None:
+            raise NotFound(f"no webhook source named {source[:64]!r} is configured")
+        body = read_body(request, settings)
+        received = time.time()
+        hit = webhooks.verify(src, request.headers, body, request.mimetype, received, settings.webhook_tolerance_s)
+        if hit.reply is not None:
+            return json_response(hit.reply)
+        meta = {"source": src.name, "event": hit.event, "delivery_id": hit.delivery_id,
+                "received_at": dt.datetime.fromtimestamp(received, dt.timezone.utc).isoformat(timespec="milliseconds"),
+                "headers": hit.headers}
+        spec = TaskSpec(type=webhooks.task_type(src.name, hit.event), payload={"body": hit.body, "webhook": meta},
+                        queue=src.queue, max_attempts=settings.default_max_attempts,
+                        timeout_s=settings.default_timeout_s)
+        dedupe = f"webhook:{src.name}:{hit.delivery_id}" if hit.delivery_id else None
+        return _accepted(spec, dedupe, settings.webhook_dedupe_ttl_s,
+                         lambda task_id, status: {"id": task_id, "status": status})
+
+    def _accepted(spec: TaskSpec, key: str | None, ttl_s: int | None, shape: Shape) -> flask.Response:
+        task_id, status, created = service.store.enqueue(spec, key, ttl_s)
         url = status_url(settings, task_id)
-        body = shape(task_id, status)  # type: ignore[operator]
+        body = shape(task_id, status)
         body["status_url"] = url
         return json_response(body, 202 if created else 200, {"Location": url})
 
     rules = [
         Rule("/tasks", methods=["POST"], endpoint="create"),
         Rule("/enqueue", methods=["POST"], endpoint="enqueue_legacy"),
+        Rule("/hooks/<source>", methods=["POST"], endpoint="hook"),
         Rule("/healthz", methods=["GET"], endpoint="healthz"),
     ]
-    service = Service(settings, rules, {})
-    service.endpoints.update(create=create, enqueue_legacy=enqueue_legacy, healthz=service.healthz)
+    service = Service(settings, rules, {}, keyed=frozenset({"create", "enqueue_legacy"}))
+    service.endpoints.update(create=create, enqueue_legacy=enqueue_legacy, hook=hook, healthz=service.healthz)
+    if sources:
+        log.info("webhook sources enabled", extra={"sources": {s.name: s.scheme for s in sources.values()}})
     return service

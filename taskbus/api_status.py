@@ -28,7 +28,7 @@ def make_service(settings: Settings) -> Service:
         Rule("/task/<task_id>", methods=["GET"], endpoint="show"),
         Rule("/healthz", methods=["GET"], endpoint="healthz"),
     ]
-    service = Service(settings, rules, {})
+    service = Service(settings, rules, {}, keyed=frozenset({"show"}))
     service.endpoints.update(show=show, healthz=service.healthz)
     return service
 

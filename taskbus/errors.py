@@ -6,6 +6,7 @@
     ├── LeaseLost             a worker's write was fenced off (another worker owns the task)
     └── RequestError          the caller's fault                      → 4xx
         ├── BadRequest              malformed JSON, bad encoding, nesting → 400
+        ├── Unauthorized            bad API key, bad webhook signature     → 401
         ├── NotFound                unknown path or task                  → 404
         ├── MethodNotAllowed        → 405 with Allow
         ├── PayloadTooLarge         → 413
@@ -38,14 +39,24 @@ class RequestError(TaskbusError):
     status = 400
     code = "bad_request"
 
-    def __init__(self, message: str, **extra: object) -> None:
+    def __init__(self, message: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.message = message
-        self.extra = extra
+        self.headers = headers or {}
 
 
 class BadRequest(RequestError):
     status, code = 400, "bad_request"
+
+
+class Unauthorized(RequestError):
+    """401. `code` says only which kind of check failed: credentials, signature or timestamp."""
+
+    status, code = 401, "unauthorized"
+
+    def __init__(self, message: str, code: str = "unauthorized", headers: dict[str, str] | None = None) -> None:
+        super().__init__(message, headers)
+        self.code = code
 
 
 class NotFound(RequestError):
@@ -56,8 +67,7 @@ class MethodNotAllowed(RequestError):
     status, code = 405, "method_not_allowed"
 
     def __init__(self, message: str, allow: list[str]) -> None:
-        super().__init__(message)
-        self.allow = allow
+        super().__init__(message, {"Allow": ", ".join(allow)})
 
 
 class PayloadTooLarge(RequestError):
@@ -72,5 +82,5 @@ class ValidationError(RequestError):
     status, code = 422, "validation_error"
 
     def __init__(self, field: str, message: str) -> None:
-        super().__init__(f"{field}: {message}", field=field)
+        super().__init__(f"{field}: {message}")
         self.field = field

@@ -6,6 +6,7 @@ shape reaches the framework's 500 handler.
 
 from __future__ import annotations
 
+import hmac
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -15,7 +16,7 @@ import werkzeug.exceptions
 from werkzeug.routing import Map, Rule
 
 from taskbus import codec
-from taskbus.errors import (MethodNotAllowed, NotFound, PayloadTooLarge, RequestError, Unavailable,
+from taskbus.errors import (NotFound, PayloadTooLarge, RequestError, Unauthorized, Unavailable,
                             UnsupportedMediaType)
 from taskbus.settings import Settings
 from taskbus.store import Store
@@ -36,19 +37,26 @@ def error_response(status: int, code: str, message: str, headers: dict[str, str]
 class Service:
     """Routes requests of one function to its endpoints and turns every error into JSON."""
 
-    def __init__(self, settings: Settings, rules: list[Rule], endpoints: dict[str, Endpoint]) -> None:
+    def __init__(self, settings: Settings, rules: list[Rule], endpoints: dict[str, Endpoint],
+                 keyed: frozenset[str] = frozenset()) -> None:
         self.settings = settings
         self.store = Store(settings)
         self.routes = Map(rules, strict_slashes=False, merge_slashes=False)
         self.endpoints = endpoints
+        self.keyed = keyed  # endpoints that require an API key when API_KEYS is set
+        self._keys = [k.encode() for k in settings.api_keys]
+        if not self._keys and keyed:
+            log.warning("API_KEYS is not set: %s are open to anyone who can reach this function",
+                        ", ".join(sorted(keyed)))
 
     def __call__(self, request: flask.Request) -> flask.Response:
         try:
             endpoint, args = self.routes.bind_to_environ(request.environ).match()
+            if endpoint in self.keyed and self._keys:
+                self._authenticate(request)
             return self.endpoints[endpoint](request, **args)
         except RequestError as exc:
-            headers = {"Allow": ", ".join(exc.allow)} if isinstance(exc, MethodNotAllowed) else None
-            return error_response(exc.status, exc.code, exc.message, headers)
+            return error_response(exc.status, exc.code, exc.message, exc.headers)
         except Unavailable as exc:
             log.warning("redis unavailable: answering 503", extra={"error": str(exc)})
             return error_response(503, "unavailable", "the task store is unavailable; retry later",
@@ -68,23 +76,40 @@ class Service:
             log.exception("unexpected error")
             return error_response(500, "internal", "internal error")
 
+    def _authenticate(self, request: flask.Request) -> None:
+        """Constant-time check of `Authorization: Bearer <key>` against every configured key."""
+        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+        token = given.strip().encode("utf-8", "replace")
+        matched = False
+        for key in self._keys:
+            matched |= hmac.compare_digest(token, key)
+        if scheme.lower() != "bearer" or not matched:
+            raise Unauthorized("a valid API key is required: Authorization: Bearer <key>", code="unauthorized",
+                               headers={"WWW-Authenticate": 'Bearer realm="taskbus"'})
+
     def healthz(self, request: flask.Request) -> flask.Response:
         self.store.ping()
         return json_response({"status": "ok"})
 
 
-def read_json(request: flask.Request, settings: Settings) -> Any:
-    """The request body as strict JSON; refuses an oversized body before reading it."""
+def read_body(request: flask.Request, settings: Settings, media_types: tuple[str, ...] | None = None) -> bytes:
+    """The raw body. An oversized one is refused from its Content-Length before it is read;
+    `media_types`, if given, are the Content-Types accepted (others get 415)."""
     limit = settings.max_body_bytes
     if request.content_length is not None and request.content_length > limit:
         raise PayloadTooLarge(f"body is over the {limit} byte limit")
-    if request.mimetype != "application/json":
-        raise UnsupportedMediaType("Content-Type must be application/json")
+    if media_types is not None and request.mimetype not in media_types:
+        raise UnsupportedMediaType(f"Content-Type must be {' or '.join(media_types)}")
     charset = request.mimetype_params.get("charset", "utf-8").lower()
     if charset not in ("utf-8", "utf8"):
         raise UnsupportedMediaType("only the utf-8 charset is accepted")
     request.max_content_length = limit  # also bounds chunked bodies while they stream in
-    return codec.loads_strict(request.get_data(cache=False))
+    return request.get_data(cache=False)
+
+
+def read_json(request: flask.Request, settings: Settings) -> Any:
+    """The request body as strict JSON."""
+    return codec.loads_strict(read_body(request, settings, ("application/json",)))
 
 
 def _too_large(settings: Settings) -> flask.Response:

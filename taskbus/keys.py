@@ -48,7 +48,7 @@ class Keys:
         return f"{self._q(_queue(task_id))}:events:{task_id.rsplit('~', 1)[1]}"
 
     def idempotency(self, queue: str, key: str) -> str:
-        digest = hashlib.sha256(key.encode("ascii")).hexdigest()
+        digest = hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()
         return f"{self._q(queue)}:idem:{digest}"
 
 

@@ -11,11 +11,14 @@ import os
 from collections.abc import Mapping
 
 from taskbus.errors import ConfigError
+from taskbus.webhooks import Source, sources_from_env
+
+_CUSTOM = {"env": "custom"}  # fields read by their own rules below, not by name
 
 
 @dataclasses.dataclass(frozen=True)
 class Settings:
-    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_url: str = dataclasses.field(default="redis://127.0.0.1:6379/0", repr=False)  # may hold a password
     key_prefix: str = "taskbus"
     # Redis client: bounded so a dead server surfaces in about a second, never 14 s.
     redis_connect_timeout_s: float = 0.5
@@ -33,6 +36,12 @@ class Settings:
     max_wait_s: float = 60.0
     status_base_url: str = ""  # where the status function is reachable, for status_url; empty: relative links
     retry_after_s: int = 1
+    # Access control: bearer keys for /tasks and /enqueue (API_KEYS, or API_KEYS_FILE); unset = open
+    api_keys: tuple[str, ...] = dataclasses.field(default=(), repr=False, metadata=_CUSTOM)
+    # Webhooks: WEBHOOK_SOURCES and WEBHOOK_<SOURCE>_* (see taskbus/webhooks.py)
+    webhooks: tuple[Source, ...] = dataclasses.field(default=(), repr=False, metadata=_CUSTOM)
+    webhook_tolerance_s: float = 300.0
+    webhook_dedupe_ttl_s: int = 24 * 3600
     # Task defaults and retention
     default_max_attempts: int = 5
     default_timeout_s: float = 300.0
@@ -57,10 +66,14 @@ class Settings:
         env = os.environ if env is None else env
         changes: dict[str, object] = {}
         for field in dataclasses.fields(cls):
+            if field.metadata.get("env") == "custom":
+                continue
             raw = env.get(field.name.upper())
             if raw is None or raw == "":
                 continue
             changes[field.name] = _convert(field.name, field.type, raw)
+        changes["api_keys"] = _api_keys(env)
+        changes["webhooks"] = sources_from_env(env)
         settings = cls(**changes)  # type: ignore[arg-type]
         settings.check()
         return settings
@@ -77,6 +90,17 @@ class Settings:
 
         for queue in self.queues:
             check_name("QUEUES", queue)
+
+
+def _api_keys(env: Mapping[str, str]) -> tuple[str, ...]:
+    raw = env.get("API_KEYS", "")
+    if env.get("API_KEYS_FILE"):
+        try:
+            with open(env["API_KEYS_FILE"], encoding="utf-8") as f:
+                raw = f.read()
+        except OSError as exc:
+            raise ConfigError(f"API_KEYS_FILE cannot be read: {exc.strerror}") from None
+    return tuple(k.strip() for k in raw.replace("\n", ",").split(",") if k.strip())
 
 
 def _convert(name: str, type_name: object, raw: str) -> object:

@@ -81,15 +81,17 @@ class Store:
         self.blocking = connect(settings, socket_timeout_s=settings.max_wait_s + 2)
         self.scripts = Scripts(self.client)
 
-    def enqueue(self, spec: TaskSpec, idempotency_key: str | None = None) -> tuple[str, str, bool]:
-        """Record and publish a task in one round trip; returns (id, status, created)."""
+    def enqueue(self, spec: TaskSpec, idempotency_key: str | None = None,
+                idempotency_ttl_s: int | None = None) -> tuple[str, str, bool]:
+        """Record and publish a task in one round trip; returns (id, status, created).
+        A replayed `idempotency_key` returns the first task instead (created is False)."""
         task_id = new_id(spec.queue)
         keys = [self.keys.task(task_id), self.keys.stream(spec.queue), self.keys.delayed(spec.queue)]
         if idempotency_key is not None:
             keys.append(self.keys.idempotency(spec.queue, idempotency_key))
         args = [task_id, spec.type, spec.queue, codec.dumps(spec.payload), spec.max_attempts,
                 repr(spec.timeout_s), int(spec.delay_s * 1000), self.settings.pending_ttl_s,
-                self.settings.idempotency_ttl_s]
+                idempotency_ttl_s or self.settings.idempotency_ttl_s]
         with unavailable_on_redis_errors():
             found_id, created, status = self.scripts.enqueue(keys=keys, args=args, client=self.client)
             if not created:
