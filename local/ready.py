@@ -30,6 +30,7 @@ def main() -> None:
     print(f"""ready: enqueue on {enqueue}, status on {status}, Redis at {s.redis_url}
   curl -s -X POST {enqueue}/tasks -H 'Content-Type: application/json' -d '{{"type": "echo", "payload": {{"hello": "world"}}}}'
   curl -s '{status}/tasks/<id>?wait=10'
+  python -m local send-webhook github push     (a signed sample webhook; also stripe, standard, slack, shopify)
 Ctrl-C stops everything.""", flush=True)
     signal.pause()
 
