@@ -40,6 +40,7 @@ def loads_strict(body: bytes) -> Any:
             object_pairs_hook=_unique_keys,
             parse_constant=_reject_constant,
             parse_float=_finite_float,
+            parse_int=_int64,
         )
     except BadRequest:
         raise
@@ -70,6 +71,15 @@ def _finite_float(text: str) -> float:
     value = float(text)
     if not math.isfinite(value):
         raise BadRequest(f"number {text[:32]} is out of range")
+    return value
+
+
+def _int64(text: str) -> int:
+    """Integers must fit in 64 bits: what orjson, JavaScript's BigInt-free peers and most
+    languages reading a payload can represent."""
+    value = int(text)
+    if not -(2**63) <= value < 2**64:
+        raise BadRequest(f"integer {text[:32]} is out of the 64-bit range")
     return value
 
 

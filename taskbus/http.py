@@ -51,6 +51,13 @@ class Service:
 
     def __call__(self, request: flask.Request) -> flask.Response:
         try:
+            return self._dispatch(request)
+        finally:
+            if getattr(request, "_cached_data", None) is None:
+                _skip_unread_body(request, self.settings)
+
+    def _dispatch(self, request: flask.Request) -> flask.Response:
+        try:
             endpoint, args = self.routes.bind_to_environ(request.environ).match()
             if endpoint in self.keyed and self._keys:
                 self._authenticate(request)
@@ -67,8 +74,6 @@ class Service:
                                   {"Allow": ", ".join(allow)})
         except werkzeug.exceptions.NotFound:
             return error_response(404, "not_found", "no such route")
-        except werkzeug.exceptions.RequestEntityTooLarge:
-            return _too_large(self.settings)
         except werkzeug.exceptions.HTTPException as exc:
             code = exc.code or 400
             return error_response(code, (exc.name or "error").lower().replace(" ", "_"), exc.description or "")
@@ -103,8 +108,20 @@ def read_body(request: flask.Request, settings: Settings, media_types: tuple[str
     charset = request.mimetype_params.get("charset", "utf-8").lower()
     if charset not in ("utf-8", "utf8"):
         raise UnsupportedMediaType("only the utf-8 charset is accepted")
-    request.max_content_length = limit  # also bounds chunked bodies while they stream in
-    return request.get_data(cache=False)
+    # Read at most limit + 1 bytes: a chunked body has no Content-Length to refuse up front.
+    chunks: list[bytes] = []
+    size = 0
+    while size <= limit:
+        chunk = request.stream.read(min(65536, limit + 1 - size))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    if size > limit:
+        raise PayloadTooLarge(f"body is over the {limit} byte limit")
+    data = b"".join(chunks)
+    request._cached_data = data  # what get_data() returns from now on (see Service.__call__)
+    return data
 
 
 def read_json(request: flask.Request, settings: Settings) -> Any:
@@ -112,8 +129,29 @@ def read_json(request: flask.Request, settings: Settings) -> Any:
     return codec.loads_strict(read_body(request, settings, ("application/json",)))
 
 
-def _too_large(settings: Settings) -> flask.Response:
-    return error_response(413, PayloadTooLarge.code, f"body is over the {settings.max_body_bytes} byte limit")
+def _skip_unread_body(request: flask.Request, settings: Settings) -> None:
+    """Deal with a body we answered without reading (413 from Content-Length, 401, 404, 415).
+
+    functions-framework's after_request hook would read it all with get_data(): a 50 MB
+    body, or one that never arrives, would hold the thread. A small body is drained so the
+    keep-alive connection stays usable; a large one is left for gunicorn, which closes the
+    connection after the response."""
+    length = request.content_length or 0
+    if 0 < length <= 2 * settings.max_body_bytes:
+        while request.stream.read(65536):
+            pass
+    request._cached_data = b""
+
+
+def install(app: flask.Flask) -> None:
+    """Answer the framework's own errors (its `/robots.txt` and `/favicon.ico` 404s) in JSON too.
+    Call from a function module while functions-framework loads it (inside the app context)."""
+
+    def framework_error(exc: werkzeug.exceptions.HTTPException) -> flask.Response:
+        code = exc.code or 500
+        return error_response(code, "not_found" if code == 404 else "error", exc.description or "")
+
+    app.register_error_handler(werkzeug.exceptions.HTTPException, framework_error)
 
 
 def status_url(settings: Settings, task_id: str) -> str:

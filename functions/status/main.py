@@ -6,11 +6,12 @@ Deploy alone: `functions-framework --source functions/status/main.py --target st
 import flask
 import functions_framework
 
-from taskbus import logs
+from taskbus import http, logs
 from taskbus.api_status import make_service
 from taskbus.settings import Settings
 
 logs.configure()
+http.install(flask.current_app)  # functions-framework loads this module inside its app context
 service = make_service(Settings.from_env())  # built at start-up: bad settings refuse to start
 
 
