@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 import time
 from collections.abc import Callable
@@ -15,7 +14,7 @@ from taskbus import webhooks
 from taskbus.errors import NotFound, ValidationError
 from taskbus.http import Service, json_response, read_body, read_json, status_url
 from taskbus.settings import Settings
-from taskbus.task import TaskSpec, check_idempotency_key, parse_spec
+from taskbus.task import TaskSpec, check_idempotency_key, iso, parse_spec
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +56,7 @@ def make_service(settings: Settings) -> Service:
         if hit.reply is not None:
             return json_response(hit.reply)
         meta = {"source": src.name, "event": hit.event, "delivery_id": hit.delivery_id,
-                "received_at": dt.datetime.fromtimestamp(received, dt.timezone.utc).isoformat(timespec="milliseconds"),
+                "received_at": iso(str(int(received * 1000))),
                 "headers": hit.headers}
         spec = TaskSpec(type=webhooks.task_type(src.name, hit.event), payload={"body": hit.body, "webhook": meta},
                         queue=src.queue, max_attempts=settings.default_max_attempts,
