@@ -10,7 +10,7 @@ from typing import Any
 import flask
 from werkzeug.routing import Rule
 
-from taskbus import webhooks
+from taskbus import openapi, webhooks
 from taskbus.errors import NotFound, ValidationError
 from taskbus.http import Service, json_response, read_body, read_json, status_url
 from taskbus.settings import Settings
@@ -72,14 +72,19 @@ def make_service(settings: Settings) -> Service:
         body["status_url"] = url
         return json_response(body, 202 if created else 200, {"Location": url})
 
+    def openapi_document(request: flask.Request) -> flask.Response:
+        return openapi.response("enqueue", settings)
+
     rules = [
         Rule("/tasks", methods=["POST"], endpoint="create"),
         Rule("/enqueue", methods=["POST"], endpoint="enqueue_legacy"),
         Rule("/hooks/<source>", methods=["POST"], endpoint="hook"),
         Rule("/healthz", methods=["GET"], endpoint="healthz"),
+        Rule("/openapi.json", methods=["GET"], endpoint="openapi"),
     ]
     service = Service(settings, rules, {}, keyed=frozenset({"create", "enqueue_legacy"}))
-    service.endpoints.update(create=create, enqueue_legacy=enqueue_legacy, hook=hook, healthz=service.healthz)
+    service.endpoints.update(create=create, enqueue_legacy=enqueue_legacy, hook=hook, healthz=service.healthz,
+                             openapi=openapi_document)
     if sources:
         log.info("webhook sources enabled", extra={"sources": {s.name: s.scheme for s in sources.values()}})
     return service

@@ -7,6 +7,7 @@ import math
 import flask
 from werkzeug.routing import Rule
 
+from taskbus import openapi
 from taskbus import task as tasks
 from taskbus.errors import ValidationError
 from taskbus.http import Service, json_response, not_found
@@ -23,13 +24,17 @@ def make_service(settings: Settings) -> Service:
             raise not_found(task_id)
         return json_response(tasks.view(record))
 
+    def openapi_document(request: flask.Request) -> flask.Response:
+        return openapi.response("status", settings)
+
     rules = [
         Rule("/tasks/<task_id>", methods=["GET"], endpoint="show"),
         Rule("/task/<task_id>", methods=["GET"], endpoint="show"),
         Rule("/healthz", methods=["GET"], endpoint="healthz"),
+        Rule("/openapi.json", methods=["GET"], endpoint="openapi"),
     ]
     service = Service(settings, rules, {}, keyed=frozenset({"show"}))
-    service.endpoints.update(show=show, healthz=service.healthz)
+    service.endpoints.update(show=show, healthz=service.healthz, openapi=openapi_document)
     return service
 
 

@@ -96,13 +96,17 @@ class Channel:
         verdicts = self.scripts.start(keys=keys, args=args, client=self.client)
         return list(zip(deliveries, verdicts))
 
-    def finish(self, job: Job, outcome: str, body: bytes, retry_delay_ms: int = 0) -> str | None:
-        """Write an attempt's outcome; None when this worker's lease was lost (fenced off)."""
-        keys = [self.keys.stream(job.queue), self.keys.task(job.task_id), self.keys.events(job.task_id),
-                self.keys.delayed(job.queue), self.keys.dead(job.queue)]
-        args = [self.group, self.consumer, job.entry, job.task_id, job.attempt, outcome, body,
-                self.settings.result_ttl_s, retry_delay_ms, self.settings.pending_ttl_s, DEAD_MAXLEN]
-        return self.scripts.finish(keys=keys, args=args, client=self.client)
+    def finish(self, queue: str, outcomes: list[tuple[Job, str, bytes, int]]) -> list[str | None]:
+        """Write a batch of (job, outcome, body, retry delay ms) in one script call; returns per
+        job the status written, or None where this worker's lease was lost (fenced off)."""
+        keys = [self.keys.stream(queue), self.keys.delayed(queue), self.keys.dead(queue)]
+        args: list[Any] = [self.group, self.consumer, self.settings.result_ttl_s, self.settings.pending_ttl_s,
+                           DEAD_MAXLEN]
+        for job, outcome, body, delay_ms in outcomes:
+            keys += [self.keys.task(job.task_id), self.keys.events(job.task_id)]
+            args += [job.entry, job.task_id, job.attempt, outcome, body, delay_ms]
+        written = self.scripts.finish(keys=keys, args=args, client=self.client)
+        return [status or None for status in written]
 
     def heartbeat(self, queue: str, entries: list[str]) -> list[str]:
         """Renew leases; returns entries this consumer lost."""

@@ -1,8 +1,11 @@
-"""The worker engine: read deliveries, run handlers in threads, write fenced outcomes.
+"""The worker engine: read deliveries, run handlers on a thread pool, write fenced outcomes.
 
-One control thread talks to the stream (read, start, heartbeat, reclaim, promote, time-outs);
-each attempt runs in its own daemon thread, which writes its own outcome. A handler that
-raises, hangs or returns garbage costs an attempt, never the worker or the task.
+Three kinds of threads, each with one job:
+- the control loop (the caller of `run`) talks to the stream: read, start, heartbeat,
+  reclaim, promote, time-outs;
+- `concurrency` runner threads execute handlers;
+- one writer thread records outcomes in batches (one script call for all that are ready).
+A handler that raises, hangs or returns garbage costs an attempt, never the worker or the task.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import queue as queues
 import random
 import secrets
 import socket
@@ -30,6 +34,7 @@ from taskbus.store import REDIS_ERRORS
 log = logging.getLogger(__name__)
 
 MAX_RESULT_BYTES = 1024 * 1024
+WRITE_BATCH = 256
 
 
 @dataclasses.dataclass
@@ -37,7 +42,8 @@ class Running:
     job: Job
     deadline: float
     started: float
-    settled: bool = False  # set, under the lock, by whoever records the outcome first
+    settled: bool = False  # an outcome was produced (by the runner, or by the watchdog on time-out)
+    abandoned: bool = False  # timed out: its runner thread retires once the handler returns
 
 
 class Worker:
@@ -49,11 +55,13 @@ class Worker:
         self.channel = Channel(settings, self.consumer)
         self.stopping = threading.Event()
         self._cond = threading.Condition()
-        self._running: dict[str, Running] = {}
-        self._abandoned = 0
+        self._running: dict[str, Running] = {}  # by stream entry id, until the outcome is written
+        self._jobs: queues.SimpleQueue[Running | None] = queues.SimpleQueue()
+        self._outcomes: queues.SimpleQueue[tuple[Running, str, bytes]] = queues.SimpleQueue()
         self._next_promote = self._next_heartbeat = self._next_reclaim = 0.0
         self._drain_deadline = float("inf")
         self._groups_ready = False
+        self._abandoned = 0
 
     def stop(self) -> None:
         """Ask the worker to stop reading and drain (safe from a signal handler)."""
@@ -64,6 +72,9 @@ class Worker:
         log.info("worker starting", extra={"consumer": self.consumer, "queues": list(self.settings.queues),
                                              "concurrency": self.settings.concurrency,
                                              "handlers": self.registry.types()})
+        for _ in range(self.settings.concurrency):
+            self._start_runner()
+        threading.Thread(target=self._writer, daemon=True, name="writer").start()
         backoff = 0.1
         while not self.stopping.is_set():
             try:
@@ -87,6 +98,8 @@ class Worker:
             self.stopping.wait(backoff)
             backoff = min(backoff * 2, 2.0)
         return self._drain()
+
+    # -- control loop -------------------------------------------------------------------
 
     def _tick(self) -> None:
         now = time.monotonic()
@@ -115,7 +128,7 @@ class Worker:
 
     def _next_deadline(self) -> float:
         with self._cond:
-            return min((r.deadline for r in self._running.values()), default=float("inf"))
+            return min((r.deadline for r in self._running.values() if not r.settled), default=float("inf"))
 
     def _dispatch(self, deliveries: list[Delivery]) -> None:
         by_queue: dict[str, list[Delivery]] = defaultdict(list)
@@ -129,16 +142,16 @@ class Worker:
             for d, verdict in self.channel.start(queue, batch):
                 kind = verdict[0]
                 if kind == "run":
-                    self._launch(d, verdict)
+                    self._submit(d, verdict)
                 elif kind == "dead":
-                    log.error("task dead-lettered", extra={"task_id": d.task_id, "queue": queue, "outcome": "failed",
+                    log.error("task dead-lettered", extra={"task_id": d.task_id, "queue": queue, "status": "failed",
                                                            "reason": verdict[1]})
                 elif kind == "done":
                     log.info("redelivery of a finished task acknowledged", extra={"task_id": d.task_id})
                 else:
                     log.warning("delivery no longer ours", extra={"task_id": d.task_id, "entry": d.entry})
 
-    def _launch(self, d: Delivery, verdict: list[Any]) -> None:
+    def _submit(self, d: Delivery, verdict: list[Any]) -> None:
         _, task_type, payload, attempt, max_attempts, timeout_s = verdict
         assert d.task_id is not None
         job = Job(d.queue, d.entry, d.task_id, task_type, codec.loads(payload), int(attempt),
@@ -148,84 +161,111 @@ class Worker:
         with self._cond:
             self._running[job.entry] = running
         log.info("task running", extra=_fields(job, status="running"))
-        threading.Thread(target=self._execute, args=(running,), daemon=True, name=f"task-{job.entry}").start()
+        self._jobs.put(running)
 
-    # -- one attempt ----------------------------------------------------------------------
+    # -- runners: one attempt each ----------------------------------------------------------
 
-    def _execute(self, running: Running) -> None:
-        job = running.job
+    def _start_runner(self) -> None:
+        threading.Thread(target=self._runner, daemon=True, name="runner").start()
+
+    def _runner(self) -> None:
+        while True:
+            running = self._jobs.get()
+            if running is None:
+                return
+            outcome, body = self._execute(running.job, running.deadline)
+            with self._cond:
+                if running.settled:  # the watchdog already counted this attempt as timed out
+                    self._abandoned -= 1
+                    return  # a replacement runner took this thread's place
+                running.settled = True
+            self._outcomes.put((running, outcome, body))
+
+    def _execute(self, job: Job, deadline: float) -> tuple[str, bytes]:
         handler = self.registry.lookup(job.type)
         if handler is None:
             error = {"type": "UnknownTaskType", "message": f"no handler for task type {job.type!r}", "traceback": None}
-            outcome, body = "failed", codec.dumps(error)  # retrying cannot help
-        else:
-            ctx = Context(job.task_id, job.type, job.queue, job.attempt, job.max_attempts, running.deadline)
-            try:
-                body = codec.dumps(handler(job.payload, ctx))
-                if len(body) > MAX_RESULT_BYTES:
-                    raise ValueError(f"result is {len(body)} bytes, over the {MAX_RESULT_BYTES} limit")
-                outcome = "succeeded"
-            except BaseException as exc:  # noqa: BLE001 - a handler must never take the worker down
-                outcome, body = self._failure(job, exc, traceback.format_exc())
-        with self._cond:
-            if running.settled:  # the watchdog already counted this attempt as timed out
-                self._abandoned -= 1
-                return
-            running.settled = True
-        self._record(running, outcome, body)
+            return "failed", codec.dumps(error)  # retrying cannot help
+        ctx = Context(job.task_id, job.type, job.queue, job.attempt, job.max_attempts, deadline)
+        try:
+            body = codec.dumps(handler(job.payload, ctx))
+            if len(body) > MAX_RESULT_BYTES:
+                raise ValueError(f"result is {len(body)} bytes, over the {MAX_RESULT_BYTES} limit")
+            return "succeeded", body
+        except BaseException as exc:  # noqa: BLE001 - a handler must never take the worker down
+            return self._failure(job, exc, traceback.format_exc())
 
     def _failure(self, job: Job, exc: BaseException, tb: str | None) -> tuple[str, bytes]:
         error = {"type": type(exc).__name__, "message": str(exc)[:2000], "traceback": tb[-8000:] if tb else None}
         return ("retry" if job.attempt < job.max_attempts else "failed"), codec.dumps(error)
 
-    def _record(self, running: Running, outcome: str, body: bytes) -> None:
-        """Write the outcome, retrying through Redis outages: a computed result is not dropped."""
-        job = running.job
-        delay_ms = int(self._backoff_s(job.attempt) * 1000) if outcome == "retry" else 0
-        backoff = 0.05
-        written: str | None = None
-        try:
-            while True:
-                try:
-                    written = self.channel.finish(job, outcome, body, delay_ms)
-                    break
-                except REDIS_ERRORS as exc:
-                    if time.monotonic() > self._drain_deadline:
-                        log.error("giving up writing an outcome at shutdown; the task will be reclaimed",
-                                  extra=_fields(job, error=type(exc).__name__))
-                        return
-                    log.warning("redis unavailable writing an outcome, retrying", extra=_fields(job, error=type(exc).__name__))
-                    time.sleep(backoff)  # this thread only waits for Redis; nothing to synchronise with
-                    backoff = min(backoff * 2, 2.0)
-        finally:
-            with self._cond:
-                self._running.pop(job.entry, None)
-                self._cond.notify_all()
-        duration_ms = round((time.monotonic() - running.started) * 1000, 1)
-        if written is None:
-            log.warning("lease lost: outcome refused, another worker owns the task",
-                        extra=_fields(job, outcome=outcome, duration_ms=duration_ms))
-            return
-        if outcome == "retry":
-            self._next_promote = min(self._next_promote, time.monotonic() + delay_ms / 1000)
-        log.info("task %s", written, extra=_fields(job, status=written, duration_ms=duration_ms))
-
-    def _backoff_s(self, attempt: int) -> float:
-        """Exponential backoff with full jitter, capped."""
-        cap = min(self.settings.backoff_max_s, self.settings.backoff_base_s * 2 ** (attempt - 1))
-        return random.uniform(0, cap)
-
     def _expire_timed_out(self, now: float) -> None:
         with self._cond:
             late = [r for r in self._running.values() if not r.settled and r.deadline <= now]
             for r in late:
-                r.settled = True
+                r.settled = r.abandoned = True
                 self._abandoned += 1
         for r in late:
+            self._start_runner()  # the stuck thread keeps its handler; capacity is restored
             exc = TimeoutError(f"task ran past its timeout of {r.job.timeout_s} s")
-            outcome, body = self._failure(r.job, exc, None)
             log.warning("task timed out; its thread is abandoned", extra=_fields(r.job, abandoned=self._abandoned))
-            self._record(r, outcome, body)
+            self._outcomes.put((r, *self._failure(r.job, exc, None)))
+
+    # -- writer: outcomes in batches --------------------------------------------------------
+
+    def _writer(self) -> None:
+        while True:
+            batch = [self._outcomes.get()]
+            while len(batch) < WRITE_BATCH:
+                try:
+                    batch.append(self._outcomes.get_nowait())
+                except queues.Empty:
+                    break
+            by_queue: dict[str, list[tuple[Running, str, bytes]]] = defaultdict(list)
+            for item in batch:
+                by_queue[item[0].job.queue].append(item)
+            for queue, items in by_queue.items():
+                self._write(queue, items)
+
+    def _write(self, queue: str, items: list[tuple[Running, str, bytes]]) -> None:
+        """Record outcomes, retrying through Redis outages: a computed result is not dropped."""
+        outcomes = [(r.job, outcome, body, self._delay_ms(r.job, outcome)) for r, outcome, body in items]
+        backoff = 0.05
+        written: list[str | None] | None = None
+        try:
+            while written is None:
+                try:
+                    written = self.channel.finish(queue, outcomes)
+                except REDIS_ERRORS as exc:
+                    if time.monotonic() > self._drain_deadline:
+                        log.error("giving up writing outcomes at shutdown; the tasks will be reclaimed",
+                                  extra={"queue": queue, "tasks": len(items), "error": type(exc).__name__})
+                        return
+                    log.warning("redis unavailable writing outcomes, retrying",
+                                extra={"queue": queue, "tasks": len(items), "error": type(exc).__name__})
+                    time.sleep(backoff)  # this thread only waits for Redis; nothing to synchronise with
+                    backoff = min(backoff * 2, 2.0)
+        finally:
+            with self._cond:
+                for r, _, _ in items:
+                    self._running.pop(r.job.entry, None)
+                self._cond.notify_all()
+        now = time.monotonic()
+        for (r, outcome, _), (_, _, _, delay_ms), status in zip(items, outcomes, written):
+            fields = _fields(r.job, duration_ms=round((now - r.started) * 1000, 1))
+            if status is None:
+                log.warning("lease lost: outcome refused, another worker owns the task", extra={**fields, "outcome": outcome})
+            else:
+                if status == "scheduled":
+                    self._next_promote = min(self._next_promote, now + delay_ms / 1000)
+                log.info("task %s", status, extra={**fields, "status": status})
+
+    def _delay_ms(self, job: Job, outcome: str) -> int:
+        """Retry backoff: exponential with full jitter, capped."""
+        if outcome != "retry":
+            return 0
+        cap = min(self.settings.backoff_max_s, self.settings.backoff_base_s * 2 ** (job.attempt - 1))
+        return int(random.uniform(0, cap) * 1000)
 
     def _heartbeat(self) -> None:
         with self._cond:

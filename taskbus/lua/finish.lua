@@ -1,36 +1,47 @@
--- Record the outcome of one attempt, fenced: only the consumer that still holds the entry's
--- lease, for the attempt it started, may write. A worker whose lease was reclaimed is refused.
--- KEYS[1] work stream  KEYS[2] task hash  KEYS[3] events  KEYS[4] delayed zset  KEYS[5] dead-letter stream
--- ARGV[1] group  ARGV[2] consumer  ARGV[3] entry id  ARGV[4] task id  ARGV[5] attempt
--- ARGV[6] outcome: 'succeeded' | 'retry' | 'failed'   ARGV[7] result JSON (succeeded) or error JSON
--- ARGV[8] result TTL s  ARGV[9] retry delay ms  ARGV[10] pending TTL s  ARGV[11] dead-letter maxlen
--- Returns the status written, or false when fenced off.
-local stream, task, group, consumer, entry = KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3]
-local pending = redis.call('XPENDING', stream, group, entry, entry, 1, consumer)
-if #pending == 0 then return false end
-local f = redis.call('HMGET', task, 'status', 'attempts', 'type')
-if f[1] ~= 'running' or f[2] ~= ARGV[5] then return false end
+-- Record the outcomes of a batch of attempts. Each write is fenced: only the consumer that
+-- started the attempt, for that attempt, while the task is still running, may write. A worker
+-- whose lease was reclaimed (the reclaimer's start bumped attempts and took `consumer`) is refused.
+-- KEYS[1] work stream  KEYS[2] delayed zset  KEYS[3] dead-letter stream
+--   then per item i: KEYS[2+2i] task hash, KEYS[3+2i] events stream
+-- ARGV[1] group  ARGV[2] consumer  ARGV[3] result TTL s  ARGV[4] pending TTL s  ARGV[5] dead-letter maxlen
+--   then per item i (6 each, from ARGV[6i]): entry id, task id, attempt,
+--   outcome ('succeeded' | 'retry' | 'failed'), result JSON or error JSON, retry delay ms
+-- Returns per item the status written, or false when fenced off.
+local stream, group, consumer = KEYS[1], ARGV[1], ARGV[2]
 local t = redis.call('TIME')
 local now = t[1] * 1000 + math.floor(t[2] / 1000)
-redis.call('XACK', stream, group, entry)
-redis.call('XDEL', stream, entry)
-local status
-if ARGV[6] == 'succeeded' then
-  status = 'succeeded'
-  redis.call('HSET', task, 'status', status, 'result', ARGV[7], 'finished_ms', now)
-  redis.call('HDEL', task, 'error')
-  redis.call('EXPIRE', task, ARGV[8])
-elseif ARGV[6] == 'retry' then
-  status = 'scheduled'
-  redis.call('HSET', task, 'status', status, 'error', ARGV[7])
-  redis.call('ZADD', KEYS[4], now + tonumber(ARGV[9]), ARGV[4])
-  redis.call('EXPIRE', task, ARGV[10])
-else
-  status = 'failed'
-  redis.call('HSET', task, 'status', status, 'error', ARGV[7], 'finished_ms', now)
-  redis.call('EXPIRE', task, ARGV[8])
-  redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[11], '*', 'id', ARGV[4], 'type', f[3], 'attempts', f[2], 'error', ARGV[7])
+local out = {}
+local n = (#KEYS - 3) / 2
+for i = 1, n do
+  local task, events = KEYS[2 + 2 * i], KEYS[3 + 2 * i]
+  local a = 6 * i
+  local entry, id, attempt, outcome, body = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4]
+  local f = redis.call('HMGET', task, 'status', 'attempts', 'consumer', 'type')
+  if f[1] ~= 'running' or f[2] ~= attempt or f[3] ~= consumer then
+    out[i] = false
+  else
+    redis.call('XACK', stream, group, entry)
+    redis.call('XDEL', stream, entry)
+    if outcome == 'succeeded' then
+      redis.call('HSET', task, 'status', 'succeeded', 'result', body, 'finished_ms', now, 'error', '')
+      redis.call('EXPIRE', task, ARGV[3])
+      out[i] = 'succeeded'
+    elseif outcome == 'retry' then
+      redis.call('HSET', task, 'status', 'scheduled', 'error', body)
+      redis.call('ZADD', KEYS[2], now + tonumber(ARGV[a + 5]), id)
+      redis.call('EXPIRE', task, ARGV[4])
+      out[i] = 'scheduled'
+    else
+      redis.call('HSET', task, 'status', 'failed', 'error', body, 'finished_ms', now)
+      redis.call('EXPIRE', task, ARGV[3])
+      redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[5], '*', 'id', id, 'type', f[4], 'attempts', f[2], 'error', body)
+      out[i] = 'failed'
+    end
+    if out[i] ~= 'scheduled' then
+      -- wake long-polls: only terminal states are announced
+      redis.call('XADD', events, '*', 'status', out[i])
+      redis.call('EXPIRE', events, ARGV[3])
+    end
+  end
 end
-redis.call('XADD', KEYS[3], 'MAXLEN', 8, '*', 'status', status)
-redis.call('EXPIRE', KEYS[3], ARGV[8])
-return status
+return out

@@ -1,4 +1,5 @@
--- Mark a batch of delivered entries running, fenced by lease ownership.
+-- Mark a batch of delivered entries running, fenced by lease ownership. Only terminal states
+-- are announced on the events stream (long-polls wait for those alone).
 -- KEYS[1] work stream   KEYS[2] dead-letter stream   then per entry i: KEYS[1+2i] task hash, KEYS[2+2i] events
 -- ARGV[1] group  ARGV[2] consumer  ARGV[3] result TTL s  ARGV[4] dead-letter maxlen
 -- then per entry i: ARGV[3+2i] entry id, ARGV[4+2i] task id
@@ -38,15 +39,13 @@ for i = 1, n do
       redis.call('HSET', task, 'status', 'failed', 'error', err, 'finished_ms', now)
       redis.call('EXPIRE', task, ARGV[3])
       redis.call('XADD', dead, 'MAXLEN', '~', ARGV[4], '*', 'id', id, 'type', f[4], 'attempts', f[2], 'error', err)
-      redis.call('XADD', events, 'MAXLEN', 8, '*', 'status', 'failed')
+      redis.call('XADD', events, '*', 'status', 'failed')
       redis.call('EXPIRE', events, ARGV[3])
       out[i] = {'dead', 'WorkerLost'}
     else
       local attempt = tonumber(f[2]) + 1
       redis.call('HSET', task, 'status', 'running', 'attempts', attempt, 'started_ms', now,
         'consumer', consumer, 'entry', entry)
-      redis.call('XADD', events, 'MAXLEN', 8, '*', 'status', 'running')
-      redis.call('EXPIRE', events, ARGV[3])
       out[i] = {'run', f[4], f[5], attempt, f[3], f[6]}
     end
   end

@@ -1,0 +1,60 @@
+"""The OpenAPI 3.1 documents of the two functions, served at `GET /openapi.json`.
+
+`enqueue.json` and `status.json` beside this file are the source: edit them, and
+tests/test_openapi.py checks them against the real functions with schemathesis. What a
+function serves is its file with the few values that follow from its settings filled in,
+so the served document stays true to the running function:
+
+- `wait`'s maximum is `MAX_WAIT_S`;
+- with `API_KEYS` set, the keyed operations require `bearerAuth` instead of allowing none.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import importlib.resources
+import json
+from typing import Any
+
+import flask
+
+from taskbus import codec
+from taskbus.settings import Settings
+
+FUNCTIONS = ("enqueue", "status")
+OPTIONAL_AUTH: list[dict[str, list[str]]] = [{}, {"bearerAuth": []}]
+
+
+def load(name: str) -> dict[str, Any]:
+    """The document of function `name` exactly as the file holds it."""
+    if name not in FUNCTIONS:
+        raise ValueError(f"unknown function {name!r}; expected one of {FUNCTIONS}")
+    text = importlib.resources.files(__name__).joinpath(f"{name}.json").read_text("utf-8")
+    return json.loads(text)  # type: ignore[no-any-return]
+
+
+def document(name: str, settings: Settings) -> dict[str, Any]:
+    """The document function `name` serves under `settings`."""
+    doc = copy.deepcopy(load(name))
+    if name == "status":
+        doc["components"]["parameters"]["Wait"]["schema"]["maximum"] = _number(settings.max_wait_s)
+    if settings.api_keys:
+        for path_item in doc["paths"].values():
+            for operation in path_item.values():
+                if operation.get("security") == OPTIONAL_AUTH:
+                    operation["security"] = [{"bearerAuth": []}]
+    return doc
+
+
+def response(name: str, settings: Settings) -> flask.Response:
+    return flask.Response(_encoded(name, settings), status=200, mimetype="application/json")
+
+
+@functools.lru_cache(maxsize=8)
+def _encoded(name: str, settings: Settings) -> bytes:
+    return codec.dumps(document(name, settings))
+
+
+def _number(value: float) -> int | float:
+    return int(value) if float(value).is_integer() else value
