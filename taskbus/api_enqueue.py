@@ -86,5 +86,5 @@ def make_service(settings: Settings) -> Service:
     service.endpoints.update(create=create, enqueue_legacy=enqueue_legacy, hook=hook, healthz=service.healthz,
                              openapi=openapi_document)
     if sources:
-        log.info("webhook sources enabled", extra={"sources": {s.name: s.scheme for s in sources.values()}})
+        log.info("webhook sources enabled", extra={"fields": {"sources": {s.name: s.scheme for s in sources.values()}}})
     return service

@@ -60,7 +60,7 @@ class Channel:
         for queue in self.settings.queues:
             try:
                 self.client.xgroup_create(self.keys.stream(queue), self.group, id="0", mkstream=True)
-                log.info("created consumer group", extra={"queue": queue})
+                log.info("created consumer group", extra={"fields": {"queue": queue}})
             except redis.ResponseError as exc:
                 if "BUSYGROUP" not in str(exc):
                     raise

@@ -65,7 +65,7 @@ class Service:
         except RequestError as exc:
             return error_response(exc.status, exc.code, exc.message, exc.headers)
         except Unavailable as exc:
-            log.warning("redis unavailable: answering 503", extra={"error": str(exc)})
+            log.warning("redis unavailable: answering 503", extra={"fields": {"error": str(exc)}})
             return error_response(503, "unavailable", "the task store is unavailable; retry later",
                                   {"Retry-After": str(self.settings.retry_after_s)})
         except werkzeug.exceptions.MethodNotAllowed as exc:

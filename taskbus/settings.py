@@ -20,6 +20,7 @@ _CUSTOM = {"env": "custom"}  # fields read by their own rules below, not by name
 class Settings:
     redis_url: str = dataclasses.field(default="redis://127.0.0.1:6379/0", repr=False)  # may hold a password
     key_prefix: str = "taskbus"
+    log_level: str = "INFO"
     # Redis client: bounded so a dead server surfaces in about a second, never 14 s.
     redis_connect_timeout_s: float = 0.5
     redis_socket_timeout_s: float = 0.8

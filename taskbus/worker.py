@@ -69,9 +69,9 @@ class Worker:
 
     def run(self) -> int:
         """Run until `stop()`; returns the process exit code."""
-        log.info("worker starting", extra={"consumer": self.consumer, "queues": list(self.settings.queues),
+        log.info("worker starting", extra={"fields": {"consumer": self.consumer, "queues": list(self.settings.queues),
                                              "concurrency": self.settings.concurrency,
-                                             "handlers": self.registry.types()})
+                                             "handlers": self.registry.types()}})
         for _ in range(self.settings.concurrency):
             self._start_runner()
         threading.Thread(target=self._writer, daemon=True, name="writer").start()
@@ -85,11 +85,11 @@ class Worker:
                 backoff = 0.1
                 continue
             except REDIS_ERRORS as exc:
-                log.warning("redis unavailable, retrying", extra={"error": type(exc).__name__, "retry_in_s": backoff})
+                log.warning("redis unavailable, retrying", extra={"fields": {"error": type(exc).__name__, "retry_in_s": backoff}})
             except redis.ResponseError as exc:
                 if "NOGROUP" in str(exc):
                     log.error("consumer group or stream missing (Redis lost its data?): recreating it",
-                              extra={"queues": list(self.settings.queues)})
+                              extra={"fields": {"queues": list(self.settings.queues)}})
                     self._groups_ready = False
                     continue
                 log.exception("redis refused a command, retrying")
@@ -134,7 +134,7 @@ class Worker:
         by_queue: dict[str, list[Delivery]] = defaultdict(list)
         for d in deliveries:
             if d.task_id is None:
-                log.error("malformed stream entry dead-lettered", extra={"queue": d.queue, "entry": d.entry})
+                log.error("malformed stream entry dead-lettered", extra={"fields": {"queue": d.queue, "entry": d.entry}})
                 self.channel.drop(d, "stream entry has no well-formed task id")
             else:
                 by_queue[d.queue].append(d)
@@ -144,12 +144,12 @@ class Worker:
                 if kind == "run":
                     self._submit(d, verdict)
                 elif kind == "dead":
-                    log.error("task dead-lettered", extra={"task_id": d.task_id, "queue": queue, "status": "failed",
-                                                           "reason": verdict[1]})
+                    log.error("task dead-lettered", extra={"fields": {"task_id": d.task_id, "queue": queue, "status": "failed",
+                                                           "reason": verdict[1]}})
                 elif kind == "done":
-                    log.info("redelivery of a finished task acknowledged", extra={"task_id": d.task_id})
+                    log.info("redelivery of a finished task acknowledged", extra={"fields": {"task_id": d.task_id}})
                 else:
-                    log.warning("delivery no longer ours", extra={"task_id": d.task_id, "entry": d.entry})
+                    log.warning("delivery no longer ours", extra={"fields": {"task_id": d.task_id, "entry": d.entry}})
 
     def _submit(self, d: Delivery, verdict: list[Any]) -> None:
         _, task_type, payload, attempt, max_attempts, timeout_s = verdict
@@ -160,7 +160,7 @@ class Worker:
         running = Running(job, deadline=now + job.timeout_s, started=now)
         with self._cond:
             self._running[job.entry] = running
-        log.info("task running", extra=_fields(job, status="running"))
+        log.info("task running", extra={"fields": _fields(job, status="running")})
         self._jobs.put(running)
 
     # -- runners: one attempt each ----------------------------------------------------------
@@ -208,7 +208,7 @@ class Worker:
         for r in late:
             self._start_runner()  # the stuck thread keeps its handler; capacity is restored
             exc = TimeoutError(f"task ran past its timeout of {r.job.timeout_s} s")
-            log.warning("task timed out; its thread is abandoned", extra=_fields(r.job, abandoned=self._abandoned))
+            log.warning("task timed out; its thread is abandoned", extra={"fields": _fields(r.job, abandoned=self._abandoned)})
             self._outcomes.put((r, *self._failure(r.job, exc, None)))
 
     # -- writer: outcomes in batches --------------------------------------------------------
@@ -239,10 +239,10 @@ class Worker:
                 except REDIS_ERRORS as exc:
                     if time.monotonic() > self._drain_deadline:
                         log.error("giving up writing outcomes at shutdown; the tasks will be reclaimed",
-                                  extra={"queue": queue, "tasks": len(items), "error": type(exc).__name__})
+                                  extra={"fields": {"queue": queue, "tasks": len(items), "error": type(exc).__name__}})
                         return
                     log.warning("redis unavailable writing outcomes, retrying",
-                                extra={"queue": queue, "tasks": len(items), "error": type(exc).__name__})
+                                extra={"fields": {"queue": queue, "tasks": len(items), "error": type(exc).__name__}})
                     time.sleep(backoff)  # this thread only waits for Redis; nothing to synchronise with
                     backoff = min(backoff * 2, 2.0)
         finally:
@@ -254,11 +254,11 @@ class Worker:
         for (r, outcome, _), (_, _, _, delay_ms), status in zip(items, outcomes, written):
             fields = _fields(r.job, duration_ms=round((now - r.started) * 1000, 1))
             if status is None:
-                log.warning("lease lost: outcome refused, another worker owns the task", extra={**fields, "outcome": outcome})
+                log.warning("lease lost: outcome refused, another worker owns the task", extra={"fields": {**fields, "outcome": outcome}})
             else:
                 if status == "scheduled":
                     self._next_promote = min(self._next_promote, now + delay_ms / 1000)
-                log.info("task %s", status, extra={**fields, "status": status})
+                log.info("task %s", status, extra={"fields": {**fields, "status": status}})
 
     def _delay_ms(self, job: Job, outcome: str) -> int:
         """Retry backoff: exponential with full jitter, capped."""
@@ -275,13 +275,13 @@ class Worker:
             by_queue[queue].append(entry)
         for queue, batch in by_queue.items():
             for entry in self.channel.heartbeat(queue, batch):
-                log.warning("lease lost (reclaimed by another worker?)", extra={"queue": queue, "entry": entry})
+                log.warning("lease lost (reclaimed by another worker?)", extra={"fields": {"queue": queue, "entry": entry}})
 
     # -- shutdown -------------------------------------------------------------------------
 
     def _drain(self) -> int:
         self._drain_deadline = time.monotonic() + self.settings.grace_s
-        log.info("worker stopping: draining", extra={"in_flight": len(self._running), "grace_s": self.settings.grace_s})
+        log.info("worker stopping: draining", extra={"fields": {"in_flight": len(self._running), "grace_s": self.settings.grace_s}})
         with self._cond:
             self._cond.wait_for(lambda: not self._running, timeout=self.settings.grace_s)
             left = [r.job for r in self._running.values() if not r.settled]
@@ -290,7 +290,7 @@ class Worker:
                 self.channel.release(job.queue, [job.entry])
             except REDIS_ERRORS:
                 pass  # the lease expires on its own; another worker reclaims it then
-        log.info("worker stopped", extra={"handed_back": len(left)})
+        log.info("worker stopped", extra={"fields": {"handed_back": len(left)}})
         return 0
 
 

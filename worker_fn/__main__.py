@@ -11,8 +11,8 @@ from taskbus.settings import Settings
 
 
 def main() -> int:
-    logs.configure()
     settings = Settings.from_env()
+    logs.configure(settings.log_level)
     module = importlib.import_module(settings.handlers)
     registry = getattr(module, "registry", None)
     if not isinstance(registry, Registry):

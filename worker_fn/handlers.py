@@ -21,7 +21,7 @@ registry = Registry()
 @registry.register("default")
 def default(payload: Any, ctx: Context) -> Any:
     """What the blog design's worker did: note that the task was processed, return its payload."""
-    log.info("processed task", extra={"task_id": ctx.id})
+    log.info("processed task", extra={"fields": {"task_id": ctx.id}})
     return payload
 
 
@@ -53,7 +53,7 @@ def fail(payload: Any, ctx: Context) -> Any:
 def _summary(payload: Any, text: str) -> dict[str, Any]:
     hook = payload.get("webhook", {}) if isinstance(payload, dict) else {}
     summary = {"source": hook.get("source"), "event": hook.get("event"), "summary": text}
-    log.info("webhook: %s", text, extra={"source": summary["source"], "event": summary["event"]})
+    log.info("webhook: %s", text, extra={"fields": {"source": summary["source"], "event": summary["event"]}})
     return summary
 
 

@@ -10,9 +10,10 @@ from taskbus import http, logs
 from taskbus.api_status import make_service
 from taskbus.settings import Settings
 
-logs.configure()
+settings = Settings.from_env()  # read at start-up: bad settings refuse to start
+logs.configure(settings.log_level)
 http.install(flask.current_app)  # functions-framework loads this module inside its app context
-service = make_service(Settings.from_env())  # built at start-up: bad settings refuse to start
+service = make_service(settings)
 
 
 @functions_framework.http
