@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: up test venv clean
+.PHONY: up test chaos venv clean
 
 venv: $(VENV)/.installed
 
@@ -19,5 +19,24 @@ up: venv
 test: venv
 	$(BIN)/python -m pytest
 
+# The fault-injection suite at full size (tests/test_chaos.py runs the short versions).
+chaos: venv
+	$(BIN)/python -m chaos
+
 clean:
 	rm -rf $(VENV) .run .pytest_cache
+
+# Benchmarks (bench/README.md). Bench-only dependencies (the peer queues) go into the same
+# .venv from bench/requirements.txt; nothing at runtime imports them.
+# `make bench BENCH_ARGS=--quick` for a one-round try-out.
+.PHONY: bench bench-soak
+
+$(VENV)/.bench-installed: $(VENV)/.installed bench/requirements.txt
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r bench/requirements.txt
+	touch $@
+
+bench: venv $(VENV)/.bench-installed
+	$(BIN)/python -m bench.run $(BENCH_ARGS)
+
+bench-soak: venv $(VENV)/.bench-installed
+	$(BIN)/python -m bench.soak $(SOAK_ARGS)

@@ -275,7 +275,12 @@ class Worker:
             by_queue[queue].append(entry)
         for queue, batch in by_queue.items():
             for entry in self.channel.heartbeat(queue, batch):
-                log.warning("lease lost (reclaimed by another worker?)", extra={"fields": {"queue": queue, "entry": entry}})
+                with self._cond:
+                    running = self._running.get(entry)
+                    still_running = running is not None and not running.settled
+                if still_running:  # else it just finished: its outcome acknowledged the entry
+                    log.warning("lease lost (reclaimed by another worker?)",
+                                extra={"fields": {"queue": queue, "entry": entry}})
 
     # -- shutdown -------------------------------------------------------------------------
 

@@ -55,8 +55,12 @@ class Proc:
         self.popen.send_signal(signum)
 
     def kill(self) -> None:
+        """SIGKILL the process and everything it started (gunicorn's worker, say)."""
         if self.popen.poll() is None:
-            self.popen.kill()
+            try:
+                os.killpg(self.popen.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
             self.popen.wait(10)
 
     def wait(self, timeout: float) -> int:
@@ -70,7 +74,7 @@ def spawn(name: str, settings: Settings, log_dir: Path, **extra_env: str) -> Pro
     log = log_dir / f"{name}-{time.monotonic_ns()}.log"
     with open(log, "wb") as out:
         popen = subprocess.Popen(argv(name, settings), cwd=ROOT, env=env_of(settings, **extra_env),
-                                 stdout=out, stderr=subprocess.STDOUT)
+                                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     return Proc(name, popen, log)
 
 

@@ -2,12 +2,25 @@
 
 from __future__ import annotations
 
-import importlib
 import signal
 import sys
+import threading
 
-from taskbus import Registry, Worker, logs
-from taskbus.settings import Settings
+stop_requested = threading.Event()
+
+
+def _request_stop(*_: object) -> None:
+    stop_requested.set()
+
+
+# Before the heavier imports: a SIGTERM during start-up is a clean stop, not a crash.
+for _signum in (signal.SIGTERM, signal.SIGINT):
+    signal.signal(_signum, _request_stop)
+
+import importlib  # noqa: E402
+
+from taskbus import Registry, Worker, logs  # noqa: E402
+from taskbus.settings import Settings  # noqa: E402
 
 
 def main() -> int:
@@ -18,8 +31,7 @@ def main() -> int:
     if not isinstance(registry, Registry):
         raise SystemExit(f"HANDLERS={settings.handlers}: the module has no `registry = Registry()`")
     worker = Worker(settings, registry)
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: worker.stop())
+    worker.stopping = stop_requested  # the signal handlers above set it
     return worker.run()
 
 

@@ -17,7 +17,9 @@ for i = 1, n do
   local a = 6 * i
   local entry, id, attempt, outcome, body = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4]
   local f = redis.call('HMGET', task, 'status', 'attempts', 'consumer', 'type')
-  if f[1] ~= 'running' or f[2] ~= attempt or f[3] ~= consumer then
+  if f[2] == attempt and f[3] == consumer and f[1] ~= 'running' and f[1] ~= 'queued' then
+    out[i] = f[1]  -- a retried call whose first try landed (its reply was lost): idempotent
+  elseif f[1] ~= 'running' or f[2] ~= attempt or f[3] ~= consumer then
     out[i] = false
   else
     redis.call('XACK', stream, group, entry)

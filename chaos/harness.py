@@ -1,0 +1,264 @@
+"""A small real cluster (Valkey, the two functions under gunicorn, worker processes) with an
+oracle: every task whose enqueue was acknowledged (202), every handler execution (from the
+workers' execution logs), and a monitor of status transitions. `check()` verifies the
+invariants after a scenario and returns its figures."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import random
+import signal
+import threading
+import time
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Any
+
+import httpx
+import redis
+
+from local.embedded import EmbeddedServer, free_port
+from taskbus.keys import Keys
+from taskbus.settings import Settings
+from tests.support import Proc, spawn, start_function, stop, wait_until
+
+TERMINAL = ("succeeded", "failed")
+
+
+class InvariantBroken(AssertionError):
+    pass
+
+
+@dataclasses.dataclass
+class Cluster:
+    root: Path
+    settings: Settings
+    server: EmbeddedServer
+    redis_url_for_workers: str = ""
+    workers: list[Proc] = dataclasses.field(default_factory=list)
+    acked: set[str] = dataclasses.field(default_factory=set)
+    faults: list[tuple[float, str]] = dataclasses.field(default_factory=list)
+    functions: dict[str, tuple[Proc, str]] = dataclasses.field(default_factory=dict)
+    _lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
+    _monitor: dict[str, list[str]] = dataclasses.field(default_factory=lambda: defaultdict(list))
+    _stop: threading.Event = dataclasses.field(default_factory=threading.Event)
+
+    @classmethod
+    def start(cls, root: Path, appendonly: bool = True, **changes: Any) -> Cluster:
+        root.mkdir(parents=True, exist_ok=True)
+        server = EmbeddedServer(root / "valkey", appendonly=appendonly)
+        server.start()
+        base = dict(redis_url=server.url, key_prefix="chaos", queues=("chaos",), enqueue_port=free_port(),
+                    status_port=free_port(), lease_s=2.0, grace_s=8.0, block_ms=200, backoff_base_s=0.05,
+                    backoff_max_s=0.5, concurrency=8, handlers="chaos.handlers", enqueue_threads=16)
+        base.update(changes)
+        cluster = cls(root, Settings(**base), server)  # type: ignore[arg-type]
+        for name in ("enqueue", "status"):
+            cluster.functions[name] = start_function(name, cluster.settings, root)
+        return cluster
+
+    # -- processes ----------------------------------------------------------------------
+
+    def start_worker(self, **changes: Any) -> Proc:
+        settings = dataclasses.replace(self.settings, **changes)
+        if self.redis_url_for_workers:
+            settings = dataclasses.replace(settings, redis_url=self.redis_url_for_workers)
+        proc = spawn("worker", settings, self.root, CHAOS_DIR=str(self.root))
+        self.workers.append(proc)
+        return proc
+
+    def live_workers(self) -> list[Proc]:
+        return [w for w in self.workers if w.popen.poll() is None]
+
+    def fault(self, kind: str) -> None:
+        self.faults.append((time.monotonic(), kind))
+
+    def close(self) -> None:
+        self._stop.set()
+        for proc in self.workers:
+            proc.kill()
+        for proc, _ in self.functions.values():
+            stop(proc, timeout=5)
+        self.server.kill()
+
+    @property
+    def r(self) -> redis.Redis:
+        return redis.Redis.from_url(self.server.url, decode_responses=True, socket_timeout=5)
+
+    # -- load -----------------------------------------------------------------------------
+
+    def enqueue(self, n: int, type_: str = "work", payload: dict[str, Any] | None = None, threads: int = 8,
+                max_attempts: int = 5, tolerate_errors: bool = False) -> list[str]:
+        """POST n tasks over HTTP from `threads` clients; every 202 goes into the oracle."""
+        url = self.functions["enqueue"][1] + "/tasks"
+        body = {"type": type_, "queue": self.settings.queues[0], "payload": payload or {},
+                "max_attempts": max_attempts}
+        ids: list[str] = []
+
+        def post(count: int) -> list[str]:
+            got = []
+            with httpx.Client(timeout=10) as http:
+                for _ in range(count):
+                    try:
+                        reply = http.post(url, json=body)
+                    except httpx.HTTPError:
+                        if tolerate_errors:
+                            continue
+                        raise
+                    if reply.status_code == 202:
+                        task_id = reply.json()["id"]
+                        with self._lock:
+                            self.acked.add(task_id)
+                        got.append(task_id)
+                    elif not tolerate_errors:
+                        raise InvariantBroken(f"enqueue answered {reply.status_code}: {reply.text[:200]}")
+            return got
+
+        shares = [n // threads + (1 if i < n % threads else 0) for i in range(threads)]
+        with concurrent.futures.ThreadPoolExecutor(threads) as pool:
+            for got in pool.map(post, [s for s in shares if s]):
+                ids.extend(got)
+        return ids
+
+    def start_monitor(self, sample: int = 200) -> None:
+        """Watch a sample of tasks' status from Redis and remember every change seen."""
+        def watch() -> None:
+            client = self.r
+            while not self._stop.is_set():
+                with self._lock:
+                    ids = random.sample(sorted(self.acked), min(sample, len(self.acked)))
+                try:
+                    pipe = client.pipeline(transaction=False)
+                    for task_id in ids:
+                        pipe.hget(task_key(self.settings, task_id), "status")
+                    for task_id, status in zip(ids, pipe.execute()):
+                        seen = self._monitor[task_id]
+                        if status and (not seen or seen[-1] != status):
+                            seen.append(status)
+                except redis.RedisError:
+                    pass  # Redis faults are part of the scenario
+                self._stop.wait(0.05)
+
+        threading.Thread(target=watch, daemon=True).start()
+
+    # -- oracle and invariants -----------------------------------------------------------
+
+    def executions(self) -> tuple[Counter[str], dict[str, int]]:
+        """Starts per task, and the time (ms) a handler first finished its work for it."""
+        starts: Counter[str] = Counter()
+        ends: dict[str, int] = {}
+        for path in self.root.glob("exec-*.log"):
+            for line in path.read_text().splitlines():
+                parts = line.split()
+                if len(parts) != 3:
+                    continue  # a line cut short by SIGKILL
+                kind, task_id, ms = parts
+                if kind == "S":
+                    starts[task_id] += 1
+                else:
+                    ends[task_id] = min(ends.get(task_id, int(ms)), int(ms))
+        return starts, ends
+
+    def backlog(self) -> tuple[int, int]:
+        keys, queue = Keys(self.settings.key_prefix), self.settings.queues[0]
+        stream = keys.stream(queue)
+        client = self.r
+        pending = client.xpending(stream, self.settings.consumer_group)["pending"] if client.exists(stream) else 0
+        delayed = client.zcard(keys.delayed(queue))
+        return int(client.xlen(stream)) + int(delayed), int(pending)
+
+    def wait_all_terminal(self, timeout: float) -> float:
+        """Seconds from the last fault until every acked task is terminal and the backlog is 0."""
+        client = self.r
+
+        def done() -> bool:
+            with self._lock:
+                ids = list(self.acked)
+            pipe = client.pipeline(transaction=False)
+            for task_id in ids:
+                pipe.hget(task_key(self.settings, task_id), "status")
+            try:
+                statuses = pipe.execute()
+                return all(s in TERMINAL for s in statuses) and self.backlog() == (0, 0)
+            except redis.RedisError:
+                return False
+
+        wait_until(done, timeout=timeout, interval=0.1, message="every acknowledged task terminal, backlog 0")
+        last_fault = max((t for t, _ in self.faults), default=time.monotonic())
+        return max(0.0, time.monotonic() - last_fault)
+
+    def check(self, poison: set[str] | None = None, max_duplicates: int | None = None,
+              recovery_limit_s: float | None = None, timeout: float = 120) -> dict[str, Any]:
+        poison = poison or set()
+        recovery_s = self.wait_all_terminal(timeout)
+        limit = recovery_limit_s if recovery_limit_s is not None else self.settings.lease_s + 5
+        if self.faults and recovery_s > limit + 5:  # +5: wait_until's own granularity under load
+            raise InvariantBroken(f"recovery took {recovery_s:.1f} s after the last fault (limit {limit} s)")
+        self._stop.set()
+        client = self.r
+        ids = sorted(self.acked)
+        pipe = client.pipeline(transaction=False)
+        for task_id in ids:
+            pipe.hmget(task_key(self.settings, task_id), "status", "finished_ms")
+            pipe.xlen(_events_key(self.settings, task_id))
+        replies = pipe.execute()
+        records = dict(zip(ids, replies[0::2]))
+        terminal_writes = dict(zip(ids, replies[1::2]))
+        starts, ends = self.executions()
+        problems = []
+        missing = [t for t, (status, _) in records.items() if status not in TERMINAL]
+        if missing:
+            problems.append(f"{len(missing)} acknowledged tasks not terminal, e.g. {missing[:3]}")
+        twice = [t for t, n in terminal_writes.items() if n != 1]
+        if twice:
+            problems.append(f"{len(twice)} tasks with {set(terminal_writes[t] for t in twice)} terminal writes")
+        failed = {t for t, (status, _) in records.items() if status == "failed"}
+        if failed != poison:
+            problems.append(f"failed tasks {len(failed)} != poison tasks {len(poison)}: "
+                            f"innocent {sorted(failed - poison)[:3]}, poison not failed {sorted(poison - failed)[:3]}")
+        dead_stream = Keys(self.settings.key_prefix).dead(self.settings.queues[0])
+        dead = {fields.get("id") for _, fields in client.xrange(dead_stream)}
+        if dead != poison:
+            problems.append(f"dead-letter stream holds {len(dead)} tasks, expected the {len(poison)} poison tasks")
+        early = [t for t, (status, fin) in records.items()
+                 if status == "succeeded" and (t not in ends or int(fin or 0) < ends[t])]
+        if early:
+            problems.append(f"{len(early)} tasks succeeded before their handler finished, e.g. {early[:3]}")
+        never_ran = [t for t, (status, _) in records.items() if status == "succeeded" and starts[t] == 0]
+        if never_ran:
+            problems.append(f"{len(never_ran)} tasks succeeded without an execution")
+        duplicates = sum(max(0, starts[t] - 1) for t in ids if t not in poison)
+        bound = 1 + len(self.faults)
+        over = [t for t in ids if t not in poison and starts[t] > bound]
+        if over:
+            problems.append(f"{len(over)} tasks ran more than 1 + faults ({bound}) times")
+        if max_duplicates is not None and duplicates > max_duplicates:
+            problems.append(f"{duplicates} duplicate executions (allowed {max_duplicates})")
+        backwards = [(t, seq) for t, seq in self._monitor.items() if _backwards(seq)]
+        if backwards:
+            problems.append(f"status moved backwards for {len(backwards)} tasks, e.g. {backwards[:2]}")
+        if problems:
+            raise InvariantBroken("; ".join(problems))
+        return {"tasks": len(ids), "faults": len(self.faults), "lost": 0, "duplicates": duplicates,
+                "dead_lettered": len(dead), "recovery_s": round(recovery_s, 2), "monitored": len(self._monitor)}
+
+    def signal_worker(self, proc: Proc, signum: int) -> None:
+        proc.signal(signum)
+        self.fault(signal.Signals(signum).name)
+
+
+def task_key(settings: Settings, task_id: str) -> str:
+    return Keys(settings.key_prefix).task(task_id)
+
+
+def _events_key(settings: Settings, task_id: str) -> str:
+    return Keys(settings.key_prefix).events(task_id)
+
+
+def _backwards(seq: list[str]) -> bool:
+    """Once terminal, a status never changes."""
+    for i, status in enumerate(seq):
+        if status in TERMINAL and any(s != status for s in seq[i + 1:]):
+            return True
+    return False

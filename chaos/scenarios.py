@@ -1,0 +1,254 @@
+"""The fault scenarios. Each takes a scratch directory and `full` (the `make chaos` size;
+otherwise the short version `make test` runs), injects its faults while work flows, checks
+the invariants (`Cluster.check`) and returns one line of figures.
+
+Sleeps here schedule faults (kill a worker 0.5-1.5 s from now); they never stand in for
+synchronisation, which goes through `wait_until` and the oracle."""
+
+from __future__ import annotations
+
+import random
+import signal
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from chaos.harness import Cluster, InvariantBroken, task_key
+from chaos.proxy import FaultProxy
+from tests.support import start_function, wait_until
+
+Figures = dict[str, Any]
+
+
+def _background(fn: Callable[[], Any]) -> threading.Thread:
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            fn()
+        except BaseException as exc:  # noqa: BLE001 - re-raised by join()
+            errors.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.errors = errors  # type: ignore[attr-defined]
+    thread.start()
+    return thread
+
+
+def _join(thread: threading.Thread, timeout: float = 300) -> None:
+    thread.join(timeout)
+    if thread.is_alive():
+        raise InvariantBroken("the load generator did not finish")
+    if thread.errors:  # type: ignore[attr-defined]
+        raise thread.errors[0]  # type: ignore[attr-defined]
+
+
+def kill_workers(root: Path, full: bool) -> Figures:
+    """A random worker SIGKILLed every 0.5-1.5 s and restarted, while tasks flow."""
+    n, kills, ms = (20_000, 10, 5) if full else (600, 3, 40)
+    c = Cluster.start(root)
+    try:
+        for _ in range(3):
+            c.start_worker()
+        c.start_monitor()
+        load = _background(lambda: c.enqueue(n, payload={"ms": ms}))
+        for _ in range(kills):
+            time.sleep(random.uniform(0.5, 1.5))
+            victim = random.choice(c.live_workers())
+            victim.kill()
+            c.fault("SIGKILL")
+            c.start_worker()
+        _join(load)
+        return c.check()
+    finally:
+        c.close()
+
+
+def rolling_sigterm(root: Path, full: bool) -> Figures:
+    """Every worker SIGTERMed in turn and replaced, 3 rounds: a graceful stop duplicates nothing."""
+    n, ms = (6_000, 5) if full else (600, 20)
+    c = Cluster.start(root)
+    try:
+        for _ in range(3):
+            c.start_worker()
+        c.start_monitor()
+        load = _background(lambda: c.enqueue(n, payload={"ms": ms}, threads=4))
+        for _ in range(3):
+            for worker in list(c.live_workers()):
+                wait_until(lambda: "worker starting" in worker.output(), timeout=20, message="worker up")
+                c.signal_worker(worker, signal.SIGTERM)
+                if worker.wait(20) != 0:
+                    raise InvariantBroken(f"a worker exited {worker.popen.returncode} after SIGTERM")
+                c.start_worker()
+        _join(load)
+        return c.check(max_duplicates=0)
+    finally:
+        c.close()
+
+
+def redis_restart(root: Path, full: bool) -> Figures:
+    """Redis SIGKILLed and restarted (AOF, fsync every second) twice during a run: 0 lost.
+    Then the control: without persistence the data is gone and workers must say so loudly."""
+    n, ms = (6_000, 2) if full else (600, 10)
+    c = Cluster.start(root, appendonly=True)
+    try:
+        for _ in range(2):
+            c.start_worker()
+        c.start_monitor()
+        load = _background(lambda: c.enqueue(n, payload={"ms": ms}, threads=4, tolerate_errors=True))
+        for _ in range(2):
+            time.sleep(random.uniform(0.3, 0.8))
+            c.server.kill()
+            c.fault("redis SIGKILL")
+            time.sleep(0.5)  # the outage
+            c.server.start()
+        _join(load)
+        figures = c.check()
+    finally:
+        c.close()
+    control = Cluster.start(root / "control", appendonly=False)
+    try:
+        worker = control.start_worker()
+        control.enqueue(20, payload={"ms": 1})
+        control.wait_all_terminal(30)
+        control.server.kill()
+        control.server.start()
+        wait_until(lambda: "Redis lost its data" in worker.output(), timeout=20,
+                   message="the worker reporting the lost consumer group")
+    finally:
+        control.close()
+    return {**figures, "control": "lost group reported"}
+
+
+def network_faults(root: Path, full: bool) -> Figures:
+    """Worker<->Redis through a fault proxy: 100 ms latency, a blackhole, connection resets."""
+    n, blackhole_s, lease_s = (4_000, 10.0, 10.0) if full else (200, 2.0, 4.0)
+    c = Cluster.start(root, lease_s=lease_s)
+    proxy = FaultProxy(c.server.port)
+    c.redis_url_for_workers = proxy.url
+    try:
+        for _ in range(2):
+            c.start_worker()
+        c.start_monitor()
+        proxy.latency_s = 0.1
+        c.enqueue(n // 2, payload={"ms": 5})
+        wait_until(lambda: c.backlog() == (0, 0), timeout=120, message="drained under latency")
+        proxy.latency_s = 0.0
+        proxy.blackhole = True
+        c.fault("blackhole")
+        c.enqueue(n // 4, payload={"ms": 5})
+        time.sleep(blackhole_s)
+        proxy.blackhole = False
+        healed = time.monotonic()
+        before = _terminal_count(c)
+        wait_until(lambda: _terminal_count(c) > before, timeout=10, message="work resuming after the blackhole")
+        resume_s = time.monotonic() - healed
+        for _ in range(3):
+            proxy.reset_all()
+            c.fault("reset")
+            c.enqueue(n // 12, payload={"ms": 5})
+        figures = c.check(max_duplicates=0)
+        spurious = sum(w.output().count("lease lost") for w in c.workers)
+        if spurious:
+            for w in c.workers:
+                print("\n".join(line for line in w.output().splitlines()
+                                if "lease lost" in line or "unavailable" in line or "error" in line)[:6000])
+            raise InvariantBroken(f"{spurious} spurious lease losses")
+        if resume_s > 5:
+            raise InvariantBroken(f"work resumed {resume_s:.1f} s after healing (limit 5 s)")
+        return {**figures, "resume_s": round(resume_s, 2)}
+    finally:
+        c.close()
+
+
+def _terminal_count(c: Cluster) -> int:
+    pipe = c.r.pipeline(transaction=False)
+    for task_id in list(c.acked):
+        pipe.hget(task_key(c.settings, task_id), "status")
+    return sum(1 for status in pipe.execute() if status in ("succeeded", "failed"))
+
+
+def slow_and_paused(root: Path, full: bool) -> Figures:
+    """Tasks 3x the lease with a second worker waiting: one execution each (heartbeats).
+    Then a worker SIGSTOPped past its lease: its late write is refused, the reclaimer's stands."""
+    lease = 1.0
+    c = Cluster.start(root, lease_s=lease, concurrency=4)
+    try:
+        first = c.start_worker()
+        c.start_worker()
+        c.start_monitor()
+        c.enqueue(8 if full else 4, payload={"ms": 3 * lease * 1000})
+        c.wait_all_terminal(60)
+        paused = first
+        ids = c.enqueue(1, payload={"ms": 1500})
+        wait_until(lambda: ids[0] in c.executions()[0], timeout=10, message="slow task started")
+        owner = paused if paused.log.read_text().count(ids[0]) else c.workers[1]
+        owner.signal(signal.SIGSTOP)
+        c.fault("SIGSTOP")
+        wait_until(lambda: c.executions()[0][ids[0]] >= 2, timeout=20, message="reclaimer started the task")
+        c.wait_all_terminal(30)
+        owner.signal(signal.SIGCONT)
+        wait_until(lambda: "outcome refused" in owner.output(), timeout=20, message="late write refused")
+        return {**c.check(), "late_write": "refused"}
+    finally:
+        c.close()
+
+
+def poison(root: Path, full: bool) -> Figures:
+    """Tasks that kill their worker (os._exit) or hang, among innocent ones: dead-lettered after
+    max_attempts deliveries, no innocent task in the dead-letter stream."""
+    n = 2_000 if full else 200
+    c = Cluster.start(root, default_timeout_s=1.0)
+    try:
+        for _ in range(2):
+            c.start_worker()
+        c.start_monitor()
+        bad = set(c.enqueue(3, type_="poison.exit", max_attempts=2))
+        bad |= set(c.enqueue(2, type_="poison.hang", max_attempts=2))
+        c.enqueue(n, payload={"ms": 2})
+
+        def supervise() -> bool:  # what a process manager does: replace workers that died
+            for w in c.workers:
+                if w.popen.poll() is not None and not getattr(w, "replaced", False):
+                    w.replaced = True  # type: ignore[attr-defined]
+                    c.fault("worker died")
+                    c.start_worker()
+            return c.backlog() == (0, 0) and len(c.live_workers()) > 0
+
+        wait_until(supervise, timeout=120, interval=0.1, message="all delivered, poison dead-lettered")
+        return c.check(poison=bad, recovery_limit_s=60)
+    finally:
+        c.close()
+
+
+def enqueue_killed(root: Path, full: bool) -> Figures:
+    """The enqueue function SIGKILLed mid-request under load: every 202 received runs."""
+    n = 4_000 if full else 800
+    c = Cluster.start(root)
+    try:
+        c.start_worker()
+        c.start_monitor()
+        load = _background(lambda: c.enqueue(n, payload={"ms": 1}, threads=8, tolerate_errors=True))
+        for _ in range(2):
+            time.sleep(random.uniform(0.2, 0.5))
+            proc, _ = c.functions["enqueue"]
+            proc.kill()
+            c.fault("enqueue SIGKILL")
+            c.functions["enqueue"] = start_function("enqueue", c.settings, c.root)
+        _join(load)
+        return c.check()
+    finally:
+        c.close()
+
+
+SCENARIOS: dict[str, Callable[[Path, bool], Figures]] = {
+    "kill_workers": kill_workers,
+    "rolling_sigterm": rolling_sigterm,
+    "redis_restart": redis_restart,
+    "network_faults": network_faults,
+    "slow_and_paused": slow_and_paused,
+    "poison": poison,
+    "enqueue_killed": enqueue_killed,
+}

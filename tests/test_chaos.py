@@ -1,0 +1,17 @@
+"""The short version of every fault scenario (`make chaos` runs the full sizes)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from chaos.scenarios import SCENARIOS
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("name", list(SCENARIOS))
+def test_scenario_keeps_every_invariant(name: str, tmp_path: Path) -> None:
+    figures = SCENARIOS[name](tmp_path, False)
+    assert figures["lost"] == 0
+    assert figures["tasks"] > 0
