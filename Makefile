@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: up test chaos venv clean
+.PHONY: up test chaos venv tools clean
 
 venv: $(VENV)/.installed
 
@@ -13,14 +13,20 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
 	touch $@
 
+# System tools some tests drive: libfaketime for the clock-skew scenario (Debian package).
+tools:
+	@command -v faketime >/dev/null || { [ "$$(id -u)" = 0 ] && \
+	  { apt-get install -y -q faketime >/dev/null 2>&1 || { apt-get update -q >/dev/null && apt-get install -y -q faketime >/dev/null; }; }; } || \
+	  echo "faketime is missing and could not be installed: the clock_skew scenario will fail"
+
 up: venv
 	$(BIN)/python -m local
 
-test: venv
+test: venv tools
 	$(BIN)/python -m pytest
 
 # The fault-injection suite at full size (tests/test_chaos.py runs the short versions).
-chaos: venv
+chaos: venv tools
 	$(BIN)/python -m chaos
 
 clean:

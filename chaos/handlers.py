@@ -19,6 +19,7 @@ def _mark(kind: str, ctx: Context) -> None:
 
 
 @registry.register("work")
+@registry.register("stripe.*")
 def work(payload: Any, ctx: Context) -> Any:
     _mark("S", ctx)
     time.sleep(float(payload.get("ms", 0)) / 1000)

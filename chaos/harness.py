@@ -36,6 +36,7 @@ class Cluster:
     settings: Settings
     server: EmbeddedServer
     redis_url_for_workers: str = ""
+    worker_skew_ms: int = 0
     workers: list[Proc] = dataclasses.field(default_factory=list)
     acked: set[str] = dataclasses.field(default_factory=set)
     faults: list[tuple[float, str]] = dataclasses.field(default_factory=list)
@@ -45,7 +46,8 @@ class Cluster:
     _stop: threading.Event = dataclasses.field(default_factory=threading.Event)
 
     @classmethod
-    def start(cls, root: Path, appendonly: bool = True, **changes: Any) -> Cluster:
+    def start(cls, root: Path, appendonly: bool = True, function_wrapper: tuple[str, ...] = (),
+              function_env: dict[str, str] | None = None, **changes: Any) -> Cluster:
         root.mkdir(parents=True, exist_ok=True)
         server = EmbeddedServer(root / "valkey", appendonly=appendonly)
         server.start()
@@ -55,16 +57,17 @@ class Cluster:
         base.update(changes)
         cluster = cls(root, Settings(**base), server)  # type: ignore[arg-type]
         for name in ("enqueue", "status"):
-            cluster.functions[name] = start_function(name, cluster.settings, root)
+            cluster.functions[name] = start_function(name, cluster.settings, root, function_wrapper,
+                                                     **(function_env or {}))
         return cluster
 
     # -- processes ----------------------------------------------------------------------
 
-    def start_worker(self, **changes: Any) -> Proc:
+    def start_worker(self, wrapper: tuple[str, ...] = (), **changes: Any) -> Proc:
         settings = dataclasses.replace(self.settings, **changes)
         if self.redis_url_for_workers:
             settings = dataclasses.replace(settings, redis_url=self.redis_url_for_workers)
-        proc = spawn("worker", settings, self.root, CHAOS_DIR=str(self.root))
+        proc = spawn("worker", settings, self.root, wrapper, CHAOS_DIR=str(self.root))
         self.workers.append(proc)
         return proc
 
@@ -89,11 +92,11 @@ class Cluster:
     # -- load -----------------------------------------------------------------------------
 
     def enqueue(self, n: int, type_: str = "work", payload: dict[str, Any] | None = None, threads: int = 8,
-                max_attempts: int = 5, tolerate_errors: bool = False) -> list[str]:
+                max_attempts: int = 5, tolerate_errors: bool = False, delay_s: float = 0) -> list[str]:
         """POST n tasks over HTTP from `threads` clients; every 202 goes into the oracle."""
         url = self.functions["enqueue"][1] + "/tasks"
         body = {"type": type_, "queue": self.settings.queues[0], "payload": payload or {},
-                "max_attempts": max_attempts}
+                "max_attempts": max_attempts, "delay_s": delay_s}
         ids: list[str] = []
 
         def post(count: int) -> list[str]:
@@ -222,7 +225,7 @@ class Cluster:
         if dead != poison:
             problems.append(f"dead-letter stream holds {len(dead)} tasks, expected the {len(poison)} poison tasks")
         early = [t for t, (status, fin) in records.items()
-                 if status == "succeeded" and (t not in ends or int(fin or 0) < ends[t])]
+                 if status == "succeeded" and (t not in ends or int(fin or 0) < ends[t] - self.worker_skew_ms)]
         if early:
             problems.append(f"{len(early)} tasks succeeded before their handler finished, e.g. {early[:3]}")
         never_ran = [t for t, (status, _) in records.items() if status == "succeeded" and starts[t] == 0]

@@ -7,13 +7,19 @@ synchronisation, which goes through `wait_until` and the oracle."""
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import json
 import random
+import shutil
 import signal
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+import httpx
 
 from chaos.harness import Cluster, InvariantBroken, task_key
 from chaos.proxy import FaultProxy
@@ -243,6 +249,46 @@ def enqueue_killed(root: Path, full: bool) -> Figures:
         c.close()
 
 
+def clock_skew(root: Path, full: bool) -> Figures:
+    """Functions 10 min behind, workers 10 min ahead (libfaketime): scheduling uses Redis TIME,
+    so delays, retries and leases are unchanged; webhook timestamps from the real clock fall
+    outside the skewed function's tolerance and are refused."""
+    if not shutil.which("faketime"):
+        raise InvariantBroken("faketime is not installed (Debian package faketime; make test installs it)")
+    n = 2_000 if full else 200
+    secret = "chaos-stripe-secret"
+    c = Cluster.start(root, function_wrapper=("faketime", "-f", "-600s"),
+                      function_env={"WEBHOOK_SOURCES": "stripe", "WEBHOOK_STRIPE_SECRET": secret,
+                                    "WEBHOOK_STRIPE_QUEUE": "chaos"})
+    c.worker_skew_ms = 600_000  # the workers' execution logs are stamped by their skewed clock
+    try:
+        for _ in range(2):
+            c.start_worker(wrapper=("faketime", "-f", "+600s"))
+        c.start_monitor()
+        began = time.time()
+        delayed = c.enqueue(20, payload={"ms": 1, "delay": True}, threads=2, delay_s=1.0)
+        c.enqueue(n, payload={"ms": 2})
+        figures = c.check()
+        created = [int(c.r.hget(task_key(c.settings, t), "started_ms") or 0) for t in delayed]
+        early = [ms for ms in created if ms / 1000 < began + 0.9]
+        if early:
+            raise InvariantBroken(f"{len(early)} delayed tasks started before their 1 s delay")
+        url = c.functions["enqueue"][1] + "/hooks/stripe"
+        for skew, expected in ((0, 401), (-600, 202)):
+            stamp = str(int(time.time()) + skew)
+            body = json.dumps({"id": f"evt_{skew}", "type": "invoice.paid"}).encode()
+            mac = hmac.new(secret.encode(), stamp.encode() + b"." + body, hashlib.sha256).hexdigest()
+            reply = httpx.post(url, content=body, headers={"Content-Type": "application/json",
+                                                           "Stripe-Signature": f"t={stamp},v1={mac}"})
+            if reply.status_code != expected:
+                raise InvariantBroken(f"stripe delivery stamped {skew:+} s: {reply.status_code}, expected {expected}")
+            if expected == 202:
+                c.acked.add(reply.json()["id"])
+        return {**c.check(), "skew_s": 600, "stale_signature": "refused"}
+    finally:
+        c.close()
+
+
 SCENARIOS: dict[str, Callable[[Path, bool], Figures]] = {
     "kill_workers": kill_workers,
     "rolling_sigterm": rolling_sigterm,
@@ -251,4 +297,5 @@ SCENARIOS: dict[str, Callable[[Path, bool], Figures]] = {
     "slow_and_paused": slow_and_paused,
     "poison": poison,
     "enqueue_killed": enqueue_killed,
+    "clock_skew": clock_skew,
 }

@@ -70,18 +70,20 @@ class Proc:
         return self.log.read_text(errors="replace")
 
 
-def spawn(name: str, settings: Settings, log_dir: Path, **extra_env: str) -> Proc:
+def spawn(name: str, settings: Settings, log_dir: Path, wrapper: tuple[str, ...] = (), **extra_env: str) -> Proc:
+    """Start service `name`; `wrapper` prefixes its command line (e.g. `faketime +600s`)."""
     log = log_dir / f"{name}-{time.monotonic_ns()}.log"
     with open(log, "wb") as out:
-        popen = subprocess.Popen(argv(name, settings), cwd=ROOT, env=env_of(settings, **extra_env),
+        popen = subprocess.Popen([*wrapper, *argv(name, settings)], cwd=ROOT, env=env_of(settings, **extra_env),
                                  stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     return Proc(name, popen, log)
 
 
-def start_function(name: str, settings: Settings, log_dir: Path) -> tuple[Proc, str]:
+def start_function(name: str, settings: Settings, log_dir: Path, wrapper: tuple[str, ...] = (),
+                   **extra_env: str) -> tuple[Proc, str]:
     """Start one HTTP function under gunicorn and wait for its /healthz."""
     port = settings.enqueue_port if name == "enqueue" else settings.status_port
-    proc = spawn(name, settings, log_dir)
+    proc = spawn(name, settings, log_dir, wrapper, **extra_env)
     base = f"http://127.0.0.1:{port}"
 
     def up() -> bool:
