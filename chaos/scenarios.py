@@ -123,6 +123,9 @@ def redis_restart(root: Path, full: bool) -> Figures:
         control.server.start()
         wait_until(lambda: "Redis lost its data" in worker.output(), timeout=20,
                    message="the worker reporting the lost consumer group")
+        health = httpx.get(control.functions["enqueue"][1] + "/healthz")
+        if health.status_code != 503 or health.json()["error"]["code"] != "data_lost":
+            raise InvariantBroken(f"/healthz did not report the lost group: {health.status_code} {health.text}")
     finally:
         control.close()
     return {**figures, "control": "lost group reported"}

@@ -55,15 +55,23 @@ class Channel:
         self.scripts = Scripts(self.client)
         self.lease_ms = int(settings.lease_s * 1000)
 
-    def ensure_groups(self) -> None:
-        """Create each queue's group at id 0, so tasks enqueued before any worker ran are read."""
+    def ensure_groups(self, lost: bool = False) -> None:
+        """Create each queue's group at id 0, so tasks enqueued before any worker ran are read.
+        `lost`: the group vanished under a running worker (Redis lost its data); the group is
+        recreated so new work flows, and the loss is flagged for /healthz to report."""
         for queue in self.settings.queues:
             try:
                 self.client.xgroup_create(self.keys.stream(queue), self.group, id="0", mkstream=True)
-                log.info("created consumer group", extra={"fields": {"queue": queue}})
             except redis.ResponseError as exc:
                 if "BUSYGROUP" not in str(exc):
                     raise
+                continue
+            if lost:
+                self.client.set(self.keys.data_lost(queue), f"consumer group recreated by {self.consumer}", ex=3600)
+                log.error("consumer group was lost and has been recreated: tasks queued before are gone",
+                          extra={"fields": {"queue": queue}})
+            else:
+                log.info("created consumer group", extra={"fields": {"queue": queue}})
 
     def read(self, count: int, block_ms: int) -> list[Delivery]:
         streams = {self.keys.stream(q): ">" for q in self.settings.queues}

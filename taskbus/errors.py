@@ -3,6 +3,7 @@
     TaskbusError
     ├── ConfigError           bad settings: refuse to start
     ├── Unavailable           Redis unreachable or timing out          → 503 + Retry-After
+    │   └── DataLost          a worker found a queue's group gone      → 503 on /healthz
     ├── LeaseLost             a worker's write was fenced off (another worker owns the task)
     └── RequestError          the caller's fault                      → 4xx
         ├── BadRequest              malformed JSON, bad encoding, nesting → 400
@@ -27,6 +28,10 @@ class ConfigError(TaskbusError):
 
 class Unavailable(TaskbusError):
     """Redis did not answer in time. Safe to retry later."""
+
+
+class DataLost(Unavailable):
+    """Redis lost a queue's stream or consumer group (restarted without persistence?)."""
 
 
 class LeaseLost(TaskbusError):

@@ -16,7 +16,7 @@ import werkzeug.exceptions
 from werkzeug.routing import Map, Rule
 
 from taskbus import codec
-from taskbus.errors import (NotFound, PayloadTooLarge, RequestError, Unauthorized, Unavailable,
+from taskbus.errors import (DataLost, NotFound, PayloadTooLarge, RequestError, Unauthorized, Unavailable,
                             UnsupportedMediaType)
 from taskbus.settings import Settings
 from taskbus.store import Store
@@ -64,6 +64,9 @@ class Service:
             return self.endpoints[endpoint](request, **args)
         except RequestError as exc:
             return error_response(exc.status, exc.code, exc.message, exc.headers)
+        except DataLost as exc:
+            log.error("reporting data loss on /healthz", extra={"fields": {"error": str(exc)}})
+            return error_response(503, "data_lost", str(exc), {"Retry-After": str(self.settings.retry_after_s)})
         except Unavailable as exc:
             log.warning("redis unavailable: answering 503", extra={"fields": {"error": str(exc)}})
             return error_response(503, "unavailable", "the task store is unavailable; retry later",

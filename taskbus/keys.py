@@ -47,6 +47,11 @@ class Keys:
         """A tiny per-task stream of status changes that long-polls block on."""
         return f"{self._q(_queue(task_id))}:events:{task_id.rsplit('~', 1)[1]}"
 
+    def data_lost(self, queue: str) -> str:
+        """Set (for an hour) when a worker found the queue's stream or group gone: /healthz
+        answers 503 while it exists. Delete it to acknowledge."""
+        return f"{self._q(queue)}:data-lost"
+
     def idempotency(self, queue: str, key: str) -> str:
         digest = hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()
         return f"{self._q(queue)}:idem:{digest}"

@@ -17,7 +17,7 @@ from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
 from taskbus import codec
-from taskbus.errors import Unavailable
+from taskbus.errors import DataLost, Unavailable
 from taskbus.keys import SCRIPT_NAMES, Keys, load_script
 from taskbus.settings import Settings
 from taskbus.task import TERMINAL, TaskSpec, new_id, queue_of
@@ -129,5 +129,10 @@ class Store:
                 self.blocking.xread({events_key: last_id}, count=1, block=remaining_ms)
 
     def ping(self) -> None:
+        """Redis answers, and no worker has flagged a lost consumer group on our queues."""
         with unavailable_on_redis_errors():
-            self.client.ping()
+            flags = self.client.mget([self.keys.data_lost(q) for q in self.settings.queues])
+        lost = [q for q, flag in zip(self.settings.queues, flags) if flag]
+        if lost:
+            raise DataLost(f"Redis lost the stream or consumer group of queue(s) {', '.join(lost)} "
+                           "(restarted without persistence?); tasks queued before were lost")

@@ -61,6 +61,7 @@ class Worker:
         self._next_promote = self._next_heartbeat = self._next_reclaim = 0.0
         self._drain_deadline = float("inf")
         self._groups_ready = False
+        self._group_lost = False
         self._abandoned = 0
 
     def stop(self) -> None:
@@ -79,7 +80,7 @@ class Worker:
         while not self.stopping.is_set():
             try:
                 if not self._groups_ready:
-                    self.channel.ensure_groups()
+                    self.channel.ensure_groups(lost=self._group_lost)
                     self._groups_ready = True
                 self._tick()
                 backoff = 0.1
@@ -91,6 +92,7 @@ class Worker:
                     log.error("consumer group or stream missing (Redis lost its data?): recreating it",
                               extra={"fields": {"queues": list(self.settings.queues)}})
                     self._groups_ready = False
+                    self._group_lost = True
                     continue
                 log.exception("redis refused a command, retrying")
             except Exception:  # noqa: BLE001 - the loop must outlive any single failure
