@@ -11,7 +11,7 @@ import flask
 from werkzeug.routing import Rule
 
 from taskbus import openapi, webhooks
-from taskbus.errors import NotFound, ValidationError
+from taskbus.errors import NotFound, RequestError, ValidationError
 from taskbus.http import Service, json_response, read_body, read_json, status_url
 from taskbus.settings import Settings
 from taskbus.task import TaskSpec, check_idempotency_key, iso, parse_spec
@@ -19,6 +19,7 @@ from taskbus.task import TaskSpec, check_idempotency_key, iso, parse_spec
 log = logging.getLogger(__name__)
 
 Shape = Callable[[str, str], dict[str, Any]]
+MAX_BATCH = 1000
 
 
 def make_service(settings: Settings) -> Service:
@@ -28,6 +29,34 @@ def make_service(settings: Settings) -> Service:
         spec = parse_spec(read_json(request, settings), default_max_attempts=settings.default_max_attempts,
                           default_timeout_s=settings.default_timeout_s)
         return submit(request, spec, lambda task_id, status: {"id": task_id, "status": status})
+
+    def create_batch(request: flask.Request) -> flask.Response:
+        """`{"tasks": [...]}`, up to MAX_BATCH: each item enqueued atomically or refused alone
+        (like SQS SendMessageBatch); results in request order, all in one pipelined round trip."""
+        body = read_json(request, settings)
+        if not isinstance(body, dict) or set(body) != {"tasks"}:
+            raise ValidationError("body", 'must be {"tasks": [...]}')
+        items = body["tasks"]
+        if not isinstance(items, list) or not 1 <= len(items) <= MAX_BATCH:
+            raise ValidationError("tasks", f"must be a list of 1 to {MAX_BATCH} tasks")
+        results: list[dict[str, Any]] = []
+        accepted: list[tuple[int, TaskSpec, str | None]] = []
+        for index, item in enumerate(items):
+            try:
+                spec = parse_spec(item, default_max_attempts=settings.default_max_attempts,
+                                  default_timeout_s=settings.default_timeout_s, extra=frozenset({"idempotency_key"}))
+                key = item.get("idempotency_key")
+                if key is not None:
+                    check_idempotency_key("idempotency_key", key)
+                accepted.append((index, spec, key))
+                results.append({})
+            except RequestError as exc:
+                results.append({"error": {"code": exc.code, "message": f"tasks[{index}].{exc.message}"}})
+        if accepted:
+            done = service.store.enqueue_many([(spec, key) for _, spec, key in accepted])
+            for (index, _, _), (task_id, status, _) in zip(accepted, done):
+                results[index] = {"id": task_id, "status": status, "status_url": status_url(settings, task_id)}
+        return json_response({"results": results}, 200)
 
     def enqueue_legacy(request: flask.Request) -> flask.Response:
         """The blog design's route: any JSON object becomes the payload of a `default` task."""
@@ -77,13 +106,14 @@ def make_service(settings: Settings) -> Service:
 
     rules = [
         Rule("/tasks", methods=["POST"], endpoint="create"),
+        Rule("/tasks/batch", methods=["POST"], endpoint="create_batch"),
         Rule("/enqueue", methods=["POST"], endpoint="enqueue_legacy"),
         Rule("/hooks/<source>", methods=["POST"], endpoint="hook"),
         Rule("/healthz", methods=["GET"], endpoint="healthz"),
         Rule("/openapi.json", methods=["GET"], endpoint="openapi"),
     ]
-    service = Service(settings, rules, {}, keyed=frozenset({"create", "enqueue_legacy"}))
-    service.endpoints.update(create=create, enqueue_legacy=enqueue_legacy, hook=hook, healthz=service.healthz,
+    service = Service(settings, rules, {}, keyed=frozenset({"create", "create_batch", "enqueue_legacy"}))
+    service.endpoints.update(create=create, create_batch=create_batch, enqueue_legacy=enqueue_legacy, hook=hook, healthz=service.healthz,
                              openapi=openapi_document)
     if sources:
         log.info("webhook sources enabled", extra={"fields": {"sources": {s.name: s.scheme for s in sources.values()}}})

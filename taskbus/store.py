@@ -85,18 +85,47 @@ class Store:
                 idempotency_ttl_s: int | None = None) -> tuple[str, str, bool]:
         """Record and publish a task in one round trip; returns (id, status, created).
         A replayed `idempotency_key` returns the first task instead (created is False)."""
-        task_id = new_id(spec.queue)
-        keys = [self.keys.task(task_id), self.keys.stream(spec.queue), self.keys.delayed(spec.queue)]
-        if idempotency_key is not None:
-            keys.append(self.keys.idempotency(spec.queue, idempotency_key))
-        args = [task_id, spec.type, spec.queue, codec.dumps(spec.payload), spec.max_attempts,
-                repr(spec.timeout_s), int(spec.delay_s * 1000), self.settings.pending_ttl_s,
-                idempotency_ttl_s or self.settings.idempotency_ttl_s]
+        return self.enqueue_many([(spec, idempotency_key)], idempotency_ttl_s)[0]
+
+    def enqueue_many(self, items: list[tuple[TaskSpec, str | None]],
+                     idempotency_ttl_s: int | None = None) -> list[tuple[str, str, bool]]:
+        """Enqueue each (spec, idempotency key) atomically: one script call per queue in the
+        batch (all keys of a call share the queue's hash slot), pipelined in one round trip."""
+        by_queue: dict[str, list[int]] = {}
+        for index, (spec, _) in enumerate(items):
+            by_queue.setdefault(spec.queue, []).append(index)
+        calls = []
+        for queue, indexes in by_queue.items():
+            keys: list[str] = []
+            args: list[Any] = []
+            stream, delayed = self.keys.stream(queue), self.keys.delayed(queue)
+            for index in indexes:
+                spec, key = items[index]
+                task_id = new_id(queue)
+                task_key = self.keys.task(task_id)
+                keys += [task_key, stream, delayed, self.keys.idempotency(queue, key) if key is not None else task_key]
+                args += [task_id, spec.type, queue, codec.dumps(spec.payload), spec.max_attempts, repr(spec.timeout_s),
+                         int(spec.delay_s * 1000), self.settings.pending_ttl_s,
+                         (idempotency_ttl_s or self.settings.idempotency_ttl_s) if key is not None else ""]
+            calls.append((keys, args))
         with unavailable_on_redis_errors():
-            found_id, created, status = self.scripts.enqueue(keys=keys, args=args, client=self.client)
-            if not created:
-                status = self.client.hget(self.keys.task(found_id), "status") or "unknown"
-        return found_id, status, bool(created)
+            if len(calls) == 1:
+                replies = [self.scripts.enqueue(keys=calls[0][0], args=calls[0][1], client=self.client)]
+            else:
+                replies = self._evalsha_many(self.scripts.enqueue, calls)
+            results: list[tuple[str, str, bool]] = [("", "", False)] * len(items)
+            for indexes, reply in zip(by_queue.values(), replies):
+                for index, (found, created, status) in zip(indexes, reply):
+                    results[index] = (found, status, bool(created))
+            replayed = [found for found, _, created in results if not created]
+            if replayed:  # a replay reports the first task's current status: one more read
+                pipe = self.client.pipeline(transaction=False)
+                for found in replayed:
+                    pipe.hget(self.keys.task(found), "status")
+                current = dict(zip(replayed, pipe.execute()))
+                results = [(found, status if created else current.get(found) or "unknown", created)
+                           for found, status, created in results]
+        return results
 
     def get(self, task_id: str) -> dict[str, str] | None:
         """The stored record of a task, or None when unknown, expired or not a task id."""
