@@ -49,5 +49,5 @@ def configure(level: str = "INFO") -> None:
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     # Skip work no line uses: the caller's frame lookup and thread/process names.
-    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
+    logging.logThreads = logging.logMultiprocessing = False  # (gunicorn's own format uses the pid)
     logging._srcfile = None  # documented: "set logging._srcfile to None" to avoid findCaller

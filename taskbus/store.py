@@ -127,6 +127,21 @@ class Store:
                            for found, status, created in results]
         return results
 
+    def _evalsha_many(self, script: Any, calls: list[tuple[list[str], list[Any]]]) -> list[Any]:
+        """Pipelined EVALSHA calls in one round trip. (redis-py's pipelined Script objects add a
+        SCRIPT EXISTS round trip to every execute; here the script is loaded only when missing.)"""
+        for attempt in (1, 2):
+            pipe = self.client.pipeline(transaction=False)
+            for keys, args in calls:
+                pipe.evalsha(script.sha, len(keys), *keys, *args)
+            try:
+                return list(pipe.execute())
+            except redis.exceptions.NoScriptError:
+                if attempt == 2:
+                    raise
+                self.client.script_load(script.script)  # after a Redis restart or SCRIPT FLUSH
+        raise AssertionError("unreachable")
+
     def get(self, task_id: str) -> dict[str, str] | None:
         """The stored record of a task, or None when unknown, expired or not a task id."""
         if queue_of(task_id) is None:
