@@ -10,6 +10,7 @@
         ├── Unauthorized            bad API key, bad webhook signature     → 401
         ├── NotFound                unknown path or task                  → 404
         ├── MethodNotAllowed        → 405 with Allow
+        ├── RequestTimeout          body not received in time             → 408
         ├── PayloadTooLarge         → 413
         ├── UnsupportedMediaType    → 415
         └── ValidationError         schema violation, names the field    → 422
@@ -73,6 +74,10 @@ class MethodNotAllowed(RequestError):
 
     def __init__(self, message: str, allow: list[str]) -> None:
         super().__init__(message, {"Allow": ", ".join(allow)})
+
+
+class RequestTimeout(RequestError):
+    status, code = 408, "request_timeout"
 
 
 class PayloadTooLarge(RequestError):

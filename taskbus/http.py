@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -16,8 +17,8 @@ import werkzeug.exceptions
 from werkzeug.routing import Map, Rule
 
 from taskbus import codec
-from taskbus.errors import (DataLost, NotFound, PayloadTooLarge, RequestError, Unauthorized, Unavailable,
-                            UnsupportedMediaType)
+from taskbus.errors import (DataLost, NotFound, PayloadTooLarge, RequestError, RequestTimeout, Unauthorized,
+                            Unavailable, UnsupportedMediaType)
 from taskbus.settings import Settings
 from taskbus.store import Store
 
@@ -112,14 +113,28 @@ def read_body(request: flask.Request, settings: Settings, media_types: tuple[str
     if charset not in ("utf-8", "utf8"):
         raise UnsupportedMediaType("only the utf-8 charset is accepted")
     # Read at most limit + 1 bytes: a chunked body has no Content-Length to refuse up front.
+    # A deadline on the socket frees the thread from a client that sends its body slowly.
+    sock = request.environ.get("gunicorn.socket")
+    deadline = time.monotonic() + settings.body_timeout_s
     chunks: list[bytes] = []
     size = 0
-    while size <= limit:
-        chunk = request.stream.read(min(65536, limit + 1 - size))
-        if not chunk:
-            break
-        chunks.append(chunk)
-        size += len(chunk)
+    try:
+        while size <= limit:
+            if sock is not None:
+                sock.settimeout(max(0.001, deadline - time.monotonic()))
+            chunk = request.stream.read(min(65536, limit + 1 - size))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+    except (TimeoutError, werkzeug.exceptions.ClientDisconnected):  # werkzeug wraps socket errors
+        request._cached_data = b""  # nothing more to read or drain from this connection
+        if time.monotonic() >= deadline:
+            raise RequestTimeout(f"the body did not arrive within {settings.body_timeout_s:g} s") from None
+        raise
+    finally:
+        if sock is not None:
+            sock.settimeout(None)
     if size > limit:
         raise PayloadTooLarge(f"body is over the {limit} byte limit")
     data = b"".join(chunks)

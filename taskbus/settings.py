@@ -31,8 +31,10 @@ class Settings:
     port: int = 0
     enqueue_port: int = 8080
     status_port: int = 8081
-    enqueue_threads: int = 16
-    status_threads: int = 32  # each long-poll holds a thread for up to MAX_WAIT_S
+    # Threads are cheap while idle; many keep slow clients (slow-loris) from starving the rest.
+    enqueue_threads: int = 128
+    status_threads: int = 128  # each long-poll holds a thread for up to MAX_WAIT_S
+    body_timeout_s: float = 10.0  # a body must arrive within this long (408 otherwise)
     max_body_bytes: int = 1024 * 1024
     max_wait_s: float = 60.0
     status_base_url: str = ""  # where the status function is reachable, for status_url; empty: relative links

@@ -33,7 +33,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedServer]
 @pytest.fixture(scope="session")
 def base_settings(server: EmbeddedServer) -> Settings:
     return Settings(redis_url=server.url, key_prefix="tb", enqueue_port=free_port(), status_port=free_port(),
-                    enqueue_threads=8, status_threads=16, **FAST)  # type: ignore[arg-type]
+                    **FAST)  # type: ignore[arg-type]
 
 
 @pytest.fixture(scope="session")
