@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 from taskbus.settings import Settings
@@ -22,7 +23,8 @@ def argv(name: str, settings: Settings) -> list[str]:
     return [
         sys.executable, "-m", "gunicorn",
         "--bind", f"{settings.host}:{port}",
-        "--worker-class", "gthread", "--workers", "1", "--threads", str(threads),
+        "--worker-class", "gthread", "--workers", str(settings.web_workers or os.cpu_count() or 1),
+        "--threads", str(threads),
         "--graceful-timeout", str(GRACEFUL_TIMEOUT_S),
         "--timeout", "30",
         "--keep-alive", "5",

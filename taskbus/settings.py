@@ -31,6 +31,7 @@ class Settings:
     port: int = 0
     enqueue_port: int = 8080
     status_port: int = 8081
+    web_workers: int = 0  # gunicorn worker processes per function; 0: one per CPU
     # Threads are cheap while idle; many keep slow clients (slow-loris) from starving the rest.
     enqueue_threads: int = 128
     status_threads: int = 128  # each long-poll holds a thread for up to MAX_WAIT_S
