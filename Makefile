@@ -23,6 +23,7 @@ up: venv
 	$(BIN)/python -m local
 
 test: venv tools
+	$(BIN)/ruff check taskbus worker_fn local functions chaos
 	$(BIN)/python -m pytest
 
 # The fault-injection suite at full size (tests/test_chaos.py runs the short versions).

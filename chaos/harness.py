@@ -46,19 +46,38 @@ class Cluster:
     _stop: threading.Event = dataclasses.field(default_factory=threading.Event)
 
     @classmethod
-    def start(cls, root: Path, appendonly: bool = True, function_wrapper: tuple[str, ...] = (),
-              function_env: dict[str, str] | None = None, **changes: Any) -> Cluster:
+    def start(
+        cls,
+        root: Path,
+        appendonly: bool = True,
+        function_wrapper: tuple[str, ...] = (),
+        function_env: dict[str, str] | None = None,
+        **changes: Any,
+    ) -> Cluster:
         root.mkdir(parents=True, exist_ok=True)
         server = EmbeddedServer(root / "valkey", appendonly=appendonly)
         server.start()
-        base = dict(redis_url=server.url, key_prefix="chaos", queues=("chaos",), enqueue_port=free_port(),
-                    status_port=free_port(), lease_s=2.0, grace_s=8.0, block_ms=200, backoff_base_s=0.05,
-                    backoff_max_s=0.5, concurrency=8, handlers="chaos.handlers", enqueue_threads=16)
+        base = dict(
+            redis_url=server.url,
+            key_prefix="chaos",
+            queues=("chaos",),
+            enqueue_port=free_port(),
+            status_port=free_port(),
+            lease_s=2.0,
+            grace_s=8.0,
+            block_ms=200,
+            backoff_base_s=0.05,
+            backoff_max_s=0.5,
+            concurrency=8,
+            handlers="chaos.handlers",
+            enqueue_threads=16,
+        )
         base.update(changes)
         cluster = cls(root, Settings(**base), server)  # type: ignore[arg-type]
         for name in ("enqueue", "status"):
-            cluster.functions[name] = start_function(name, cluster.settings, root, function_wrapper,
-                                                     **(function_env or {}))
+            cluster.functions[name] = start_function(
+                name, cluster.settings, root, function_wrapper, **(function_env or {})
+            )
         return cluster
 
     # -- processes ----------------------------------------------------------------------
@@ -91,12 +110,25 @@ class Cluster:
 
     # -- load -----------------------------------------------------------------------------
 
-    def enqueue(self, n: int, type_: str = "work", payload: dict[str, Any] | None = None, threads: int = 8,
-                max_attempts: int = 5, tolerate_errors: bool = False, delay_s: float = 0) -> list[str]:
+    def enqueue(
+        self,
+        n: int,
+        type_: str = "work",
+        payload: dict[str, Any] | None = None,
+        threads: int = 8,
+        max_attempts: int = 5,
+        tolerate_errors: bool = False,
+        delay_s: float = 0,
+    ) -> list[str]:
         """POST n tasks over HTTP from `threads` clients; every 202 goes into the oracle."""
         url = self.functions["enqueue"][1] + "/tasks"
-        body = {"type": type_, "queue": self.settings.queues[0], "payload": payload or {},
-                "max_attempts": max_attempts, "delay_s": delay_s}
+        body = {
+            "type": type_,
+            "queue": self.settings.queues[0],
+            "payload": payload or {},
+            "max_attempts": max_attempts,
+            "delay_s": delay_s,
+        }
         ids: list[str] = []
 
         def post(count: int) -> list[str]:
@@ -126,6 +158,7 @@ class Cluster:
 
     def start_monitor(self, sample: int = 200) -> None:
         """Watch a sample of tasks' status from Redis and remember every change seen."""
+
         def watch() -> None:
             client = self.r
             while not self._stop.is_set():
@@ -191,8 +224,13 @@ class Cluster:
         last_fault = max((t for t, _ in self.faults), default=time.monotonic())
         return max(0.0, time.monotonic() - last_fault)
 
-    def check(self, poison: set[str] | None = None, max_duplicates: int | None = None,
-              recovery_limit_s: float | None = None, timeout: float = 120) -> dict[str, Any]:
+    def check(
+        self,
+        poison: set[str] | None = None,
+        max_duplicates: int | None = None,
+        recovery_limit_s: float | None = None,
+        timeout: float = 120,
+    ) -> dict[str, Any]:
         poison = poison or set()
         recovery_s = self.wait_all_terminal(timeout)
         limit = recovery_limit_s if recovery_limit_s is not None else self.settings.lease_s + 5
@@ -218,14 +256,19 @@ class Cluster:
             problems.append(f"{len(twice)} tasks with {set(terminal_writes[t] for t in twice)} terminal writes")
         failed = {t for t, (status, _) in records.items() if status == "failed"}
         if failed != poison:
-            problems.append(f"failed tasks {len(failed)} != poison tasks {len(poison)}: "
-                            f"innocent {sorted(failed - poison)[:3]}, poison not failed {sorted(poison - failed)[:3]}")
+            problems.append(
+                f"failed tasks {len(failed)} != poison tasks {len(poison)}: "
+                f"innocent {sorted(failed - poison)[:3]}, poison not failed {sorted(poison - failed)[:3]}"
+            )
         dead_stream = Keys(self.settings.key_prefix).dead(self.settings.queues[0])
         dead = {fields.get("id") for _, fields in client.xrange(dead_stream)}
         if dead != poison:
             problems.append(f"dead-letter stream holds {len(dead)} tasks, expected the {len(poison)} poison tasks")
-        early = [t for t, (status, fin) in records.items()
-                 if status == "succeeded" and (t not in ends or int(fin or 0) < ends[t] - self.worker_skew_ms)]
+        early = [
+            t
+            for t, (status, fin) in records.items()
+            if status == "succeeded" and (t not in ends or int(fin or 0) < ends[t] - self.worker_skew_ms)
+        ]
         if early:
             problems.append(f"{len(early)} tasks succeeded before their handler finished, e.g. {early[:3]}")
         never_ran = [t for t, (status, _) in records.items() if status == "succeeded" and starts[t] == 0]
@@ -243,8 +286,15 @@ class Cluster:
             problems.append(f"status moved backwards for {len(backwards)} tasks, e.g. {backwards[:2]}")
         if problems:
             raise InvariantBroken("; ".join(problems))
-        return {"tasks": len(ids), "faults": len(self.faults), "lost": 0, "duplicates": duplicates,
-                "dead_lettered": len(dead), "recovery_s": round(recovery_s, 2), "monitored": len(self._monitor)}
+        return {
+            "tasks": len(ids),
+            "faults": len(self.faults),
+            "lost": 0,
+            "duplicates": duplicates,
+            "dead_lettered": len(dead),
+            "recovery_s": round(recovery_s, 2),
+            "monitored": len(self._monitor),
+        }
 
     def signal_worker(self, proc: Proc, signum: int) -> None:
         proc.signal(signum)
@@ -262,6 +312,6 @@ def _events_key(settings: Settings, task_id: str) -> str:
 def _backwards(seq: list[str]) -> bool:
     """Once terminal, a status never changes."""
     for i, status in enumerate(seq):
-        if status in TERMINAL and any(s != status for s in seq[i + 1:]):
+        if status in TERMINAL and any(s != status for s in seq[i + 1 :]):
             return True
     return False

@@ -55,7 +55,9 @@ class FaultProxy:
 
     def reset_all(self) -> None:
         """Abort every connection (RST)."""
+
         def abort() -> None:
             for w in list(self._writers):
                 w.transport.abort()
+
         self._loop.call_soon_threadsafe(abort)

@@ -121,8 +121,11 @@ def redis_restart(root: Path, full: bool) -> Figures:
         control.wait_all_terminal(30)
         control.server.kill()
         control.server.start()
-        wait_until(lambda: "Redis lost its data" in worker.output(), timeout=20,
-                   message="the worker reporting the lost consumer group")
+        wait_until(
+            lambda: "Redis lost its data" in worker.output(),
+            timeout=20,
+            message="the worker reporting the lost consumer group",
+        )
         health = httpx.get(control.functions["enqueue"][1] + "/healthz")
         if health.status_code != 503 or health.json()["error"]["code"] != "data_lost":
             raise InvariantBroken(f"/healthz did not report the lost group: {health.status_code} {health.text}")
@@ -162,8 +165,13 @@ def network_faults(root: Path, full: bool) -> Figures:
         spurious = sum(w.output().count("lease lost") for w in c.workers)
         if spurious:
             for w in c.workers:
-                print("\n".join(line for line in w.output().splitlines()
-                                if "lease lost" in line or "unavailable" in line or "error" in line)[:6000])
+                print(
+                    "\n".join(
+                        line
+                        for line in w.output().splitlines()
+                        if "lease lost" in line or "unavailable" in line or "error" in line
+                    )[:6000]
+                )
             raise InvariantBroken(f"{spurious} spurious lease losses")
         if resume_s > 5:
             raise InvariantBroken(f"work resumed {resume_s:.1f} s after healing (limit 5 s)")
@@ -260,9 +268,11 @@ def clock_skew(root: Path, full: bool) -> Figures:
         raise InvariantBroken("faketime is not installed (Debian package faketime; make test installs it)")
     n = 2_000 if full else 200
     secret = "chaos-stripe-secret"
-    c = Cluster.start(root, function_wrapper=("faketime", "-f", "-600s"),
-                      function_env={"WEBHOOK_SOURCES": "stripe", "WEBHOOK_STRIPE_SECRET": secret,
-                                    "WEBHOOK_STRIPE_QUEUE": "chaos"})
+    c = Cluster.start(
+        root,
+        function_wrapper=("faketime", "-f", "-600s"),
+        function_env={"WEBHOOK_SOURCES": "stripe", "WEBHOOK_STRIPE_SECRET": secret, "WEBHOOK_STRIPE_QUEUE": "chaos"},
+    )
     c.worker_skew_ms = 600_000  # the workers' execution logs are stamped by their skewed clock
     try:
         for _ in range(2):
@@ -271,7 +281,7 @@ def clock_skew(root: Path, full: bool) -> Figures:
         began = time.time()
         delayed = c.enqueue(20, payload={"ms": 1, "delay": True}, threads=2, delay_s=1.0)
         c.enqueue(n, payload={"ms": 2})
-        figures = c.check()
+        c.check()
         created = [int(c.r.hget(task_key(c.settings, t), "started_ms") or 0) for t in delayed]
         early = [ms for ms in created if ms / 1000 < began + 0.9]
         if early:
@@ -281,8 +291,11 @@ def clock_skew(root: Path, full: bool) -> Figures:
             stamp = str(int(time.time()) + skew)
             body = json.dumps({"id": f"evt_{skew}", "type": "invoice.paid"}).encode()
             mac = hmac.new(secret.encode(), stamp.encode() + b"." + body, hashlib.sha256).hexdigest()
-            reply = httpx.post(url, content=body, headers={"Content-Type": "application/json",
-                                                           "Stripe-Signature": f"t={stamp},v1={mac}"})
+            reply = httpx.post(
+                url,
+                content=body,
+                headers={"Content-Type": "application/json", "Stripe-Signature": f"t={stamp},v1={mac}"},
+            )
             if reply.status_code != expected:
                 raise InvariantBroken(f"stripe delivery stamped {skew:+} s: {reply.status_code}, expected {expected}")
             if expected == 202:

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import honcho.manager
 
-from local.commands import argv
 from local import webhook_samples
+from local.commands import argv
 from local.embedded import EmbeddedServer
 from taskbus.settings import Settings
 
@@ -34,8 +34,9 @@ def send_webhook(args: list[str]) -> int:
     env = {**webhook_samples.dev_env(RUN), **os.environ}
     settings = Settings.from_env(env)
     secret = env.get(f"WEBHOOK_{args[0].upper()}_SECRET", "").split(",")[0]
-    code, body = webhook_samples.send(f"http://{settings.host}:{settings.enqueue_port}", args[0],
-                                      args[1] if len(args) == 2 else None, secret)
+    code, body = webhook_samples.send(
+        f"http://{settings.host}:{settings.enqueue_port}", args[0], args[1] if len(args) == 2 else None, secret
+    )
     print(code, body)
     return 0 if code < 300 else 1
 

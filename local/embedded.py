@@ -37,9 +37,23 @@ class EmbeddedServer:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def argv(self) -> list[str]:
-        return [binary(), "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-                "--appendonly", "yes" if self.appendonly else "no", "--appendfsync", "everysec",
-                "--dir", str(self.data_dir), "--protected-mode", "yes"]
+        return [
+            binary(),
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "yes" if self.appendonly else "no",
+            "--appendfsync",
+            "everysec",
+            "--dir",
+            str(self.data_dir),
+            "--protected-mode",
+            "yes",
+        ]
 
     def start(self, timeout_s: float = 10.0) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -49,7 +63,9 @@ class EmbeddedServer:
         deadline = time.monotonic() + timeout_s
         while not self._answers():
             if self.process.poll() is not None:
-                raise RuntimeError(f"valkey-server exited with {self.process.returncode}; see {self.data_dir}/server.log")
+                raise RuntimeError(
+                    f"valkey-server exited with {self.process.returncode}; see {self.data_dir}/server.log"
+                )
             if time.monotonic() > deadline:
                 raise RuntimeError(f"valkey-server did not answer on port {self.port} within {timeout_s} s")
             time.sleep(0.02)  # waiting for an external process to bind; nothing to block on

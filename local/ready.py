@@ -27,11 +27,15 @@ def main() -> None:
         if time.monotonic() > deadline:
             sys.exit("the functions did not become healthy within 60 s")
         time.sleep(0.2)  # polling another process's port until it is up
-    print(f"""ready: enqueue on {enqueue}, status on {status}, Redis at {s.redis_url}
-  curl -s -X POST {enqueue}/tasks -H 'Content-Type: application/json' -d '{{"type": "echo", "payload": {{"hello": "world"}}}}'
+    print(
+        f"""ready: enqueue on {enqueue}, status on {status}, Redis at {s.redis_url}
+  curl -s -X POST {enqueue}/tasks -H 'Content-Type: application/json' \\
+       -d '{{"type": "echo", "payload": {{"hello": "world"}}}}'
   curl -s '{status}/tasks/<id>?wait=10'
-  python -m local send-webhook github push     (a signed sample webhook; also stripe, standard, slack, shopify)
-Ctrl-C stops everything.""", flush=True)
+  python -m local send-webhook github push   (a signed sample; also stripe, standard, slack, shopify)
+Ctrl-C stops everything.""",
+        flush=True,
+    )
     signal.pause()
 
 

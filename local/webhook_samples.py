@@ -28,7 +28,9 @@ def dev_env(run_dir: Path) -> dict[str, str]:
         stored = json.loads(path.read_text())
     else:
         stored = {
-            "github": secrets.token_hex(20), "slack": secrets.token_hex(16), "shopify": secrets.token_hex(16),
+            "github": secrets.token_hex(20),
+            "slack": secrets.token_hex(16),
+            "shopify": secrets.token_hex(16),
             "stripe": "whsec_" + secrets.token_hex(16),
             "standard": "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode(),
         }
@@ -45,43 +47,76 @@ def sample(source: str, event: str, secret: str) -> tuple[bytes, dict[str, str]]
     now = str(int(time.time()))
     delivery = str(uuid.uuid4())
     if source == "github":
-        body = _json({"zen": "Keep it logically awesome.", "hook_id": 1} if event == "ping" else {
-            "ref": "refs/heads/main", "before": "0" * 40, "after": "a" * 40,
-            "repository": {"full_name": "octo-org/hello-world"},
-            "commits": [{"id": "a" * 40, "message": "Update README"}], "head_commit": {"id": "a" * 40}})
+        body = _json(
+            {"zen": "Keep it logically awesome.", "hook_id": 1}
+            if event == "ping"
+            else {
+                "ref": "refs/heads/main",
+                "before": "0" * 40,
+                "after": "a" * 40,
+                "repository": {"full_name": "octo-org/hello-world"},
+                "commits": [{"id": "a" * 40, "message": "Update README"}],
+                "head_commit": {"id": "a" * 40},
+            }
+        )
         mac = hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
         return body, {"X-GitHub-Event": event, "X-GitHub-Delivery": delivery, "X-Hub-Signature-256": f"sha256={mac}"}
     if source == "stripe":
-        body = _json({"id": f"evt_{delivery.replace('-', '')[:24]}", "object": "event", "type": event,
-                      "data": {"object": {"id": "in_123", "object": "invoice"}}})
+        body = _json(
+            {
+                "id": f"evt_{delivery.replace('-', '')[:24]}",
+                "object": "event",
+                "type": event,
+                "data": {"object": {"id": "in_123", "object": "invoice"}},
+            }
+        )
         mac = hmac.new(secret.encode(), now.encode() + b"." + body, hashlib.sha256).hexdigest()
         return body, {"Stripe-Signature": f"t={now},v1={mac}"}
     if source == "standard":
         body = _json({"type": event, "timestamp": now, "data": {"id": "user_123"}})
         key = base64.b64decode(secret.removeprefix("whsec_"))
         mac = base64.b64encode(hmac.new(key, f"msg_{delivery}.{now}.".encode() + body, hashlib.sha256).digest())
-        return body, {"webhook-id": f"msg_{delivery}", "webhook-timestamp": now, "webhook-signature": f"v1,{mac.decode()}"}
+        return body, {
+            "webhook-id": f"msg_{delivery}",
+            "webhook-timestamp": now,
+            "webhook-signature": f"v1,{mac.decode()}",
+        }
     if source == "slack":
-        body = _json({"type": "event_callback", "event_id": f"Ev{delivery[:8]}",
-                      "event": {"type": event, "text": "hello", "user": "U123"}})
+        body = _json(
+            {
+                "type": "event_callback",
+                "event_id": f"Ev{delivery[:8]}",
+                "event": {"type": event, "text": "hello", "user": "U123"},
+            }
+        )
         mac = hmac.new(secret.encode(), f"v0:{now}:".encode() + body, hashlib.sha256).hexdigest()
         return body, {"X-Slack-Request-Timestamp": now, "X-Slack-Signature": f"v0={mac}"}
     if source == "shopify":
         body = _json({"id": 820982911946154508, "email": "jon@example.com", "total_price": "10.00"})
         mac = base64.b64encode(hmac.new(secret.encode(), body, hashlib.sha256).digest()).decode()
-        return body, {"X-Shopify-Topic": event.replace(".", "/"), "X-Shopify-Event-Id": delivery,
-                      "X-Shopify-Hmac-Sha256": mac, "X-Shopify-Shop-Domain": "example.myshopify.com"}
+        return body, {
+            "X-Shopify-Topic": event.replace(".", "/"),
+            "X-Shopify-Event-Id": delivery,
+            "X-Shopify-Hmac-Sha256": mac,
+            "X-Shopify-Shop-Domain": "example.myshopify.com",
+        }
     raise SystemExit(f"no sample for source {source!r}; try one of {', '.join(SOURCES)}")
 
 
-DEFAULT_EVENTS = {"github": "push", "stripe": "invoice.paid", "standard": "user.created",
-                  "slack": "app_mention", "shopify": "orders.create"}
+DEFAULT_EVENTS = {
+    "github": "push",
+    "stripe": "invoice.paid",
+    "standard": "user.created",
+    "slack": "app_mention",
+    "shopify": "orders.create",
+}
 
 
 def send(base_url: str, source: str, event: str | None, secret: str) -> tuple[int, Any]:
     body, headers = sample(source, event or DEFAULT_EVENTS.get(source, "test"), secret)
-    request = urllib.request.Request(f"{base_url}/hooks/{source}", data=body, method="POST",
-                                     headers={"Content-Type": "application/json", **headers})
+    request = urllib.request.Request(
+        f"{base_url}/hooks/{source}", data=body, method="POST", headers={"Content-Type": "application/json", **headers}
+    )
     try:
         with urllib.request.urlopen(request, timeout=5) as response:
             return response.status, json.loads(response.read())

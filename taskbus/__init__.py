@@ -7,5 +7,14 @@ from taskbus.store import Store
 from taskbus.task import TaskSpec
 from taskbus.worker import Worker
 
-__all__ = ["ConfigError", "Context", "Registry", "Settings", "Store", "TaskSpec", "TaskbusError",
-           "Unavailable", "Worker"]
+__all__ = [
+    "ConfigError",
+    "Context",
+    "Registry",
+    "Settings",
+    "Store",
+    "TaskSpec",
+    "TaskbusError",
+    "Unavailable",
+    "Worker",
+]

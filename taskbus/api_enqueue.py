@@ -26,8 +26,11 @@ def make_service(settings: Settings) -> Service:
     sources = {source.name: source for source in settings.webhooks}
 
     def create(request: flask.Request) -> flask.Response:
-        spec = parse_spec(read_json(request, settings), default_max_attempts=settings.default_max_attempts,
-                          default_timeout_s=settings.default_timeout_s)
+        spec = parse_spec(
+            read_json(request, settings),
+            default_max_attempts=settings.default_max_attempts,
+            default_timeout_s=settings.default_timeout_s,
+        )
         return submit(request, spec, lambda task_id, status: {"id": task_id, "status": status})
 
     def create_batch(request: flask.Request) -> flask.Response:
@@ -43,8 +46,12 @@ def make_service(settings: Settings) -> Service:
         accepted: list[tuple[int, TaskSpec, str | None]] = []
         for index, item in enumerate(items):
             try:
-                spec = parse_spec(item, default_max_attempts=settings.default_max_attempts,
-                                  default_timeout_s=settings.default_timeout_s, extra=frozenset({"idempotency_key"}))
+                spec = parse_spec(
+                    item,
+                    default_max_attempts=settings.default_max_attempts,
+                    default_timeout_s=settings.default_timeout_s,
+                    extra=frozenset({"idempotency_key"}),
+                )
                 key = item.get("idempotency_key")
                 if key is not None:
                     check_idempotency_key("idempotency_key", key)
@@ -63,10 +70,17 @@ def make_service(settings: Settings) -> Service:
         body = read_json(request, settings)
         if not isinstance(body, dict):
             raise ValidationError("body", "must be a JSON object")
-        spec = TaskSpec(type="default", payload=body, max_attempts=settings.default_max_attempts,
-                        timeout_s=settings.default_timeout_s)
-        return submit(request, spec, lambda task_id, status: {
-            "message": "Task published", "task_id": task_id, "id": task_id, "status": status})
+        spec = TaskSpec(
+            type="default",
+            payload=body,
+            max_attempts=settings.default_max_attempts,
+            timeout_s=settings.default_timeout_s,
+        )
+        return submit(
+            request,
+            spec,
+            lambda task_id, status: {"message": "Task published", "task_id": task_id, "id": task_id, "status": status},
+        )
 
     def submit(request: flask.Request, spec: TaskSpec, shape: Shape) -> flask.Response:
         key = request.headers.get("Idempotency-Key")
@@ -84,15 +98,24 @@ def make_service(settings: Settings) -> Service:
         hit = webhooks.verify(src, request.headers, body, request.mimetype, received, settings.webhook_tolerance_s)
         if hit.reply is not None:
             return json_response(hit.reply)
-        meta = {"source": src.name, "event": hit.event, "delivery_id": hit.delivery_id,
-                "received_at": iso(str(int(received * 1000))),
-                "headers": hit.headers}
-        spec = TaskSpec(type=webhooks.task_type(src.name, hit.event), payload={"body": hit.body, "webhook": meta},
-                        queue=src.queue, max_attempts=settings.default_max_attempts,
-                        timeout_s=settings.default_timeout_s)
+        meta = {
+            "source": src.name,
+            "event": hit.event,
+            "delivery_id": hit.delivery_id,
+            "received_at": iso(str(int(received * 1000))),
+            "headers": hit.headers,
+        }
+        spec = TaskSpec(
+            type=webhooks.task_type(src.name, hit.event),
+            payload={"body": hit.body, "webhook": meta},
+            queue=src.queue,
+            max_attempts=settings.default_max_attempts,
+            timeout_s=settings.default_timeout_s,
+        )
         dedupe = f"webhook:{src.name}:{hit.delivery_id}" if hit.delivery_id else None
-        return _accepted(spec, dedupe, settings.webhook_dedupe_ttl_s,
-                         lambda task_id, status: {"id": task_id, "status": status})
+        return _accepted(
+            spec, dedupe, settings.webhook_dedupe_ttl_s, lambda task_id, status: {"id": task_id, "status": status}
+        )
 
     def _accepted(spec: TaskSpec, key: str | None, ttl_s: int | None, shape: Shape) -> flask.Response:
         task_id, status, created = service.store.enqueue(spec, key, ttl_s)
@@ -113,8 +136,14 @@ def make_service(settings: Settings) -> Service:
         Rule("/openapi.json", methods=["GET"], endpoint="openapi"),
     ]
     service = Service(settings, rules, {}, keyed=frozenset({"create", "create_batch", "enqueue_legacy"}))
-    service.endpoints.update(create=create, create_batch=create_batch, enqueue_legacy=enqueue_legacy, hook=hook, healthz=service.healthz,
-                             openapi=openapi_document)
+    service.endpoints.update(
+        create=create,
+        create_batch=create_batch,
+        enqueue_legacy=enqueue_legacy,
+        hook=hook,
+        healthz=service.healthz,
+        openapi=openapi_document,
+    )
     if sources:
         log.info("webhook sources enabled", extra={"fields": {"sources": {s.name: s.scheme for s in sources.values()}}})
     return service

@@ -68,8 +68,10 @@ class Channel:
                 continue
             if lost:
                 self.client.set(self.keys.data_lost(queue), f"consumer group recreated by {self.consumer}", ex=3600)
-                log.error("consumer group was lost and has been recreated: tasks queued before are gone",
-                          extra={"fields": {"queue": queue}})
+                log.error(
+                    "consumer group was lost and has been recreated: tasks queued before are gone",
+                    extra={"fields": {"queue": queue}},
+                )
             else:
                 log.info("created consumer group", extra={"fields": {"queue": queue}})
 
@@ -77,8 +79,9 @@ class Channel:
         streams = {self.keys.stream(q): ">" for q in self.settings.queues}
         reply = self.client.xreadgroup(self.group, self.consumer, streams, count=count, block=block_ms)
         by_stream = {self.keys.stream(q): q for q in self.settings.queues}
-        return [_delivery(by_stream[name], entry, fields)
-                for name, entries in (reply or []) for entry, fields in entries]
+        return [
+            _delivery(by_stream[name], entry, fields) for name, entries in (reply or []) for entry, fields in entries
+        ]
 
     def reclaim(self, queue: str, limit: int) -> list[Delivery]:
         """Take over entries whose lease expired, one at a time: a poison entry that killed its
@@ -87,7 +90,8 @@ class Channel:
         cursor = "0-0"
         while len(found) < limit:
             cursor, claimed, _deleted = self.client.xautoclaim(
-                self.keys.stream(queue), self.group, self.consumer, self.lease_ms, cursor, count=1)
+                self.keys.stream(queue), self.group, self.consumer, self.lease_ms, cursor, count=1
+            )
             found.extend(_delivery(queue, entry, fields) for entry, fields in claimed if fields is not None)
             if cursor == "0-0":
                 break
@@ -108,8 +112,13 @@ class Channel:
         """Write a batch of (job, outcome, body, retry delay ms) in one script call; returns per
         job the status written, or None where this worker's lease was lost (fenced off)."""
         keys = [self.keys.stream(queue), self.keys.delayed(queue), self.keys.dead(queue)]
-        args: list[Any] = [self.group, self.consumer, self.settings.result_ttl_s, self.settings.pending_ttl_s,
-                           DEAD_MAXLEN]
+        args: list[Any] = [
+            self.group,
+            self.consumer,
+            self.settings.result_ttl_s,
+            self.settings.pending_ttl_s,
+            DEAD_MAXLEN,
+        ]
         for job, outcome, body, delay_ms in outcomes:
             keys += [self.keys.task(job.task_id), self.keys.events(job.task_id)]
             args += [job.entry, job.task_id, job.attempt, outcome, body, delay_ms]
@@ -118,15 +127,17 @@ class Channel:
 
     def heartbeat(self, queue: str, entries: list[str]) -> list[str]:
         """Renew leases; returns entries this consumer lost."""
-        return self.scripts.heartbeat(keys=[self.keys.stream(queue)],
-                                      args=[self.group, self.consumer, *entries], client=self.client)
+        return self.scripts.heartbeat(
+            keys=[self.keys.stream(queue)], args=[self.group, self.consumer, *entries], client=self.client
+        )
 
     def release(self, queue: str, entries: list[str]) -> None:
         """Hand back unfinished entries on shutdown: mark them long idle so the next
         reclaim by any worker takes them at once instead of after a full lease."""
         for entry in entries:
-            self.client.xclaim(self.keys.stream(queue), self.group, self.consumer, 0, [entry],
-                               idle=self.lease_ms * 10, justid=True)
+            self.client.xclaim(
+                self.keys.stream(queue), self.group, self.consumer, 0, [entry], idle=self.lease_ms * 10, justid=True
+            )
 
     def promote_due(self, queue: str, limit: int = 500) -> int:
         """Move due delayed tasks to the stream; returns ms until the next one is due (-1: none)."""
@@ -141,9 +152,11 @@ class Channel:
 
     def drop(self, d: Delivery, reason: str) -> None:
         error = codec.dumps({"type": "MalformedEntry", "message": reason, "traceback": None})
-        self.scripts.drop(keys=[self.keys.stream(d.queue), self.keys.dead(d.queue)],
-                          args=[self.group, self.consumer, d.entry, error, codec.dumps(d.fields), DEAD_MAXLEN],
-                          client=self.client)
+        self.scripts.drop(
+            keys=[self.keys.stream(d.queue), self.keys.dead(d.queue)],
+            args=[self.group, self.consumer, d.entry, error, codec.dumps(d.fields), DEAD_MAXLEN],
+            client=self.client,
+        )
 
 
 def _delivery(queue: str, entry: str, fields: dict[str, str]) -> Delivery:

@@ -1,19 +1,19 @@
 """The taskbus error tree. The HTTP layer maps each class to a status in one table.
 
-    TaskbusError
-    ├── ConfigError           bad settings: refuse to start
-    ├── Unavailable           Redis unreachable or timing out          → 503 + Retry-After
-    │   └── DataLost          a worker found a queue's group gone      → 503 on /healthz
-    ├── LeaseLost             a worker's write was fenced off (another worker owns the task)
-    └── RequestError          the caller's fault                      → 4xx
-        ├── BadRequest              malformed JSON, bad encoding, nesting → 400
-        ├── Unauthorized            bad API key, bad webhook signature     → 401
-        ├── NotFound                unknown path or task                  → 404
-        ├── MethodNotAllowed        → 405 with Allow
-        ├── RequestTimeout          body not received in time             → 408
-        ├── PayloadTooLarge         → 413
-        ├── UnsupportedMediaType    → 415
-        └── ValidationError         schema violation, names the field    → 422
+TaskbusError
+├── ConfigError           bad settings: refuse to start
+├── Unavailable           Redis unreachable or timing out          → 503 + Retry-After
+│   └── DataLost          a worker found a queue's group gone      → 503 on /healthz
+├── LeaseLost             a worker's write was fenced off (another worker owns the task)
+└── RequestError          the caller's fault                      → 4xx
+    ├── BadRequest              malformed JSON, bad encoding, nesting → 400
+    ├── Unauthorized            bad API key, bad webhook signature     → 401
+    ├── NotFound                unknown path or task                  → 404
+    ├── MethodNotAllowed        → 405 with Allow
+    ├── RequestTimeout          body not received in time             → 408
+    ├── PayloadTooLarge         → 413
+    ├── UnsupportedMediaType    → 415
+    └── ValidationError         schema violation, names the field    → 422
 """
 
 from __future__ import annotations

@@ -17,8 +17,16 @@ import werkzeug.exceptions
 from werkzeug.routing import Map, Rule
 
 from taskbus import codec
-from taskbus.errors import (DataLost, NotFound, PayloadTooLarge, RequestError, RequestTimeout, Unauthorized,
-                            Unavailable, UnsupportedMediaType)
+from taskbus.errors import (
+    DataLost,
+    NotFound,
+    PayloadTooLarge,
+    RequestError,
+    RequestTimeout,
+    Unauthorized,
+    Unavailable,
+    UnsupportedMediaType,
+)
 from taskbus.settings import Settings
 from taskbus.store import Store
 
@@ -38,8 +46,9 @@ def error_response(status: int, code: str, message: str, headers: dict[str, str]
 class Service:
     """Routes requests of one function to its endpoints and turns every error into JSON."""
 
-    def __init__(self, settings: Settings, rules: list[Rule], endpoints: dict[str, Endpoint],
-                 keyed: frozenset[str] = frozenset()) -> None:
+    def __init__(
+        self, settings: Settings, rules: list[Rule], endpoints: dict[str, Endpoint], keyed: frozenset[str] = frozenset()
+    ) -> None:
         self.settings = settings
         self.store = Store(settings)
         self.routes = Map(rules, strict_slashes=False, merge_slashes=False)
@@ -47,8 +56,9 @@ class Service:
         self.keyed = keyed  # endpoints that require an API key when API_KEYS is set
         self._keys = [k.encode() for k in settings.api_keys]
         if not self._keys and keyed:
-            log.warning("API_KEYS is not set: %s are open to anyone who can reach this function",
-                        ", ".join(sorted(keyed)))
+            log.warning(
+                "API_KEYS is not set: %s are open to anyone who can reach this function", ", ".join(sorted(keyed))
+            )
 
     def __call__(self, request: flask.Request) -> flask.Response:
         try:
@@ -70,12 +80,17 @@ class Service:
             return error_response(503, "data_lost", str(exc), {"Retry-After": str(self.settings.retry_after_s)})
         except Unavailable as exc:
             log.warning("redis unavailable: answering 503", extra={"fields": {"error": str(exc)}})
-            return error_response(503, "unavailable", "the task store is unavailable; retry later",
-                                  {"Retry-After": str(self.settings.retry_after_s)})
+            return error_response(
+                503,
+                "unavailable",
+                "the task store is unavailable; retry later",
+                {"Retry-After": str(self.settings.retry_after_s)},
+            )
         except werkzeug.exceptions.MethodNotAllowed as exc:
             allow = sorted(exc.valid_methods or [])
-            return error_response(405, "method_not_allowed", f"{request.method} is not allowed here",
-                                  {"Allow": ", ".join(allow)})
+            return error_response(
+                405, "method_not_allowed", f"{request.method} is not allowed here", {"Allow": ", ".join(allow)}
+            )
         except werkzeug.exceptions.NotFound:
             return error_response(404, "not_found", "no such route")
         except werkzeug.exceptions.HTTPException as exc:
@@ -93,8 +108,11 @@ class Service:
         for key in self._keys:
             matched |= hmac.compare_digest(token, key)
         if scheme.lower() != "bearer" or not matched:
-            raise Unauthorized("a valid API key is required: Authorization: Bearer <key>", code="unauthorized",
-                               headers={"WWW-Authenticate": 'Bearer realm="taskbus"'})
+            raise Unauthorized(
+                "a valid API key is required: Authorization: Bearer <key>",
+                code="unauthorized",
+                headers={"WWW-Authenticate": 'Bearer realm="taskbus"'},
+            )
 
     def healthz(self, request: flask.Request) -> flask.Response:
         self.store.ping()

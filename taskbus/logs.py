@@ -26,8 +26,12 @@ class JsonFormatter(logging.Formatter):
     _prefix = ""
 
     def format(self, record: logging.LogRecord) -> str:
-        line: dict[str, Any] = {"time": self._time(record.created), "level": record.levelname.lower(),
-                                "logger": record.name, "message": record.getMessage()}
+        line: dict[str, Any] = {
+            "time": self._time(record.created),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
         extra = record.__dict__.get("fields")
         if extra:
             line.update(extra)

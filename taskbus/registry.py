@@ -40,6 +40,7 @@ class Registry:
         def decorate(fn: Handler) -> Handler:
             self.add(task_type, fn)
             return fn
+
         return decorate
 
     def add(self, task_type: str, fn: Handler) -> None:

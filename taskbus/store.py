@@ -27,8 +27,9 @@ log = logging.getLogger(__name__)
 REDIS_ERRORS = (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError, redis.ReadOnlyError)
 
 
-def connect(settings: Settings, *, socket_timeout_s: float | None = None,
-            max_connections: int | None = None) -> redis.Redis:
+def connect(
+    settings: Settings, *, socket_timeout_s: float | None = None, max_connections: int | None = None
+) -> redis.Redis:
     """A client with bounded timeouts and a small retry budget (redis-py's default retries 10 times)."""
     pool = redis.BlockingConnectionPool.from_url(
         settings.redis_url,
@@ -81,14 +82,16 @@ class Store:
         self.blocking = connect(settings, socket_timeout_s=settings.max_wait_s + 2)
         self.scripts = Scripts(self.client)
 
-    def enqueue(self, spec: TaskSpec, idempotency_key: str | None = None,
-                idempotency_ttl_s: int | None = None) -> tuple[str, str, bool]:
+    def enqueue(
+        self, spec: TaskSpec, idempotency_key: str | None = None, idempotency_ttl_s: int | None = None
+    ) -> tuple[str, str, bool]:
         """Record and publish a task in one round trip; returns (id, status, created).
         A replayed `idempotency_key` returns the first task instead (created is False)."""
         return self.enqueue_many([(spec, idempotency_key)], idempotency_ttl_s)[0]
 
-    def enqueue_many(self, items: list[tuple[TaskSpec, str | None]],
-                     idempotency_ttl_s: int | None = None) -> list[tuple[str, str, bool]]:
+    def enqueue_many(
+        self, items: list[tuple[TaskSpec, str | None]], idempotency_ttl_s: int | None = None
+    ) -> list[tuple[str, str, bool]]:
         """Enqueue each (spec, idempotency key) atomically: one script call per queue in the
         batch (all keys of a call share the queue's hash slot), pipelined in one round trip."""
         by_queue: dict[str, list[int]] = {}
@@ -104,9 +107,17 @@ class Store:
                 task_id = new_id(queue)
                 task_key = self.keys.task(task_id)
                 keys += [task_key, stream, delayed, self.keys.idempotency(queue, key) if key is not None else task_key]
-                args += [task_id, spec.type, queue, codec.dumps(spec.payload), spec.max_attempts, repr(spec.timeout_s),
-                         int(spec.delay_s * 1000), self.settings.pending_ttl_s,
-                         (idempotency_ttl_s or self.settings.idempotency_ttl_s) if key is not None else ""]
+                args += [
+                    task_id,
+                    spec.type,
+                    queue,
+                    codec.dumps(spec.payload),
+                    spec.max_attempts,
+                    repr(spec.timeout_s),
+                    int(spec.delay_s * 1000),
+                    self.settings.pending_ttl_s,
+                    (idempotency_ttl_s or self.settings.idempotency_ttl_s) if key is not None else "",
+                ]
             calls.append((keys, args))
         with unavailable_on_redis_errors():
             if len(calls) == 1:
@@ -123,8 +134,10 @@ class Store:
                 for found in replayed:
                     pipe.hget(self.keys.task(found), "status")
                 current = dict(zip(replayed, pipe.execute()))
-                results = [(found, status if created else current.get(found) or "unknown", created)
-                           for found, status, created in results]
+                results = [
+                    (found, status if created else current.get(found) or "unknown", created)
+                    for found, status, created in results
+                ]
         return results
 
     def _evalsha_many(self, script: Any, calls: list[tuple[list[str], list[Any]]]) -> list[Any]:
@@ -178,5 +191,7 @@ class Store:
             flags = self.client.mget([self.keys.data_lost(q) for q in self.settings.queues])
         lost = [q for q, flag in zip(self.settings.queues, flags) if flag]
         if lost:
-            raise DataLost(f"Redis lost the stream or consumer group of queue(s) {', '.join(lost)} "
-                           "(restarted without persistence?); tasks queued before were lost")
+            raise DataLost(
+                f"Redis lost the stream or consumer group of queue(s) {', '.join(lost)} "
+                "(restarted without persistence?); tasks queued before were lost"
+            )

@@ -51,8 +51,9 @@ def check_idempotency_key(field: str, value: object) -> str:
     return value
 
 
-def parse_spec(obj: object, *, default_max_attempts: int = 5, default_timeout_s: float = 300.0,
-               extra: frozenset[str] = frozenset()) -> TaskSpec:
+def parse_spec(
+    obj: object, *, default_max_attempts: int = 5, default_timeout_s: float = 300.0, extra: frozenset[str] = frozenset()
+) -> TaskSpec:
     """Validate a decoded JSON object into a `TaskSpec`; `extra` names fields the caller handles."""
     if not isinstance(obj, dict):
         raise ValidationError("body", "must be a JSON object")

@@ -71,11 +71,18 @@ def sources_from_env(env: Mapping[str, str]) -> tuple[Source, ...]:
         secrets = _secrets(env, var)
         if not secrets:
             raise ConfigError(f"webhook source {name!r} has no secret: set {var}SECRET or {var}SECRET_FILE")
-        source = Source(name=name, scheme=scheme, secrets=secrets, queue=env.get(var + "QUEUE", "default"),
-                        header=env.get(var + "HEADER", "X-Signature"),
-                        algorithm=env.get(var + "ALGORITHM", "sha256").lower(),
-                        encoding=env.get(var + "ENCODING", "hex").lower(), prefix=env.get(var + "PREFIX", ""),
-                        event_header=env.get(var + "EVENT_HEADER", ""), id_header=env.get(var + "ID_HEADER", ""))
+        source = Source(
+            name=name,
+            scheme=scheme,
+            secrets=secrets,
+            queue=env.get(var + "QUEUE", "default"),
+            header=env.get(var + "HEADER", "X-Signature"),
+            algorithm=env.get(var + "ALGORITHM", "sha256").lower(),
+            encoding=env.get(var + "ENCODING", "hex").lower(),
+            prefix=env.get(var + "PREFIX", ""),
+            event_header=env.get(var + "EVENT_HEADER", ""),
+            id_header=env.get(var + "ID_HEADER", ""),
+        )
         if not NAME_RE.fullmatch(source.queue):
             raise ConfigError(f"{var}QUEUE must be 1-128 characters of A-Z a-z 0-9 _ . : -")
         if source.algorithm not in ALGORITHMS or source.encoding not in ("hex", "base64"):
@@ -107,14 +114,16 @@ def task_type(source: str, event: str) -> str:
     return name[:128]
 
 
-def verify(source: Source, headers: Mapping[str, str], body: bytes, content_type: str, now: float,
-           tolerance_s: float) -> Verified:
+def verify(
+    source: Source, headers: Mapping[str, str], body: bytes, content_type: str, now: float, tolerance_s: float
+) -> Verified:
     """Check the signature over the raw `body`, then parse it; raises `Unauthorized` (401),
     `BadRequest` (400) or `UnsupportedMediaType` (415)."""
     return _SCHEMES[source.scheme](source, headers, body, content_type, now, tolerance_s)
 
 
 # -- helpers ------------------------------------------------------------------------------
+
 
 def _bad_signature() -> Unauthorized:
     return Unauthorized("webhook signature verification failed", code="invalid_signature")
@@ -167,8 +176,9 @@ def _parse(body: bytes, content_type: str, form: bool = False) -> Any:
     if form and content_type == "application/x-www-form-urlencoded":
         try:
             text = body.decode("utf-8")
-            pairs = urllib.parse.parse_qsl(text, keep_blank_values=True, strict_parsing=bool(text),
-                                           errors="strict", max_num_fields=1000)
+            pairs = urllib.parse.parse_qsl(
+                text, keep_blank_values=True, strict_parsing=bool(text), errors="strict", max_num_fields=1000
+            )
         except (UnicodeDecodeError, ValueError):
             raise BadRequest("malformed form body") from None
         fields: dict[str, Any] = {}
@@ -199,13 +209,20 @@ def _github(source: Source, headers: Mapping[str, str], body: bytes, ctype: str,
     header = headers.get("X-Hub-Signature-256", "")
     if not header.startswith("sha256="):
         raise _bad_signature()
-    given = _unhex(header[len("sha256="):])
+    given = _unhex(header[len("sha256=") :])
     if not _any_matches([given], [_mac(s.encode(), body) for s in source.secrets]):
         raise _bad_signature()
     parsed = _parse(body, ctype, form=True)
     event = headers.get("X-GitHub-Event", "")
-    kept = _pick(headers, "X-GitHub-Event", "X-GitHub-Delivery", "X-GitHub-Hook-ID",
-                 "X-GitHub-Hook-Installation-Target-Type", "X-GitHub-Hook-Installation-Target-ID", "User-Agent")
+    kept = _pick(
+        headers,
+        "X-GitHub-Event",
+        "X-GitHub-Delivery",
+        "X-GitHub-Hook-ID",
+        "X-GitHub-Hook-Installation-Target-Type",
+        "X-GitHub-Hook-Installation-Target-ID",
+        "User-Agent",
+    )
     reply = {"ok": True, "event": "ping"} if event == "ping" else None
     return Verified(event, headers.get("X-GitHub-Delivery") or None, parsed, kept, reply)
 
@@ -236,8 +253,9 @@ def _standard(source: Source, headers: Mapping[str, str], body: bytes, ctype: st
     try:
         text = body.decode("utf-8")
         moment = dt.datetime.fromtimestamp(int(stamp), dt.timezone.utc)
-        expected = [_unbase64(standardwebhooks.Webhook(s).sign(msg_id, moment, text).split(",", 1)[1])
-                    for s in source.secrets]
+        expected = [
+            _unbase64(standardwebhooks.Webhook(s).sign(msg_id, moment, text).split(",", 1)[1]) for s in source.secrets
+        ]
     except (ValueError, OverflowError, OSError):  # not UTF-8 (a ValueError), absurd timestamp
         raise _bad_signature() from None
     given = [_unbase64(sig[3:]) for sig in headers.get("webhook-signature", "").split() if sig.startswith("v1,")]
@@ -276,8 +294,15 @@ def _shopify(source: Source, headers: Mapping[str, str], body: bytes, ctype: str
     if not given or not _any_matches([given], [_mac(s.encode(), body) for s in source.secrets]):
         raise _bad_signature()
     parsed = _parse(body, ctype)
-    kept = _pick(headers, "X-Shopify-Topic", "X-Shopify-Shop-Domain", "X-Shopify-Event-Id", "X-Shopify-Webhook-Id",
-                 "X-Shopify-API-Version", "X-Shopify-Triggered-At")
+    kept = _pick(
+        headers,
+        "X-Shopify-Topic",
+        "X-Shopify-Shop-Domain",
+        "X-Shopify-Event-Id",
+        "X-Shopify-Webhook-Id",
+        "X-Shopify-API-Version",
+        "X-Shopify-Triggered-At",
+    )
     delivery = headers.get("X-Shopify-Event-Id") or headers.get("X-Shopify-Webhook-Id") or None
     return Verified(headers.get("X-Shopify-Topic", "").replace("/", "."), delivery, parsed, kept)
 
@@ -286,7 +311,7 @@ def _generic(source: Source, headers: Mapping[str, str], body: bytes, ctype: str
     header = headers.get(source.header, "")
     if not header.startswith(source.prefix):
         raise _bad_signature()
-    text = header[len(source.prefix):]
+    text = header[len(source.prefix) :]
     given = _unhex(text) if source.encoding == "hex" else _unbase64(text)
     if not _any_matches([given], [_mac(s.encode(), body, source.algorithm) for s in source.secrets]):
         raise _bad_signature()
@@ -297,5 +322,11 @@ def _generic(source: Source, headers: Mapping[str, str], body: bytes, ctype: str
     return Verified(event, delivery or None, parsed, kept)
 
 
-_SCHEMES: dict[str, Scheme] = {"github": _github, "stripe": _stripe, "standard": _standard, "slack": _slack,
-                               "shopify": _shopify, "hmac": _generic}
+_SCHEMES: dict[str, Scheme] = {
+    "github": _github,
+    "stripe": _stripe,
+    "standard": _standard,
+    "slack": _slack,
+    "shopify": _shopify,
+    "hmac": _generic,
+}

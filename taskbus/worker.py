@@ -50,8 +50,9 @@ class Worker:
     def __init__(self, settings: Settings, registry: Registry, consumer: str = "") -> None:
         self.settings = settings
         self.registry = registry
-        self.consumer = consumer or settings.consumer_name or \
-            f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+        self.consumer = (
+            consumer or settings.consumer_name or f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+        )
         self.channel = Channel(settings, self.consumer)
         self.stopping = threading.Event()
         self._cond = threading.Condition()
@@ -70,9 +71,17 @@ class Worker:
 
     def run(self) -> int:
         """Run until `stop()`; returns the process exit code."""
-        log.info("worker starting", extra={"fields": {"consumer": self.consumer, "queues": list(self.settings.queues),
-                                             "concurrency": self.settings.concurrency,
-                                             "handlers": self.registry.types()}})
+        log.info(
+            "worker starting",
+            extra={
+                "fields": {
+                    "consumer": self.consumer,
+                    "queues": list(self.settings.queues),
+                    "concurrency": self.settings.concurrency,
+                    "handlers": self.registry.types(),
+                }
+            },
+        )
         for _ in range(self.settings.concurrency):
             self._start_runner()
         threading.Thread(target=self._writer, daemon=True, name="writer").start()
@@ -86,11 +95,16 @@ class Worker:
                 backoff = 0.1
                 continue
             except REDIS_ERRORS as exc:
-                log.warning("redis unavailable, retrying", extra={"fields": {"error": type(exc).__name__, "retry_in_s": backoff}})
+                log.warning(
+                    "redis unavailable, retrying",
+                    extra={"fields": {"error": type(exc).__name__, "retry_in_s": backoff}},
+                )
             except redis.ResponseError as exc:
                 if "NOGROUP" in str(exc):
-                    log.error("consumer group or stream missing (Redis lost its data?): recreating it",
-                              extra={"fields": {"queues": list(self.settings.queues)}})
+                    log.error(
+                        "consumer group or stream missing (Redis lost its data?): recreating it",
+                        extra={"fields": {"queues": list(self.settings.queues)}},
+                    )
                     self._groups_ready = False
                     self._group_lost = True
                     continue
@@ -136,7 +150,9 @@ class Worker:
         by_queue: dict[str, list[Delivery]] = defaultdict(list)
         for d in deliveries:
             if d.task_id is None:
-                log.error("malformed stream entry dead-lettered", extra={"fields": {"queue": d.queue, "entry": d.entry}})
+                log.error(
+                    "malformed stream entry dead-lettered", extra={"fields": {"queue": d.queue, "entry": d.entry}}
+                )
                 self.channel.drop(d, "stream entry has no well-formed task id")
             else:
                 by_queue[d.queue].append(d)
@@ -146,8 +162,12 @@ class Worker:
                 if kind == "run":
                     self._submit(d, verdict)
                 elif kind == "dead":
-                    log.error("task dead-lettered", extra={"fields": {"task_id": d.task_id, "queue": queue, "status": "failed",
-                                                           "reason": verdict[1]}})
+                    log.error(
+                        "task dead-lettered",
+                        extra={
+                            "fields": {"task_id": d.task_id, "queue": queue, "status": "failed", "reason": verdict[1]}
+                        },
+                    )
                 elif kind == "done":
                     log.info("redelivery of a finished task acknowledged", extra={"fields": {"task_id": d.task_id}})
                 else:
@@ -156,8 +176,16 @@ class Worker:
     def _submit(self, d: Delivery, verdict: list[Any]) -> None:
         _, task_type, payload, attempt, max_attempts, timeout_s = verdict
         assert d.task_id is not None
-        job = Job(d.queue, d.entry, d.task_id, task_type, codec.loads(payload), int(attempt),
-                  int(max_attempts), float(timeout_s))
+        job = Job(
+            d.queue,
+            d.entry,
+            d.task_id,
+            task_type,
+            codec.loads(payload),
+            int(attempt),
+            int(max_attempts),
+            float(timeout_s),
+        )
         now = time.monotonic()
         running = Running(job, deadline=now + job.timeout_s, started=now)
         with self._cond:
@@ -210,7 +238,9 @@ class Worker:
         for r in late:
             self._start_runner()  # the stuck thread keeps its handler; capacity is restored
             exc = TimeoutError(f"task ran past its timeout of {r.job.timeout_s} s")
-            log.warning("task timed out; its thread is abandoned", extra={"fields": _fields(r.job, abandoned=self._abandoned)})
+            log.warning(
+                "task timed out; its thread is abandoned", extra={"fields": _fields(r.job, abandoned=self._abandoned)}
+            )
             self._outcomes.put((r, *self._failure(r.job, exc, None)))
 
     # -- writer: outcomes in batches --------------------------------------------------------
@@ -240,11 +270,15 @@ class Worker:
                     written = self.channel.finish(queue, outcomes)
                 except REDIS_ERRORS as exc:
                     if time.monotonic() > self._drain_deadline:
-                        log.error("giving up writing outcomes at shutdown; the tasks will be reclaimed",
-                                  extra={"fields": {"queue": queue, "tasks": len(items), "error": type(exc).__name__}})
+                        log.error(
+                            "giving up writing outcomes at shutdown; the tasks will be reclaimed",
+                            extra={"fields": {"queue": queue, "tasks": len(items), "error": type(exc).__name__}},
+                        )
                         return
-                    log.warning("redis unavailable writing outcomes, retrying",
-                                extra={"fields": {"queue": queue, "tasks": len(items), "error": type(exc).__name__}})
+                    log.warning(
+                        "redis unavailable writing outcomes, retrying",
+                        extra={"fields": {"queue": queue, "tasks": len(items), "error": type(exc).__name__}},
+                    )
                     time.sleep(backoff)  # this thread only waits for Redis; nothing to synchronise with
                     backoff = min(backoff * 2, 2.0)
         finally:
@@ -256,7 +290,10 @@ class Worker:
         for (r, outcome, _), (_, _, _, delay_ms), status in zip(items, outcomes, written):
             fields = _fields(r.job, duration_ms=round((now - r.started) * 1000, 1))
             if status is None:
-                log.warning("lease lost: outcome refused, another worker owns the task", extra={"fields": {**fields, "outcome": outcome}})
+                log.warning(
+                    "lease lost: outcome refused, another worker owns the task",
+                    extra={"fields": {**fields, "outcome": outcome}},
+                )
             else:
                 if status == "scheduled":
                     self._next_promote = min(self._next_promote, now + delay_ms / 1000)
@@ -281,14 +318,18 @@ class Worker:
                     running = self._running.get(entry)
                     still_running = running is not None and not running.settled
                 if still_running:  # else it just finished: its outcome acknowledged the entry
-                    log.warning("lease lost (reclaimed by another worker?)",
-                                extra={"fields": {"queue": queue, "entry": entry}})
+                    log.warning(
+                        "lease lost (reclaimed by another worker?)", extra={"fields": {"queue": queue, "entry": entry}}
+                    )
 
     # -- shutdown -------------------------------------------------------------------------
 
     def _drain(self) -> int:
         self._drain_deadline = time.monotonic() + self.settings.grace_s
-        log.info("worker stopping: draining", extra={"fields": {"in_flight": len(self._running), "grace_s": self.settings.grace_s}})
+        log.info(
+            "worker stopping: draining",
+            extra={"fields": {"in_flight": len(self._running), "grace_s": self.settings.grace_s}},
+        )
         with self._cond:
             self._cond.wait_for(lambda: not self._running, timeout=self.settings.grace_s)
             left = [r.job for r in self._running.values() if not r.settled]

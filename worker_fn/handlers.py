@@ -50,6 +50,7 @@ def fail(payload: Any, ctx: Context) -> Any:
 # -- webhook handlers: task types are `<source>.<event>`; a `.*` registration takes every
 # event of a source that has no more specific handler. Payload: {"body", "webhook"}.
 
+
 def _summary(payload: Any, text: str) -> dict[str, Any]:
     hook = payload.get("webhook", {}) if isinstance(payload, dict) else {}
     summary = {"source": hook.get("source"), "event": hook.get("event"), "summary": text}
