@@ -71,6 +71,8 @@ def _finite_float(text: str) -> float:
     value = float(text)
     if not math.isfinite(value):
         raise BadRequest(f"number {text[:32]} is out of range")
+    if value.is_integer() and not -(2**63) <= value < 2**64:  # the same rule however it is written
+        raise BadRequest(f"number {text[:32]} is out of the 64-bit integer range")
     return value
 
 

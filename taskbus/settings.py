@@ -90,6 +90,8 @@ class Settings:
             raise ConfigError("LEASE_S must be > 0, GRACE_S >= 0, CONCURRENCY >= 1")
         if self.max_body_bytes < 1:
             raise ConfigError("MAX_BODY_BYTES must be >= 1")
+        if not 1 <= self.default_max_attempts <= 100 or not 0 < self.default_timeout_s <= 86400:
+            raise ConfigError("DEFAULT_MAX_ATTEMPTS must be 1-100 and DEFAULT_TIMEOUT_S in (0, 86400]")
         from taskbus.task import check_name  # late import: task imports settings-free helpers
 
         for queue in self.queues:

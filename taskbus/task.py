@@ -63,6 +63,8 @@ def parse_spec(
     if "type" not in obj:
         raise ValidationError("type", "is required")
     max_attempts = obj.get("max_attempts", default_max_attempts)
+    if isinstance(max_attempts, float) and max_attempts.is_integer():
+        max_attempts = int(max_attempts)  # JSON has one number type: 5.0 is 5
     if not _is_int(max_attempts) or not 1 <= max_attempts <= 100:
         raise ValidationError("max_attempts", "must be an integer from 1 to 100")
     timeout_s = obj.get("timeout_s", default_timeout_s)

@@ -52,3 +52,10 @@ def test_batch_shape_errors(http, functions, queue):
         assert reply.status_code == 422, (body if not isinstance(body, dict) else list(body), reply.text)
         assert reply.json()["error"]["code"] == "validation_error"
     assert http.put(functions["enqueue"] + "/tasks/batch", json={"tasks": []}).status_code == 405
+
+
+def test_a_long_delay_outlives_the_pending_ttl(http, functions, queue, r: redis.Redis):
+    """A task delayed 30 days keeps its record past its due time (PENDING_TTL_S is 7 days)."""
+    reply = http.post(functions["enqueue"] + "/tasks", json={"type": "echo", "queue": queue, "delay_s": 30 * 86400})
+    assert reply.status_code == 202
+    assert r.ttl(Keys("tb").task(reply.json()["id"])) > 30 * 86400

@@ -33,7 +33,8 @@ def nested_objects(depth: int) -> bytes:
     (b"true", True),
     (b"0", 0),
     (b"-0.0", -0.0),
-    (b"1e308", 1e308),
+    (b"1.5e-300", 1.5e-300),
+    (b"1e19", 1e19),  # integral, and within the 64-bit range however it is written
     (b"1e-999", 0.0),  # underflow is finite
     (b'"caf\xc3\xa9"', "café"),
     (b'"\\ud83d\\ude00"', "\U0001F600"),  # an escaped surrogate *pair* is fine
@@ -215,7 +216,7 @@ INVALID_SPECS = [
     ({"type": "t", "max_attempts": False}, "max_attempts"),
     ({"type": "t", "max_attempts": "5"}, "max_attempts"),
     ({"type": "t", "max_attempts": 2.5}, "max_attempts"),
-    ({"type": "t", "max_attempts": 5.0}, "max_attempts"),
+    ({"type": "t", "max_attempts": 5.5}, "max_attempts"),
     ({"type": "t", "max_attempts": None}, "max_attempts"),
     ({"type": "t", "timeout_s": 0}, "timeout_s"),
     ({"type": "t", "timeout_s": 0.0}, "timeout_s"),
@@ -311,3 +312,14 @@ def test_iso_is_utc_with_milliseconds_and_z() -> None:
     assert iso("1700000000123") == "2023-11-14T22:13:20.123Z"
     assert iso("0") == "1970-01-01T00:00:00.000Z"
     assert iso(None) is None and iso("") is None
+
+
+def test_integral_numbers_obey_the_64_bit_range_however_written() -> None:
+    for text in (b"1e308", b"1.8446744073709552e19", b"-1e19"):
+        with pytest.raises(BadRequest):
+            codec.loads_strict(text)
+    assert codec.loads_strict(b"1.5") == 1.5
+
+
+def test_max_attempts_written_as_a_whole_float_is_that_integer() -> None:
+    assert parse_spec({"type": "t", "max_attempts": 5.0}).max_attempts == 5

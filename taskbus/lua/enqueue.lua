@@ -21,7 +21,8 @@ for i = 0, #KEYS / 4 - 1 do
     redis.call('HSET', KEYS[k + 1], 'id', ARGV[a + 1], 'type', ARGV[a + 2], 'queue', ARGV[a + 3],
       'payload', ARGV[a + 4], 'max_attempts', ARGV[a + 5], 'timeout_s', ARGV[a + 6], 'status', status,
       'attempts', 0, 'created_ms', now)
-    redis.call('EXPIRE', KEYS[k + 1], ARGV[a + 8])
+    -- a delayed task must outlive its delay: keep it PENDING_TTL_S past its due time
+    redis.call('EXPIRE', KEYS[k + 1], tonumber(ARGV[a + 8]) + math.ceil(delay / 1000))
     if delay > 0 then
       redis.call('ZADD', KEYS[k + 3], now + delay, ARGV[a + 1])
     else

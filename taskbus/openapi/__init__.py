@@ -6,6 +6,7 @@ function serves is its file with the few values that follow from its settings fi
 so the served document stays true to the running function:
 
 - `wait`'s maximum is `MAX_WAIT_S`;
+- the defaults of `max_attempts` and `timeout_s` are `DEFAULT_MAX_ATTEMPTS` and `DEFAULT_TIMEOUT_S`;
 - with `API_KEYS` set, the keyed operations require `bearerAuth` instead of allowing none.
 """
 
@@ -39,6 +40,10 @@ def document(name: str, settings: Settings) -> dict[str, Any]:
     doc = copy.deepcopy(load(name))
     if name == "status":
         doc["components"]["parameters"]["Wait"]["schema"]["maximum"] = _number(settings.max_wait_s)
+    else:
+        fields = doc["components"]["schemas"]["TaskSpec"]["properties"]
+        fields["max_attempts"]["default"] = settings.default_max_attempts
+        fields["timeout_s"]["default"] = _number(settings.default_timeout_s)
     if settings.api_keys:
         for path_item in doc["paths"].values():
             for operation in path_item.values():
