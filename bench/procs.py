@@ -1,0 +1,203 @@
+"""Every process a bench run starts, in its own process group, killed on any exit path."""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import ctypes
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+
+_live: list[Proc] = []
+
+
+class Proc:
+    """One child started with `start_new_session`, so it and everything it forks (gunicorn,
+    uvicorn, prefork pools) share a process group that `stop()` signals as a whole."""
+
+    def __init__(self, name: str, argv: Sequence[str], env: dict[str, str], log: Path) -> None:
+        self.name = name
+        self.log = log
+        with open(log, "ab") as out:
+            self.popen = subprocess.Popen(
+                list(argv),
+                cwd=ROOT,
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                preexec_fn=_die_with_parent,
+            )
+        self.pid = self.popen.pid
+        _live.append(self)
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def tree(self) -> list[psutil.Process]:
+        """This process and all its descendants now alive."""
+        try:
+            root = psutil.Process(self.pid)
+            return [root, *root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return []
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """SIGTERM the group, SIGKILL it after `timeout`; also reaps the leader."""
+        if self in _live:
+            _live.remove(self)
+        _signal_group(self.pid, signal.SIGTERM)
+        try:
+            self.popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            pass
+        _signal_group(self.pid, signal.SIGKILL)  # stragglers of the group (pool children)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.popen.wait(5)
+
+    def tail(self, lines: int = 20) -> str:
+        try:
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGKILL it if the bench process dies without cleaning up."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+def _signal_group(pid: int, signum: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signum)
+
+
+def stop_all() -> None:
+    for proc in list(reversed(_live)):
+        proc.stop(timeout=5)
+
+
+@contextlib.contextmanager
+def cleanup_on_exit() -> Iterator[None]:
+    """Stop every started process on return, exception, SIGTERM or SIGINT."""
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    old = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    atexit.register(stop_all)
+    try:
+        yield
+    finally:
+        stop_all()
+        for s, handler in old.items():
+            signal.signal(s, handler)
+
+
+@contextlib.contextmanager
+def running(*procs: Proc) -> Iterator[tuple[Proc, ...]]:
+    try:
+        yield procs
+    finally:
+        for p in procs:
+            p.stop()
+
+
+def cpu_seconds(procs: Sequence[psutil.Process]) -> dict[int, float]:
+    """user+system CPU seconds of each process (by pid) that is still alive."""
+    out: dict[int, float] = {}
+    for p in procs:
+        try:
+            t = p.cpu_times()
+            out[p.pid] = t.user + t.system
+        except psutil.NoSuchProcess:
+            pass
+    return out
+
+
+def wait_for(
+    predicate: Callable[[], Any], timeout: float, what: str, proc: Proc | None = None, interval: float = 0.02
+) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if proc is not None and not proc.alive():
+            raise RuntimeError(
+                f"{proc.name} exited with {proc.popen.returncode} while waiting for {what}:\n{proc.tail()}"
+            )
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(interval)
+
+
+class HostLoad:
+    """Samples, every `interval` s, how much CPU processes *outside* this bench's process tree
+    use (system busy time minus ours), so a run perturbed by other work on the host says so."""
+
+    def __init__(self, interval: float = 0.5) -> None:
+        self.interval = interval
+        self.me = psutil.Process()
+        self.samples: list[tuple[float, float]] = []  # (monotonic time, foreign cores over the last interval)
+        self._seen: dict[tuple[int, float], float] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True, name="host-load")
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+    def _ours(self) -> float:
+        """CPU seconds of this process and every descendant ever seen (the last value seen for
+        one that has exited), so a process that ends does not look like CPU given back."""
+        try:
+            t = self.me.cpu_times()
+            own = t.user + t.system
+            for child in self.me.children(recursive=True):
+                try:
+                    c = child.cpu_times()
+                    self._seen[(child.pid, child.create_time())] = c.user + c.system
+                except psutil.NoSuchProcess:
+                    pass
+        except psutil.NoSuchProcess:
+            own = 0.0
+        return own + sum(self._seen.values())
+
+    @staticmethod
+    def _busy() -> float:
+        t = psutil.cpu_times()
+        return sum(t) - t.idle - getattr(t, "iowait", 0.0) - getattr(t, "guest", 0.0) - getattr(t, "guest_nice", 0.0)
+
+    def _run(self) -> None:
+        last_t, last_busy, last_ours = time.monotonic(), self._busy(), self._ours()
+        while not self._stop.wait(self.interval):
+            now, busy, ours = time.monotonic(), self._busy(), self._ours()
+            foreign = max(0.0, (busy - last_busy) - (ours - last_ours)) / (now - last_t)
+            foreign = min(foreign, float(psutil.cpu_count() or 1))
+            self.samples.append((now, foreign))
+            last_t, last_busy, last_ours = now, busy, ours
+
+    def between(self, t0: float, t1: float) -> tuple[float, float]:
+        """Mean and max foreign cores in [t0, t1] (monotonic)."""
+        window = [f for t, f in self.samples if t0 <= t <= t1 + self.interval]
+        return (sum(window) / len(window), max(window)) if window else (0.0, 0.0)

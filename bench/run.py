@@ -1,0 +1,1061 @@
+"""`make bench` — python -m bench.run [--quick] [--rounds R] [--n N] [--only drain,enqueue,latency,peers]
+
+Starts its own Valkey server, taskbus functions/workers and peer queues on free loopback
+ports, measures drain, enqueue and latency over several rounds (round-robin, so drift hits
+every system alike), prints one table of medians [min–max] with taskbus ÷ peer ratios
+computed from this run only, and writes everything (every per-round value) to
+bench/results/<timestamp>.json. Every process it starts is stopped on every exit path.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import dataclasses
+import datetime as dt
+import http.client
+import importlib
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+import traceback
+import urllib.parse
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from bench import procs
+from bench.load import Load, ensure_wrk
+from bench.procs import BIN, ROOT, Proc, wait_for
+from local.commands import argv as service_argv
+from local.embedded import EmbeddedServer, free_port
+from taskbus.settings import Settings
+from taskbus.store import Store
+from taskbus.task import TaskSpec
+
+QUEUE = "bench"
+PREFIX = "bench"
+COUNTER = "bench:count"
+RESULTS = ROOT / "bench" / "results"
+HTTP_LEVELS = (1, 4, 16, 64)
+POLL_S = 0.01  # counter poll: each GET costs Redis ~30 µs on this VM, so not faster
+BODY = json.dumps({"type": "echo", "payload": {"n": 1}, "queue": QUEUE}, separators=(",", ":"))
+
+
+@dataclasses.dataclass
+class Config:
+    quick: bool
+    rounds: int
+    n: int  # drain size
+    n_slow: dict[str, int]  # drain size of peers too slow to drain n tasks in the time budget
+    enqueue_sample: int  # tasks per pre-queue timed one at a time, single-threaded
+    http_s: float  # seconds per HTTP load level
+    latency_tasks: int  # tasks per latency round, sent at `rate`
+    rate: float
+    longpolls: int  # long-poll samples per round
+    batch: int  # tasks per batch (Python batched enqueue, HTTP batch)
+    batched_total: int  # tasks per Python batched-enqueue round
+    concurrencies: tuple[int, ...]
+    only: frozenset[str]
+    systems: tuple[str, ...] = ()  # drain only systems whose key contains one of these
+
+
+# -- measurements: every metric keeps its per-round values ----------------------------------
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.data: dict[str, dict[str, Any]] = {}
+        self.notes: list[str] = []
+        self.detail: dict[str, list[Any]] = {}  # raw per-round extras (Redis commandstats)
+        self.errors: list[str] = []
+
+    def add(self, key: str, value: float | None, unit: str, label: str = "") -> None:
+        m = self.data.setdefault(key, {"unit": unit, "label": label or key, "values": []})
+        if value is not None:
+            m["values"].append(value)
+
+    def na(self, key: str, unit: str, reason: str, label: str = "") -> None:
+        m = self.data.setdefault(key, {"unit": unit, "label": label or key, "values": []})
+        m["na"] = reason
+
+    def median(self, key: str) -> float | None:
+        m = self.data.get(key)
+        return statistics.median(m["values"]) if m and m["values"] else None
+
+    def summary(self) -> dict[str, Any]:
+        out = {}
+        for key, m in self.data.items():
+            v = m["values"]
+            out[key] = {
+                **m,
+                "median": statistics.median(v) if v else None,
+                "min": min(v) if v else None,
+                "max": max(v) if v else None,
+                "rounds": len(v),
+            }
+        return out
+
+
+def pct(values: list[float], p: float) -> float:
+    """Nearest-rank percentile."""
+    s = sorted(values)
+    if not s:
+        return float("nan")
+    k = max(0, min(len(s) - 1, int(-(-p * len(s) // 100)) - 1))
+    return s[k]
+
+
+# -- the bench run ---------------------------------------------------------------------------
+
+
+class Bench:
+    def __init__(self, cfg: Config, run_dir: Path) -> None:
+        self.cfg = cfg
+        self.run_dir = run_dir
+        self.m = Metrics()
+        self.server = EmbeddedServer(run_dir / "valkey", appendonly=False)
+        self.r: redis.Redis
+        self.url = ""
+        self.load: Load | None = None
+        self.setup_log: list[str] = []
+        self.host = procs.HostLoad()
+        self.spans: list[tuple[str, float, float]] = []  # (section, start, end), monotonic
+
+    # infrastructure
+
+    def start(self) -> None:
+        self.server.start()
+        self.url = self.server.url
+        os.environ["BENCH_REDIS_URL"] = self.url  # the peer modules read it at import
+        self.r = redis.Redis.from_url(self.url, decode_responses=True)
+
+    def stop(self) -> None:
+        self.server.stop()
+
+    def server_version(self) -> str:
+        try:
+            info = self.r.info("server")
+            return str(info.get("valkey_version") or info.get("redis_version"))
+        except Exception:  # noqa: BLE001 - the server may not have started
+            return "?"
+
+    def settings(self, **changes: Any) -> Settings:
+        base = Settings(redis_url=self.url, key_prefix=PREFIX, queues=(QUEUE,), handlers="bench.handlers")
+        return dataclasses.replace(base, **changes)
+
+    def env(self, settings: Settings | None = None) -> dict[str, str]:
+        # the caller's API keys or webhook secrets must not change what is measured
+        env = {
+            k: v for k, v in os.environ.items() if not k.startswith(("FUNCTION_", "PYTEST_", "WEBHOOK_", "API_KEYS"))
+        }
+        if settings is not None:
+            for field in dataclasses.fields(settings):
+                if field.metadata.get("env") == "custom":
+                    continue
+                value = getattr(settings, field.name)
+                env[field.name.upper()] = ",".join(value) if isinstance(value, tuple) else str(value)
+        env["PYTHONPATH"] = str(ROOT)
+        env["BENCH_REDIS_URL"] = self.url
+        return env
+
+    def spawn(self, name: str, argv: list[str], settings: Settings | None = None) -> Proc:
+        log = self.run_dir / f"{name}-{time.monotonic_ns()}.log"
+        return Proc(name, argv, self.env(settings), log)
+
+    def flush(self) -> None:
+        self.r.flushdb()
+
+    def redis_cpu(self) -> float:
+        info = self.r.info("cpu")
+        return float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
+
+    def wait_http(self, proc: Proc, base: str, path: str = "/healthz") -> None:
+        parts = urllib.parse.urlsplit(base)
+
+        def up() -> bool:
+            try:
+                c = http.client.HTTPConnection(parts.hostname, parts.port, timeout=1)
+                c.request("GET", path)
+                ok = c.getresponse().status == 200
+                c.close()
+                return ok
+            except OSError:
+                return False
+
+        wait_for(up, 30, f"{proc.name} {path}", proc)
+
+    # taskbus processes
+
+    def taskbus_workers(self, count: int, concurrency: int) -> list[Proc]:
+        settings = self.settings(concurrency=concurrency)
+        return [self.spawn(f"taskbus-worker{i}", service_argv("worker", settings), settings) for i in range(count)]
+
+    def taskbus_function(self, name: str) -> tuple[Proc, str, Settings]:
+        port = free_port()
+        settings = self.settings(enqueue_port=port, status_port=port)
+        proc = self.spawn(f"taskbus-{name}", service_argv(name, settings), settings)
+        base = f"http://127.0.0.1:{port}"
+        self.wait_http(proc, base)
+        return proc, base, settings
+
+    # -- 1 + 4. drain --------------------------------------------------------------------
+
+    def drain_systems(self) -> list[dict[str, Any]]:
+        """Each system: how to enqueue one task (a factory, called once per pre-queue), how to
+        start its workers, and its drain size (slow peers drain fewer tasks to fit the budget)."""
+        n = self.cfg.n
+        slow = self.cfg.n_slow
+        systems: list[dict[str, Any]] = []
+        if "drain" in self.cfg.only:
+            for p in (1, 2):
+                for c in self.cfg.concurrencies:
+                    systems.append(
+                        dict(
+                            key=f"taskbus/{p}p/c{c}",
+                            family="taskbus",
+                            procs=p,
+                            n=n,
+                            label=f"taskbus {p} proc(s), CONCURRENCY={c}",
+                            one=self.taskbus_one,
+                            start=lambda p=p, c=c: self.taskbus_workers(p, c),
+                        )
+                    )
+
+        def peer(key: str, family: str, procs: int, n: int, label: str, module: str, argv: list[str]) -> dict[str, Any]:
+            return dict(
+                key=key,
+                family=family,
+                procs=procs,
+                n=n,
+                label=label,
+                one=peer_one(module),
+                start=lambda: [self.spawn(family, argv)],
+            )
+
+        if "peers" in self.cfg.only:
+            dramatiq = [str(BIN / "dramatiq"), "bench.peers.dramatiq_app", "--threads", "8", "--processes"]
+            huey = [str(BIN / "huey_consumer"), "bench.peers.huey_app.huey", "-n", "-q", "-k"]
+            systems += [
+                peer("dramatiq/1p", "dramatiq", 1, n, "Dramatiq 1 proc × 8 threads", "dramatiq_app", dramatiq + ["1"]),
+                peer("dramatiq/2p", "dramatiq", 2, n, "Dramatiq 2 procs × 8 threads", "dramatiq_app", dramatiq + ["2"]),
+                peer(
+                    "huey/thread",
+                    "huey",
+                    1,
+                    slow["huey"],
+                    "Huey thread workers (-w 8)",
+                    "huey_app",
+                    huey + ["thread", "-w", "8"],
+                ),
+                peer(
+                    "huey/process",
+                    "huey",
+                    2,
+                    slow["huey"],
+                    "Huey process workers (-w 2)",
+                    "huey_app",
+                    huey + ["process", "-w", "2"],
+                ),
+                peer(
+                    "rq/simple",
+                    "rq",
+                    1,
+                    slow["rq"],
+                    "RQ SimpleWorker",
+                    "rq_app",
+                    [
+                        str(BIN / "rq"),
+                        "worker",
+                        "-w",
+                        "rq.worker.SimpleWorker",
+                        "-u",
+                        self.url,
+                        "--logging_level",
+                        "WARNING",
+                        QUEUE,
+                    ],
+                ),
+                peer(
+                    "celery/prefork",
+                    "celery",
+                    2,
+                    slow["celery"],
+                    "Celery prefork -c 2",
+                    "celery_app",
+                    [
+                        str(BIN / "celery"),
+                        "-A",
+                        "bench.peers.celery_app",
+                        "worker",
+                        "-P",
+                        "prefork",
+                        "-c",
+                        "2",
+                        "-Q",
+                        QUEUE,
+                        "-l",
+                        "WARNING",
+                        "--without-gossip",
+                        "--without-mingle",
+                        "--without-heartbeat",
+                    ],
+                ),
+            ]
+        return systems
+
+    def taskbus_one(self) -> Callable[[], None]:
+        store = Store(self.settings())
+        spec = TaskSpec(type="incr", queue=QUEUE)
+        return lambda: store.enqueue(spec)
+
+    def prequeue(self, system: dict[str, Any], n: int) -> float:
+        """Queue n tasks; returns the one-at-a-time enqueue rate of the first (single-threaded,
+        timed) part. The rest goes in from 8 threads: only to save wall time."""
+        one = system["one"]()
+        sample = min(n, self.cfg.enqueue_sample)
+        t = time.perf_counter()
+        for _ in range(sample):
+            one()
+        rate = sample / (time.perf_counter() - t)
+        rest = n - sample
+        if rest:
+            threads = 8
+            with concurrent.futures.ThreadPoolExecutor(threads) as pool:
+                shares = [rest // threads + (1 if i < rest % threads else 0) for i in range(threads)]
+                list(pool.map(lambda k: [one() for _ in range(k)], shares))
+        return rate
+
+    def drain_once(self, system: dict[str, Any]) -> dict[str, Any]:
+        """Queue n tasks, start the workers, time first→last completion from the counter."""
+        n = system["n"]
+        self.flush()
+        enqueue_rate = self.prequeue(system, n)
+        self.r.config_resetstat()
+        workers: list[Proc] = system["start"]()
+        try:
+            started = time.perf_counter()
+            t0 = c0 = None
+            cpu0: dict[int, float] = {}
+            redis0 = 0.0
+            last_c, last_change = 0, started
+            while True:
+                c = int(self.r.get(COUNTER) or 0)
+                now = time.perf_counter()
+                if c and t0 is None:
+                    t0, c0 = now, c
+                    cpu0 = procs.cpu_seconds([p for w in workers for p in w.tree()])
+                    redis0 = self.redis_cpu()
+                if c >= n:
+                    t1 = now
+                    cpu1 = procs.cpu_seconds([p for w in workers for p in w.tree()])
+                    redis1 = self.redis_cpu()
+                    break
+                if c != last_c:
+                    last_c, last_change = c, now
+                elif now - last_change > (60 if c == 0 else 20):
+                    raise RuntimeError(f"{system['label']}: no progress for {now - last_change:.0f} s at {c}/{n}")
+                for w in workers:
+                    if not w.alive():
+                        raise RuntimeError(f"{system['label']}: {w.name} exited ({w.popen.returncode}):\n{w.tail()}")
+                time.sleep(POLL_S)
+            commands = {
+                name.removeprefix("cmdstat_"): {
+                    "calls_per_task": round(v["calls"] / n, 3),
+                    "usec_per_task": round(v["usec"] / n, 2),
+                }
+                for name, v in self.r.info("commandstats").items()
+            }
+            # completion checks: nothing lost, nothing run twice, taskbus left no pending entry
+            time.sleep(0.3)
+            final = int(self.r.get(COUNTER) or 0)
+            if final != n:
+                raise RuntimeError(f"{system['label']}: counter {final} != {n} tasks")
+            if system["family"] == "taskbus":
+                self.check_taskbus_drained(n)
+            assert t0 is not None and c0 is not None
+            done = n - c0
+            mono_end = time.monotonic()
+            other = self.host.between(mono_end - (t1 - t0), mono_end)[0]
+            cpu = sum(cpu1.values()) - sum(cpu0.get(pid, 0.0) for pid in cpu1)
+            return {
+                "tasks_s": done / (t1 - t0),
+                "worker_cpu_ms": cpu * 1000 / done,
+                "redis_cpu_us": (redis1 - redis0) * 1e6 / done,
+                "enqueue_s": enqueue_rate,
+                "startup_s": t0 - started,
+                "host_other_cores": other,
+                "commands": dict(sorted(commands.items(), key=lambda kv: -kv[1]["usec_per_task"])),
+            }
+        finally:
+            for w in workers:
+                w.stop()
+
+    def check_taskbus_drained(self, n: int) -> None:
+        stream = f"{PREFIX}:{{{QUEUE}}}:stream"
+
+        def drained() -> bool:
+            pending = self.r.xpending(stream, "taskbus")["pending"]
+            return self.r.xlen(stream) == 0 and pending == 0
+
+        try:
+            wait_for(drained, 10, "the taskbus stream to be empty and acknowledged")
+        except RuntimeError:
+            raise RuntimeError(
+                f"taskbus: stream has {self.r.xlen(stream)} entries, "
+                f"{self.r.xpending(stream, 'taskbus')['pending']} pending after all {n} ran"
+            ) from None
+        statuses = self._statuses()
+        if statuses.get("succeeded", 0) != n or len(statuses) != 1:
+            raise RuntimeError(f"taskbus: task statuses after the drain: {statuses}")
+
+    def _statuses(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        keys = list(self.r.scan_iter(f"{PREFIX}:{{{QUEUE}}}:task:*", count=2000))
+        for i in range(0, len(keys), 1000):
+            pipe = self.r.pipeline(transaction=False)
+            for k in keys[i : i + 1000]:
+                pipe.hget(k, "status")
+            for status in pipe.execute():
+                counts[status] = counts.get(status, 0) + 1
+        return counts
+
+    def run_drains(self) -> None:
+        systems = [
+            x
+            for x in self.drain_systems()
+            if not self.cfg.systems or any(part in x["key"] for part in self.cfg.systems)
+        ]
+        for rnd in range(self.cfg.rounds):
+            for system in systems:
+                key, label = system["key"], system["label"]
+                print(f"  drain round {rnd + 1}/{self.cfg.rounds}: {label} (N={system['n']})", flush=True)
+                self.m.add(f"drain/{key}/n", system["n"], "tasks", label)
+                try:
+                    r = self.drain_once(system)
+                except Exception as exc:  # noqa: BLE001 - one failed system must not end the run
+                    self.m.errors.append(f"drain {label} round {rnd + 1}: {exc}")
+                    print(f"    FAILED: {exc}", flush=True)
+                    for metric in ("tasks_s", "worker_cpu_ms", "redis_cpu_us"):
+                        self.m.add(f"drain/{key}/{metric}", None, "", label)
+                    continue
+                print(
+                    "    "
+                    + ", ".join(f"{k}={v:.4g}" for k, v in r.items() if k != "commands")
+                    + "; Redis µs/task by command: "
+                    + ", ".join(f"{k} {v['usec_per_task']}" for k, v in list(r["commands"].items())[:4]),
+                    flush=True,
+                )
+                self.m.add(f"drain/{key}/tasks_s", r["tasks_s"], "tasks/s", label)
+                self.m.add(f"drain/{key}/worker_cpu_ms", r["worker_cpu_ms"], "ms/task", label)
+                self.m.add(f"drain/{key}/redis_cpu_us", r["redis_cpu_us"], "µs/task", label)
+                self.m.add(f"drain/{key}/startup_s", r["startup_s"], "s", label)
+                self.m.add(f"drain/{key}/host_other_cores", r["host_other_cores"], "cores", label)
+                self.m.detail.setdefault(f"drain/{key}/redis_commands", []).append(r["commands"])
+                self.m.add(f"enqueue/python1/{system['family']}", r["enqueue_s"], "tasks/s", label)
+            if rnd == 0:
+                systems = self.keep_best_concurrency(systems)
+        self.flush()
+
+    def keep_best_concurrency(self, systems: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """After round 1, later rounds run only the better CONCURRENCY per process count."""
+        keep = []
+        for system in systems:
+            if system["family"] != "taskbus":
+                keep.append(system)
+                continue
+            rivals = [x for x in systems if x["family"] == "taskbus" and x["procs"] == system["procs"]]
+            best = max(rivals, key=lambda x: self.m.median(f"drain/{x['key']}/tasks_s") or 0)
+            if best is system:
+                keep.append(system)
+            elif self.cfg.rounds > 1:
+                self.m.notes.append(f"{system['label']}: round 1 only (slower than {best['label']} in round 1)")
+        return keep
+
+    # -- 2. enqueue ------------------------------------------------------------------------
+
+    def run_enqueue(self) -> None:
+        self.python_batched()
+        self.run_http()
+
+    def python_batched(self) -> None:
+        store = Store(self.settings())
+        if "drain" not in self.cfg.only:  # else the drains' pre-queues measure one-at-a-time enqueue
+            for _ in range(self.cfg.rounds):
+                self.flush()
+                self.m.add(
+                    "enqueue/python1/taskbus",
+                    self.prequeue({"one": self.taskbus_one}, self.cfg.enqueue_sample),
+                    "tasks/s",
+                )
+        key = "enqueue/python_batch/taskbus"
+        method = next(
+            (getattr(store, name) for name in ("enqueue_many", "enqueue_batch") if hasattr(store, name)), None
+        )
+        if method is None:
+            self.m.na(key, "tasks/s", "Store has no batch API (enqueue_many/enqueue_batch)")
+            return
+        spec = TaskSpec(type="echo", payload={"n": 1}, queue=QUEUE)
+        batch: list[Any] = [spec] * self.cfg.batch
+        try:  # a list of specs, or of (spec, idempotency key) pairs
+            method(batch)
+        except (TypeError, ValueError):
+            batch = [(spec, None)] * self.cfg.batch
+            method(batch)
+        calls = self.cfg.batched_total // self.cfg.batch
+        for rnd in range(self.cfg.rounds):
+            self.flush()
+            t = time.perf_counter()
+            for _ in range(calls):
+                method(batch)
+            self.m.add(key, calls * len(batch) / (time.perf_counter() - t), "tasks/s")
+            queued = self.r.xlen(store.keys.stream(QUEUE))
+            if queued != calls * len(batch):
+                self.m.errors.append(
+                    f"Store.{method.__name__}: {queued} stream entries after {calls * len(batch)} tasks"
+                )
+        store.client.close()
+        self.flush()
+
+    def run_http(self) -> None:
+        assert self.load is not None
+        enqueue, enqueue_base, _ = self.taskbus_function("enqueue")
+        blog_port = free_port()
+        blog = self.spawn(
+            "blog-app",
+            [
+                str(BIN / "uvicorn"),
+                "bench.peers.blog_app:app",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(blog_port),
+                "--workers",
+                "2",
+                "--loop",
+                "uvloop",
+                "--http",
+                "httptools",
+                "--no-access-log",
+                "--log-level",
+                "warning",
+            ],
+        )
+        blog_base = f"http://127.0.0.1:{blog_port}"
+        try:
+            self.wait_http(blog, blog_base)
+            batch = self.probe_batch(enqueue_base)
+            targets = [
+                ("taskbus", enqueue_base + "/tasks", BODY, enqueue),
+                ("blog", blog_base + "/enqueue/", BODY, blog),
+            ]
+            for name, url, body, _ in targets:  # warm both servers (imports, pools, JIT-less caches)
+                self.load.run(url, body, 16, 1)
+            self.flush()
+            for rnd in range(self.cfg.rounds):
+                for conns in HTTP_LEVELS:
+                    for name, url, body, server in targets:
+                        self.http_level(f"http/{name}/c{conns}", url, body, conns, rnd, 1, server)
+                if batch is not None:
+                    self.http_level(
+                        "http/taskbus_batch/c16", enqueue_base + "/tasks/batch", batch, 16, rnd, self.cfg.batch, enqueue
+                    )
+                self.flush()
+            if batch is None:
+                self.m.na("http/taskbus_batch/c16", "tasks/s", "POST /tasks/batch answers 404")
+        finally:
+            enqueue.stop()
+            blog.stop()
+
+    def http_level(self, key: str, url: str, body: str, conns: int, rnd: int, per_request: int, server: Proc) -> None:
+        assert self.load is not None
+        print(f"  http round {rnd + 1}/{self.cfg.rounds}: {url} c={conns}", flush=True)
+        tree = server.tree()
+        cpu0 = procs.cpu_seconds(tree)
+        r = self.load.run(url, body, conns, self.cfg.http_s)
+        cpu1 = procs.cpu_seconds(tree)
+        cpu_ms = (sum(cpu1.values()) - sum(cpu0.get(pid, 0.0) for pid in cpu1)) * 1000
+        self.m.add(key + "/server_cpu_ms", cpu_ms / max(1, r["requests"]), "ms/request")
+        if r["status_errors"] or r["socket_errors"]:
+            self.m.errors.append(
+                f"{key} round {rnd + 1}: {r['status_errors']} non-2xx, "
+                f"{r['socket_errors']} socket errors of {r['requests']} requests"
+            )
+        print(
+            f"    {r['rps']:.0f} req/s, p50 {r['p50_us'] / 1000:.2f} ms, p99 {r['p99_us'] / 1000:.2f} ms, "
+            f"server CPU {cpu_ms / max(1, r['requests']):.3f} ms/request",
+            flush=True,
+        )
+        self.m.add(key, r["rps"] * per_request, "tasks/s")
+        self.m.add(key + "/p50_ms", r["p50_us"] / 1000, "ms")
+        self.m.add(key + "/p99_ms", r["p99_us"] / 1000, "ms")
+
+    def probe_batch(self, base: str) -> str | None:
+        """The body shape POST /tasks/batch accepts, or None when the route does not exist."""
+        item = json.loads(BODY)
+        parts = urllib.parse.urlsplit(base)
+        for shape in ({"tasks": [item] * self.cfg.batch}, [item] * self.cfg.batch):
+            body = json.dumps(shape, separators=(",", ":"))
+            c = http.client.HTTPConnection(parts.hostname, parts.port, timeout=5)
+            c.request("POST", "/tasks/batch", body, {"Content-Type": "application/json"})
+            resp = c.getresponse()
+            text = resp.read()
+            c.close()
+            if resp.status == 404:
+                print("  POST /tasks/batch: 404, n/a", flush=True)
+                return None
+            if 200 <= resp.status < 300:
+                results = json.loads(text).get("results") if text.startswith(b"{") else None
+                if isinstance(results, list) and any("id" not in x for x in results):
+                    last = f"{resp.status} with refused items: {text[:200]!r}"
+                    continue
+                print(f"  POST /tasks/batch accepts {type(shape).__name__} bodies", flush=True)
+                return body
+            last = f"{resp.status} {text[:200]!r}"
+        self.m.errors.append(f"POST /tasks/batch exists but refused both body shapes: {last}")
+        return None
+
+    # -- 3. latency ------------------------------------------------------------------------
+
+    def run_latency(self) -> None:
+        self.flush()
+        status, status_base, _ = self.taskbus_function("status")
+        [worker] = self.taskbus_workers(1, 8)
+        store = Store(self.settings())
+        try:
+            # warm: imports, pools, the scripts' SHA cache on both sides
+            self.paced(store, 100, self.cfg.rate)
+            self.wait_finished(store, 100)
+            for rnd in range(self.cfg.rounds):
+                print(
+                    f"  latency round {rnd + 1}/{self.cfg.rounds}: {self.cfg.latency_tasks} tasks at "
+                    f"{self.cfg.rate:.0f}/s",
+                    flush=True,
+                )
+                ids = self.paced(store, self.cfg.latency_tasks, self.cfg.rate)
+                records = self.wait_finished(store, len(ids), ids)
+                start = [int(r["started_ms"]) - int(r["created_ms"]) for r in records]
+                finish = [int(r["finished_ms"]) - int(r["created_ms"]) for r in records]
+                for name, values in (("enqueue_start", start), ("enqueue_finish", finish)):
+                    self.m.add(f"latency/{name}/p50", pct(values, 50), "ms")
+                    self.m.add(f"latency/{name}/p99", pct(values, 99), "ms")
+                    self.m.add(f"latency/{name}/max", max(values), "ms")
+                print(
+                    f"    enqueue→start p50/p99/max {pct(start, 50)}/{pct(start, 99)}/{max(start)} ms, "
+                    f"→finish {pct(finish, 50)}/{pct(finish, 99)}/{max(finish)} ms",
+                    flush=True,
+                )
+                wake = self.longpolls(store, status_base, self.cfg.longpolls)
+                for p in (50, 99):
+                    self.m.add(f"latency/longpoll_wake/p{p}", pct(wake, p), "ms")
+                self.m.add("latency/longpoll_wake/max", max(wake), "ms")
+                print(
+                    f"    long-poll wake-up p50/p99/max {pct(wake, 50):.2f}/{pct(wake, 99):.2f}/{max(wake):.2f} ms",
+                    flush=True,
+                )
+                self.flush()
+        finally:
+            store.client.close()
+            store.blocking.close()
+            worker.stop()
+            status.stop()
+
+    def paced(self, store: Store, count: int, rate: float) -> list[str]:
+        spec = TaskSpec(type="echo", payload={"n": 1}, queue=QUEUE)
+        ids = []
+        t = time.perf_counter()
+        for i in range(count):
+            delay = t + i / rate - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+            ids.append(store.enqueue(spec)[0])
+        return ids
+
+    def wait_finished(self, store: Store, count: int, ids: list[str] | None = None) -> list[dict[str, str]]:
+        if ids is None:
+            wait_for(lambda: self.r.xlen(store.keys.stream(QUEUE)) == 0, 30, "the warm-up tasks")
+            return []
+
+        def fetch() -> list[dict[str, str]] | None:
+            pipe = self.r.pipeline(transaction=False)
+            for task_id in ids:
+                pipe.hmget(store.keys.task(task_id), "status", "created_ms", "started_ms", "finished_ms")
+            rows = pipe.execute()
+            if any(row[0] != "succeeded" for row in rows):
+                return None
+            return [dict(zip(("status", "created_ms", "started_ms", "finished_ms"), row)) for row in rows]
+
+        return wait_for(fetch, 30, f"{count} latency tasks to finish", interval=0.2)
+
+    def longpolls(self, store: Store, base: str, count: int) -> list[float]:
+        """Task sleeps 30 ms while GET /tasks/<id>?wait=10 waits; wake-up = receive time - finished_ms."""
+        parts = urllib.parse.urlsplit(base)
+        conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=15)
+        spec = TaskSpec(type="sleep", payload={"seconds": 0.03}, queue=QUEUE)
+        out = []
+        try:
+            for _ in range(count):
+                task_id = store.enqueue(spec)[0]
+                conn.request("GET", f"/tasks/{task_id}?wait=10")
+                resp = conn.getresponse()
+                body = resp.read()
+                received_ms = time.time() * 1000
+                if resp.status != 200:
+                    raise RuntimeError(f"long-poll answered {resp.status}: {body[:200]!r}")
+                if json.loads(body)["status"] != "succeeded":
+                    raise RuntimeError(f"long-poll answered before the task finished: {body[:300]!r}")
+                finished_ms = int(self.r.hget(store.keys.task(task_id), "finished_ms"))
+                out.append(received_ms - finished_ms)
+                time.sleep(0.01)
+        finally:
+            conn.close()
+        return out
+
+
+def peer_one(module: str) -> Callable[[], Callable[[], None]]:
+    def make() -> Callable[[], None]:
+        return importlib.import_module(f"bench.peers.{module}").enqueue_one  # type: ignore[no-any-return]
+
+    return make
+
+
+# -- the table -------------------------------------------------------------------------------
+
+
+def fmt(summary: dict[str, Any], key: str, digits: int = 0) -> str:
+    m = summary.get(key)
+    if not m:
+        return "—"
+    if m.get("na") and m["median"] is None:
+        return "n/a"
+    if m["median"] is None:
+        return "failed"
+    f = f"{{:,.{digits}f}}"
+    text = f.format(m["median"])
+    if m["rounds"] > 1:
+        text += f" [{f.format(m['min'])}–{f.format(m['max'])}]"
+    return text
+
+
+def other_cores(summary: dict[str, Any], base: str) -> str:
+    m = summary.get(base + "/host_other_cores")
+    return f"{m['median']:.2f}" if m and m["median"] is not None else ""
+
+
+def ratio(summary: dict[str, Any], a: str, b: str) -> float | None:
+    ma, mb = summary.get(a, {}).get("median"), summary.get(b, {}).get("median")
+    return ma / mb if ma and mb else None
+
+
+def rfmt(x: float | None) -> str:
+    return "—" if x is None else f"{x:.2f}×"
+
+
+def best_key(summary: dict[str, Any], keys: list[str]) -> str | None:
+    have = [k for k in keys if summary.get(k, {}).get("median")]
+    return max(have, key=lambda k: summary[k]["median"]) if have else None
+
+
+def table(result: dict[str, Any]) -> str:
+    s = result["metrics"]
+    cfg = result["config"]
+    lines: list[str] = []
+    w = lines.append
+    rounds = f"median [min–max] of {cfg['rounds']} round(s)"
+    w(f"taskbus bench {result['started']}  ({rounds}; ratios are taskbus ÷ peer from this run)")
+    w(
+        f"host: {result['host']['cpus']} cpu, Python {result['host']['python']}, Valkey {result['host']['valkey']}; "
+        f"HTTP load: {result['host']['load']}"
+    )
+    other = result.get("host_other_load", {})
+    if other:
+        w(
+            "CPU used by processes outside this bench (other work on the host), mean/max cores: "
+            + ", ".join(f"{k} {v['mean_cores']:.2f}/{v['max_cores']:.2f}" for k, v in other.items())
+        )
+        if max(v["mean_cores"] for v in other.values()) > 0.2:
+            w("WARNING: the host was busy with other work during this run: the figures below are perturbed")
+    if any(k.startswith("drain/") for k in s):
+        drain_table(w, s, cfg)
+    if any(k.startswith(("enqueue/", "http/")) for k in s):
+        enqueue_table(w, s, cfg)
+    if any(k.startswith("latency/") for k in s):
+        latency_table(w, s, cfg)
+    # targets
+    w("")
+    w("TARGETS (lead's)")
+    for t in result["targets"]:
+        w(f"  {t['name']:<58} {t['value']:<22} {t['verdict']}")
+    if result["errors"]:
+        w("")
+        w("ERRORS")
+        for e in result["errors"]:
+            w("  " + e.splitlines()[0][:300])
+    if result["notes"]:
+        w("")
+        for n in result["notes"]:
+            w("note: " + n)
+    return "\n".join(lines)
+
+
+def drain_table(w: Callable[[str], None], s: dict[str, Any], cfg: dict[str, Any]) -> None:
+    w("")
+    w(
+        "1/4. DRAIN  N tasks queued first (one INCR each), then the workers start; tasks/s from first to last "
+        "completion; CPU from /proc (worker process trees) and INFO cpu (Redis); other = cores busy outside the bench"
+    )
+    hdr = (
+        f"{'system':<44} {'N':>6} {'tasks/s':>22} {'worker CPU ms/task':>22} {'Redis CPU µs/task':>20} "
+        f"{'other':>5}  {'taskbus ÷ peer (tasks/s)'}"
+    )
+    w(hdr)
+    w("-" * len(hdr))
+    tb_best: dict[int, str] = {}
+    for p in (1, 2):
+        k = best_key(s, [f"drain/taskbus/{p}p/c{c}/tasks_s" for c in cfg["concurrencies"]])
+        if k:
+            tb_best[p] = k.removesuffix("/tasks_s")
+    rows = [(f"taskbus/{p}p/c{c}", p) for p in (1, 2) for c in cfg["concurrencies"]]
+    rows += [
+        ("dramatiq/1p", 1),
+        ("dramatiq/2p", 2),
+        ("huey/thread", 1),
+        ("huey/process", 2),
+        ("rq/simple", 1),
+        ("celery/prefork", 2),
+    ]
+    for key, p in rows:
+        base = f"drain/{key}"
+        if base + "/tasks_s" not in s:
+            continue
+        label = s[base + "/tasks_s"]["label"]
+        n = int(s.get(base + "/n", {}).get("median") or 0)
+        if key.startswith("taskbus/"):
+            vs = "best" if tb_best.get(p) == base else ""
+        else:
+            tb = tb_best.get(p)
+            vs = f"{rfmt(ratio(s, tb + '/tasks_s', base + '/tasks_s'))} vs taskbus {p} proc(s)" if tb else "—"
+        w(
+            f"{label:<44} {n:>6} {fmt(s, base + '/tasks_s'):>22} {fmt(s, base + '/worker_cpu_ms', 3):>22} "
+            f"{fmt(s, base + '/redis_cpu_us', 1):>20} {other_cores(s, base):>5}  {vs}"
+        )
+
+
+def enqueue_table(w: Callable[[str], None], s: dict[str, Any], cfg: dict[str, Any]) -> None:
+    w("")
+    w("2. ENQUEUE")
+    hdr = f"{'what':<58} {'tasks/s':>22} {'p50 ms':>18} {'p99 ms':>22} {'srv CPU ms/req':>20}  taskbus ÷ peer"
+    w(hdr)
+    w("-" * len(hdr))
+    py = "enqueue/python1/"
+    for fam, label in (
+        ("taskbus", "taskbus Store.enqueue"),
+        ("dramatiq", "Dramatiq actor.send()"),
+        ("huey", "Huey task()"),
+        ("rq", "RQ Queue.enqueue()"),
+        ("celery", "Celery task.delay()"),
+    ):
+        if py + fam not in s:
+            continue
+        r = ratio(s, py + "taskbus", py + fam) if fam != "taskbus" else None
+        w(
+            f"{'Python 1 at a time: ' + label:<58} {fmt(s, py + fam):>22} {'':>18} {'':>22} {'':>20}  "
+            f"{rfmt(r) if r else ''}"
+        )
+    for key, label in (
+        ("enqueue/python_batch/taskbus", f"Python batched ({cfg['batch']}/call): taskbus Store.enqueue_many"),
+    ):
+        if key in s:
+            w(f"{label:<58} {fmt(s, key):>22}" + (f"   ({s[key]['na']})" if s[key].get("na") else ""))
+    for conns in HTTP_LEVELS:
+        for name, label in (
+            ("taskbus", "taskbus POST /tasks (gunicorn gthread)"),
+            ("blog", "blog app POST /enqueue/ (uvicorn ×2)"),
+        ):
+            key = f"http/{name}/c{conns}"
+            if key not in s:
+                continue
+            r = ratio(s, f"http/taskbus/c{conns}", key) if name == "blog" else None
+            w(
+                f"{f'HTTP c={conns:<3}{label}':<58} {fmt(s, key):>22} {fmt(s, key + '/p50_ms', 2):>18} "
+                f"{fmt(s, key + '/p99_ms', 2):>22} {fmt(s, key + '/server_cpu_ms', 3):>20}  {rfmt(r) if r else ''}"
+            )
+    key = "http/taskbus_batch/c16"
+    if key in s:
+        label = f"HTTP c=16 POST /tasks/batch ({cfg['batch']}/request)"
+        w(
+            f"{label:<58} {fmt(s, key):>22} {fmt(s, key + '/p50_ms', 2):>18} {fmt(s, key + '/p99_ms', 2):>22} "
+            f"{fmt(s, key + '/server_cpu_ms', 3):>20}" + (f"   ({s[key]['na']})" if s[key].get("na") else "")
+        )
+
+
+def latency_table(w: Callable[[str], None], s: dict[str, Any], cfg: dict[str, Any]) -> None:
+    w("")
+    w(
+        f"3. LATENCY  one idle warmed worker; {cfg['latency_tasks']} echo tasks one at a time at {cfg['rate']:.0f}/s "
+        f"per round; task-hash times (Redis TIME, 1 ms resolution)"
+    )
+    hdr = f"{'what (ms)':<58} {'p50':>16} {'p99':>16} {'max':>16}"
+    w(hdr)
+    w("-" * len(hdr))
+    w(
+        "(long-poll wake-up = client receive time − finished_ms; finished_ms is floored to the ms, so it reads "
+        "0–1 ms high)"
+    )
+    for name, label, d in (
+        ("enqueue_start", "enqueue → start", 0),
+        ("enqueue_finish", "enqueue → finish", 0),
+        ("longpoll_wake", f"status long-poll wake-up ({cfg['longpolls']}/round)", 2),
+    ):
+        base = f"latency/{name}"
+        if base + "/p50" in s:
+            p50, p99, top = (fmt(s, f"{base}/{q}", d) for q in ("p50", "p99", "max"))
+            w(f"{label:<58} {p50:>16} {p99:>16} {top:>16}")
+
+
+def targets(s: dict[str, Any], cfg: Config) -> list[dict[str, Any]]:
+    out = []
+
+    def add(name: str, value: float | None, ok: Callable[[float], bool], unit: str) -> None:
+        out.append(
+            {
+                "name": name,
+                "value": "—" if value is None else f"{value:.2f}{unit}",
+                "raw": value,
+                "verdict": "n/a" if value is None else ("MET" if ok(value) else "NOT MET"),
+            }
+        )
+
+    tb2 = best_key(s, [f"drain/taskbus/2p/c{c}/tasks_s" for c in cfg.concurrencies])
+    dq = best_key(s, ["drain/dramatiq/1p/tasks_s", "drain/dramatiq/2p/tasks_s"])
+    add("drain, taskbus 2 procs ≥ 4× Dramatiq's best", ratio(s, tb2, dq) if tb2 and dq else None, lambda v: v >= 4, "×")
+    p99 = s.get("latency/enqueue_start/p99", {}).get("median")
+    add("enqueue→start p99 ≤ 2 ms", p99, lambda v: v <= 2, " ms")
+    tbh = best_key(s, [f"http/taskbus/c{c}" for c in HTTP_LEVELS])
+    blog = best_key(s, [f"http/blog/c{c}" for c in HTTP_LEVELS])
+    add(
+        "HTTP single enqueue ≥ 1.2× blog app (each at its best c)",
+        ratio(s, tbh, blog) if tbh and blog else None,
+        lambda v: v >= 1.2,
+        "×",
+    )
+    wake = s.get("latency/longpoll_wake/p99", {}).get("median")
+    add("long-poll wake-up p99 ≤ 5 ms", wake, lambda v: v <= 5, " ms")
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="N=2000, 1 round, short HTTP levels: a try-out")
+    ap.add_argument("--rounds", type=int)
+    ap.add_argument("--n", type=int, help="tasks per drain (default 20000)")
+    ap.add_argument(
+        "--only", default="drain,enqueue,latency,peers", help="comma-separated sections: drain, enqueue, latency, peers"
+    )
+    ap.add_argument(
+        "--systems",
+        default="",
+        help="drain only these systems (key substrings, comma-separated), e.g. taskbus/2p,dramatiq",
+    )
+    ap.add_argument("--python-load", action="store_true", help="use the Python load generator even if wrk exists")
+    args = ap.parse_args()
+    quick = args.quick
+    n = args.n or (2000 if quick else 20000)
+    cfg = Config(
+        quick=quick,
+        rounds=args.rounds or (1 if quick else 3),
+        n=n,
+        n_slow={"huey": min(n, 10000), "rq": min(n, 2000), "celery": min(n, 6000)},
+        enqueue_sample=1000 if quick else 2000,
+        http_s=2 if quick else 3,
+        latency_tasks=400 if quick else 1000,
+        rate=200.0,
+        longpolls=30 if quick else 100,
+        batch=100,
+        batched_total=2000 if quick else 10000,
+        concurrencies=(8, 32),
+        only=frozenset(x.strip() for x in args.only.split(",") if x.strip()),
+        systems=tuple(x.strip() for x in args.systems.split(",") if x.strip()),
+    )
+    started = dt.datetime.now().astimezone()
+    stamp = started.strftime("%Y%m%d-%H%M%S")
+    run_dir = ROOT / "bench" / ".run" / stamp
+    run_dir.mkdir(parents=True, exist_ok=True)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    bench = Bench(cfg, run_dir)
+    t_start = time.monotonic()
+    with procs.cleanup_on_exit():
+        try:
+            bench.host.start()
+            bench.start()
+            if "enqueue" in cfg.only:
+                bench.load = Load(None if args.python_load else ensure_wrk(bench.setup_log))
+            sections = [("drain", bench.run_drains), ("enqueue", bench.run_enqueue), ("latency", bench.run_latency)]
+            if "peers" in cfg.only and "drain" not in cfg.only:
+                sections[0] = ("peers", bench.run_drains)
+            for name, fn in sections:
+                if name not in cfg.only and not (name == "drain" and "peers" in cfg.only):
+                    continue
+                print(f"== {name}", flush=True)
+                t_section = time.monotonic()
+                try:
+                    fn()
+                except Exception as exc:  # noqa: BLE001 - report what ran, and why the rest did not
+                    bench.m.errors.append(f"{name}: {type(exc).__name__}: {exc}")
+                    traceback.print_exc()
+                bench.spans.append((name, t_section, time.monotonic()))
+        finally:
+            if bench.load:
+                bench.load.close()
+            procs.stop_all()
+            valkey = bench.server_version()
+            bench.stop()
+            bench.host.stop()
+    summary = bench.m.summary()
+    result = {
+        "started": started.isoformat(timespec="seconds"),
+        "elapsed_s": round(time.monotonic() - t_start, 1),
+        "config": {**dataclasses.asdict(cfg), "only": sorted(cfg.only)},
+        "host": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "valkey": valkey,
+            "load": bench.load.tool if bench.load else "—",
+            "platform": platform.platform(),
+        },
+        "metrics": summary,
+        "detail": bench.m.detail,
+        "targets": targets(summary, cfg),
+        "host_other_load": {
+            name: dict(zip(("mean_cores", "max_cores"), bench.host.between(a, b))) for name, a, b in bench.spans
+        },
+        "errors": bench.m.errors,
+        "notes": bench.setup_log
+        + bench.m.notes
+        + [
+            "peers run at their quietest log level; taskbus runs with its default settings"
+            + (
+                f" (LOG_LEVEL={Settings().log_level}: a JSON line per task start and finish)"
+                if hasattr(Settings(), "log_level")
+                else " (a JSON log line per task start and finish)"
+            ),
+            "Valkey runs without persistence (appendonly no); "
+            "Redis CPU includes the bench's own counter polls (one GET per 10 ms)",
+            f"process logs: {run_dir.relative_to(ROOT)}",
+        ],
+    }
+    out = RESULTS / f"{stamp}.json"
+    out.write_text(json.dumps(result, indent=1, ensure_ascii=False))
+    print()
+    print(table(result))
+    print(f"\nwritten: {out.relative_to(ROOT)}  ({result['elapsed_s']} s)")
+    return 1 if bench.m.errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
