@@ -242,10 +242,10 @@ class Cluster:
         pipe = client.pipeline(transaction=False)
         for task_id in ids:
             pipe.hmget(task_key(self.settings, task_id), "status", "finished_ms")
-            pipe.xlen(_events_key(self.settings, task_id))
+            pipe.hget(task_key(self.settings, task_id), "terminal_writes")
         replies = pipe.execute()
         records = dict(zip(ids, replies[0::2]))
-        terminal_writes = dict(zip(ids, replies[1::2]))
+        terminal_writes = {t: int(n or 0) for t, n in zip(ids, replies[1::2])}
         starts, ends = self.executions()
         problems = []
         missing = [t for t, (status, _) in records.items() if status not in TERMINAL]
@@ -304,9 +304,6 @@ class Cluster:
 def task_key(settings: Settings, task_id: str) -> str:
     return Keys(settings.key_prefix).task(task_id)
 
-
-def _events_key(settings: Settings, task_id: str) -> str:
-    return Keys(settings.key_prefix).events(task_id)
 
 
 def _backwards(seq: list[str]) -> bool:

@@ -44,7 +44,8 @@ class Keys:
         return f"{self._q(_queue(task_id))}:task:{task_id.rsplit('~', 1)[1]}"
 
     def events(self, task_id: str) -> str:
-        """A tiny per-task stream of status changes that long-polls block on."""
+        """The task's sharded pub/sub channel (not a key: it holds no memory); a terminal
+        status is published on it to wake long-polls."""
         return f"{self._q(_queue(task_id))}:events:{task_id.rsplit('~', 1)[1]}"
 
     def data_lost(self, queue: str) -> str:

@@ -166,24 +166,30 @@ class Store:
     def wait(self, task_id: str, timeout_s: float) -> dict[str, str] | None:
         """The record once terminal, or as it is when `timeout_s` passes.
 
-        State and the last event id are read in one MULTI, so a change that lands after the
-        read is always seen by the blocking XREAD that follows: no missed wake-up, no polling.
+        Subscribes to the task's channel first and reads the state after the subscription is
+        confirmed, so a change that lands in between is always seen: no missed wake-up, no polling.
         """
         if queue_of(task_id) is None:
             return None
-        task_key, events_key = self.keys.task(task_id), self.keys.events(task_id)
+        task_key, channel = self.keys.task(task_id), self.keys.events(task_id)
         deadline = time.monotonic() + timeout_s
         with unavailable_on_redis_errors():
-            while True:
-                pipe = self.client.pipeline(transaction=True)
-                pipe.hgetall(task_key)
-                pipe.xrevrange(events_key, count=1)
-                record, last = pipe.execute()
-                remaining_ms = int((deadline - time.monotonic()) * 1000)
-                if not record or record.get("status") in TERMINAL or remaining_ms <= 0:
-                    return record or None
-                last_id = last[0][0] if last else "0-0"
-                self.blocking.xread({events_key: last_id}, count=1, block=remaining_ms)
+            record = self.client.hgetall(task_key)
+            if not record or record.get("status") in TERMINAL:
+                return record or None
+            pubsub = self.blocking.pubsub()
+            try:
+                pubsub.ssubscribe(channel)
+                if pubsub.get_sharded_message(timeout=self.settings.redis_socket_timeout_s) is None:
+                    raise redis.TimeoutError("no subscription confirmation")
+                while True:
+                    record = self.client.hgetall(task_key)
+                    remaining = deadline - time.monotonic()
+                    if not record or record.get("status") in TERMINAL or remaining <= 0:
+                        return record or None
+                    pubsub.get_sharded_message(timeout=remaining)
+            finally:
+                pubsub.close()
 
     def ping(self) -> None:
         """Redis answers, and no worker has flagged a lost consumer group on our queues."""

@@ -2,7 +2,7 @@
 -- started the attempt, for that attempt, while the task is still running, may write. A worker
 -- whose lease was reclaimed (the reclaimer's start bumped attempts and took `consumer`) is refused.
 -- KEYS[1] work stream  KEYS[2] delayed zset  KEYS[3] dead-letter stream
---   then per item i: KEYS[2+2i] task hash, KEYS[3+2i] events stream
+--   then per item i: KEYS[2+2i] task hash, KEYS[3+2i] events channel (sharded pub/sub)
 -- ARGV[1] group  ARGV[2] consumer  ARGV[3] result TTL s  ARGV[4] pending TTL s  ARGV[5] dead-letter maxlen
 --   then per item i (6 each, from ARGV[6i]): entry id, task id, attempt,
 --   outcome ('succeeded' | 'retry' | 'failed'), result JSON or error JSON, retry delay ms
@@ -40,9 +40,10 @@ for i = 1, n do
       out[i] = 'failed'
     end
     if out[i] ~= 'scheduled' then
-      -- wake long-polls: only terminal states are announced
-      redis.call('XADD', events, '*', 'status', out[i])
-      redis.call('EXPIRE', events, ARGV[3])
+      -- count terminal writes (an audit: the fence keeps it at 1), and wake long-polls
+      -- (sharded pub/sub: no memory kept); only terminal states are announced
+      redis.call('HINCRBY', task, 'terminal_writes', 1)
+      redis.call('SPUBLISH', events, out[i])
     end
   end
 end

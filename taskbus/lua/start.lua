@@ -1,6 +1,6 @@
 -- Mark a batch of delivered entries running, fenced by lease ownership. Only terminal states
--- are announced on the events stream (long-polls wait for those alone).
--- KEYS[1] work stream   KEYS[2] dead-letter stream   then per entry i: KEYS[1+2i] task hash, KEYS[2+2i] events
+-- are announced on the task's events channel (long-polls wait for those alone).
+-- KEYS[1] work stream   KEYS[2] dead-letter stream   then per entry i: KEYS[1+2i] task hash, KEYS[2+2i] events channel
 -- ARGV[1] group  ARGV[2] consumer  ARGV[3] result TTL s  ARGV[4] dead-letter maxlen
 -- then per entry i: ARGV[3+2i] entry id, ARGV[4+2i] task id
 -- Returns per entry one of:
@@ -39,8 +39,8 @@ for i = 1, n do
       redis.call('HSET', task, 'status', 'failed', 'error', err, 'finished_ms', now)
       redis.call('EXPIRE', task, ARGV[3])
       redis.call('XADD', dead, 'MAXLEN', '~', ARGV[4], '*', 'id', id, 'type', f[4], 'attempts', f[2], 'error', err)
-      redis.call('XADD', events, '*', 'status', 'failed')
-      redis.call('EXPIRE', events, ARGV[3])
+      redis.call('HINCRBY', task, 'terminal_writes', 1)
+      redis.call('SPUBLISH', events, 'failed')
       out[i] = {'dead', 'WorkerLost'}
     else
       local attempt = tonumber(f[2]) + 1
