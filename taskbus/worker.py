@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 
 MAX_RESULT_BYTES = 1024 * 1024
 WRITE_BATCH = 256
+MAX_UNWRITTEN = 1024  # outcomes waiting for the writer before reading pauses
 
 
 @dataclasses.dataclass
@@ -64,6 +65,7 @@ class Worker:
         self._groups_ready = False
         self._group_lost = False
         self._abandoned = 0
+        self._busy = 0  # handlers running now (deliveries started and not yet settled)
 
     def stop(self) -> None:
         """Ask the worker to stop reading and drain (safe from a signal handler)."""
@@ -140,7 +142,9 @@ class Worker:
         self._dispatch(self.channel.read(free, wait_ms))
 
     def _free(self) -> int:
-        return self.settings.concurrency - len(self._running)
+        """Slots for new deliveries: a slot frees when its handler returns, not when the outcome
+        is written, so reading overlaps the writer's round trip; unwritten outcomes are capped."""
+        return min(self.settings.concurrency - self._busy, MAX_UNWRITTEN - len(self._running))
 
     def _next_deadline(self) -> float:
         with self._cond:
@@ -190,6 +194,7 @@ class Worker:
         running = Running(job, deadline=now + job.timeout_s, started=now)
         with self._cond:
             self._running[job.entry] = running
+            self._busy += 1
         log.info("task running", extra={"fields": _fields(job, status="running")})
         self._jobs.put(running)
 
@@ -209,6 +214,8 @@ class Worker:
                     self._abandoned -= 1
                     return  # a replacement runner took this thread's place
                 running.settled = True
+                self._busy -= 1
+                self._cond.notify_all()
             self._outcomes.put((running, outcome, body))
 
     def _execute(self, job: Job, deadline: float) -> tuple[str, bytes]:
@@ -235,6 +242,7 @@ class Worker:
             for r in late:
                 r.settled = r.abandoned = True
                 self._abandoned += 1
+                self._busy -= 1
         for r in late:
             self._start_runner()  # the stuck thread keeps its handler; capacity is restored
             exc = TimeoutError(f"task ran past its timeout of {r.job.timeout_s} s")
@@ -307,8 +315,8 @@ class Worker:
         return int(random.uniform(0, cap) * 1000)
 
     def _heartbeat(self) -> None:
-        with self._cond:
-            entries = [(r.job.queue, r.job.entry) for r in self._running.values() if not r.settled]
+        with self._cond:  # settled entries too: their outcome may still be waiting for the writer
+            entries = [(r.job.queue, r.job.entry) for r in self._running.values()]
         by_queue: dict[str, list[str]] = defaultdict(list)
         for queue, entry in entries:
             by_queue[queue].append(entry)
