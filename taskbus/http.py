@@ -52,6 +52,7 @@ class Service:
         self.settings = settings
         self.store = Store(settings)
         self.routes = Map(rules, strict_slashes=False, merge_slashes=False)
+        self._adapter = self.routes.bind("")  # routing needs only path and method: bind once
         self.endpoints = endpoints
         self.keyed = keyed  # endpoints that require an API key when API_KEYS is set
         self._keys = [k.encode() for k in settings.api_keys]
@@ -69,7 +70,7 @@ class Service:
 
     def _dispatch(self, request: flask.Request) -> flask.Response:
         try:
-            endpoint, args = self.routes.bind_to_environ(request.environ).match()
+            endpoint, args = self._adapter.match(request.path, request.method)
             if endpoint in self.keyed and self._keys:
                 self._authenticate(request)
             return self.endpoints[endpoint](request, **args)
