@@ -63,8 +63,8 @@ def kill_workers(root: Path, full: bool) -> Figures:
         for _ in range(kills):
             time.sleep(random.uniform(0.5, 1.5))
             victim = random.choice(c.live_workers())
-            victim.kill()
             c.fault("SIGKILL")
+            victim.kill()
             c.start_worker()
         _join(load)
         return c.check()
@@ -106,8 +106,8 @@ def redis_restart(root: Path, full: bool) -> Figures:
         load = _background(lambda: c.enqueue(n, payload={"ms": ms}, threads=4, tolerate_errors=True))
         for _ in range(2):
             time.sleep(random.uniform(0.3, 0.8))
-            c.server.kill()
             c.fault("redis SIGKILL")
+            c.server.kill()
             time.sleep(0.5)  # the outage
             c.server.start()
         _join(load)
@@ -148,8 +148,8 @@ def network_faults(root: Path, full: bool) -> Figures:
         c.enqueue(n // 2, payload={"ms": 5})
         wait_until(lambda: c.backlog() == (0, 0), timeout=120, message="drained under latency")
         proxy.latency_s = 0.0
-        proxy.blackhole = True
         c.fault("blackhole")
+        proxy.blackhole = True
         c.enqueue(n // 4, payload={"ms": 5})
         time.sleep(blackhole_s)
         proxy.blackhole = False
@@ -158,8 +158,8 @@ def network_faults(root: Path, full: bool) -> Figures:
         wait_until(lambda: _terminal_count(c) > before, timeout=10, message="work resuming after the blackhole")
         resume_s = time.monotonic() - healed
         for _ in range(3):
-            proxy.reset_all()
             c.fault("reset")
+            proxy.reset_all()
             c.enqueue(n // 12, payload={"ms": 5})
         figures = c.check(max_duplicates=0)
         spurious = sum(w.output().count("lease lost") for w in c.workers)
@@ -202,8 +202,8 @@ def slow_and_paused(root: Path, full: bool) -> Figures:
         ids = c.enqueue(1, payload={"ms": 1500})
         wait_until(lambda: ids[0] in c.executions()[0], timeout=10, message="slow task started")
         owner = paused if paused.log.read_text().count(ids[0]) else c.workers[1]
-        owner.signal(signal.SIGSTOP)
         c.fault("SIGSTOP")
+        owner.signal(signal.SIGSTOP)
         wait_until(lambda: c.executions()[0][ids[0]] >= 2, timeout=20, message="reclaimer started the task")
         c.wait_all_terminal(30)
         owner.signal(signal.SIGCONT)
@@ -251,8 +251,8 @@ def enqueue_killed(root: Path, full: bool) -> Figures:
         for _ in range(2):
             time.sleep(random.uniform(0.2, 0.5))
             proc, _ = c.functions["enqueue"]
-            proc.kill()
             c.fault("enqueue SIGKILL")
+            proc.kill()
             c.functions["enqueue"] = start_function("enqueue", c.settings, c.root)
         _join(load)
         return c.check()
