@@ -97,6 +97,17 @@ class Channel:
                 break
         return found
 
+    def own_orphans(self, queue: str, known: set[str], limit: int) -> list[Delivery]:
+        """Entries pending for this very consumer that it is not running: delivered by a read
+        whose reply was lost to a connection fault. Taken back at once instead of after a lease."""
+        stream = self.keys.stream(queue)
+        pending = self.client.xpending_range(stream, self.group, "-", "+", limit + len(known), self.consumer)
+        orphans = [p["message_id"] for p in pending if p["message_id"] not in known][:limit]
+        if not orphans:
+            return []
+        claimed = self.client.xclaim(stream, self.group, self.consumer, 0, orphans)
+        return [_delivery(queue, entry, fields) for entry, fields in claimed if fields is not None]
+
     def start(self, queue: str, deliveries: list[Delivery]) -> list[tuple[Delivery, list[Any]]]:
         """Mark a batch running in one script call; returns each delivery with its verdict."""
         keys = [self.keys.stream(queue), self.keys.dead(queue)]

@@ -66,6 +66,7 @@ class Worker:
         self._group_lost = False
         self._abandoned = 0
         self._busy = 0  # handlers running now (deliveries started and not yet settled)
+        self._orphans_possible = False
 
     def stop(self) -> None:
         """Ask the worker to stop reading and drain (safe from a signal handler)."""
@@ -97,6 +98,7 @@ class Worker:
                 backoff = 0.1
                 continue
             except REDIS_ERRORS as exc:
+                self._orphans_possible = True  # a lost reply may have delivered entries to us
                 log.warning(
                     "redis unavailable, retrying",
                     extra={"fields": {"error": type(exc).__name__, "retry_in_s": backoff}},
@@ -128,6 +130,12 @@ class Worker:
         if now >= self._next_heartbeat:
             self._heartbeat()
             self._next_heartbeat = now + self.settings.lease_s / 3
+        if self._orphans_possible and self._free() > 0:
+            with self._cond:
+                known = set(self._running)
+            for queue in self.settings.queues:
+                self._dispatch(self.channel.own_orphans(queue, known, self._free()))
+            self._orphans_possible = False
         if self._free() > 0 and now >= self._next_reclaim:
             for queue in self.settings.queues:
                 self._dispatch(self.channel.reclaim(queue, self._free()))
