@@ -273,7 +273,13 @@ class Worker:
             for item in batch:
                 by_queue[item[0].job.queue].append(item)
             for queue, items in by_queue.items():
-                self._write(queue, items)
+                try:
+                    self._write(queue, items)
+                except Exception:  # noqa: BLE001 - the writer must outlive any one batch
+                    log.exception(
+                        "could not record outcomes; their tasks will be reclaimed",
+                        extra={"fields": {"queue": queue, "tasks": len(items)}},
+                    )
 
     def _write(self, queue: str, items: list[tuple[Running, str, bytes]]) -> None:
         """Record outcomes, retrying through Redis outages: a computed result is not dropped."""
