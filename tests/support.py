@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import os
 import signal
@@ -56,11 +57,11 @@ class Proc:
 
     def kill(self) -> None:
         """SIGKILL the process and everything it started (gunicorn's worker, say)."""
+        try:
+            os.killpg(self.popen.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
         if self.popen.poll() is None:
-            try:
-                os.killpg(self.popen.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
             self.popen.wait(10)
 
     def wait(self, timeout: float) -> int:
@@ -74,9 +75,15 @@ def spawn(name: str, settings: Settings, log_dir: Path, wrapper: tuple[str, ...]
     """Start service `name`; `wrapper` prefixes its command line (e.g. `faketime +600s`)."""
     log = log_dir / f"{name}-{time.monotonic_ns()}.log"
     with open(log, "wb") as out:
-        popen = subprocess.Popen([*wrapper, *argv(name, settings)], cwd=ROOT, env=env_of(settings, **extra_env),
+        popen = subprocess.Popen([*wrapper, *argv(name, settings)], cwd=ROOT, preexec_fn=_die_with_parent, env=env_of(settings, **extra_env),
                                  stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     return Proc(name, popen, log)
+
+
+def _die_with_parent() -> None:
+    """In the child: get SIGKILL when the test process dies, however it dies (no orphans)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
 def start_function(name: str, settings: Settings, log_dir: Path, wrapper: tuple[str, ...] = (),
@@ -99,9 +106,20 @@ def start_function(name: str, settings: Settings, log_dir: Path, wrapper: tuple[
 
 
 def stop(proc: Proc, timeout: float = 15) -> None:
+    """SIGTERM the process group (a wrapper such as faketime may sit between us and gunicorn),
+    then SIGKILL whatever of the group is left."""
     if proc.popen.poll() is None:
-        proc.popen.send_signal(signal.SIGTERM)
+        try:
+            os.killpg(proc.popen.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
         try:
             proc.popen.wait(timeout)
         except subprocess.TimeoutExpired:
-            proc.kill()
+            pass
+    try:
+        os.killpg(proc.popen.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    if proc.popen.poll() is None:
+        proc.popen.wait(10)
