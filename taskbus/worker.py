@@ -169,10 +169,11 @@ class Worker:
             else:
                 by_queue[d.queue].append(d)
         for queue, batch in by_queue.items():
+            started: list[Running] = []
             for d, verdict in self.channel.start(queue, batch):
                 kind = verdict[0]
                 if kind == "run":
-                    self._submit(d, verdict)
+                    started.append(self._track(d, verdict))
                 elif kind == "dead":
                     log.error(
                         "task dead-lettered",
@@ -184,8 +185,16 @@ class Worker:
                     log.info("redelivery of a finished task acknowledged", extra={"fields": {"task_id": d.task_id}})
                 else:
                     log.warning("delivery no longer ours", extra={"fields": {"task_id": d.task_id, "entry": d.entry}})
+            if started:
+                log.info(
+                    "task running",
+                    extra={"batch": [("task running", _fields(r.job, status="running")) for r in started]},
+                )
+                for running in started:
+                    self._jobs.put(running)
 
-    def _submit(self, d: Delivery, verdict: list[Any]) -> None:
+    def _track(self, d: Delivery, verdict: list[Any]) -> Running:
+        """Record a started attempt (it holds a slot until its handler returns)."""
         _, task_type, payload, attempt, max_attempts, timeout_s = verdict
         assert d.task_id is not None
         job = Job(
@@ -203,8 +212,7 @@ class Worker:
         with self._cond:
             self._running[job.entry] = running
             self._busy += 1
-        log.info("task running", extra={"fields": _fields(job, status="running")})
-        self._jobs.put(running)
+        return running
 
     # -- runners: one attempt each ----------------------------------------------------------
 
@@ -309,6 +317,7 @@ class Worker:
                     self._running.pop(r.job.entry, None)
                 self._cond.notify_all()
         now = time.monotonic()
+        lines: list[tuple[str, dict[str, Any]]] = []
         for (r, outcome, _), (_, _, _, delay_ms), status in zip(items, outcomes, written):
             fields = _fields(r.job, duration_ms=round((now - r.started) * 1000, 1))
             if status is None:
@@ -319,7 +328,9 @@ class Worker:
             else:
                 if status == "scheduled":
                     self._next_promote = min(self._next_promote, now + delay_ms / 1000)
-                log.info("task %s", status, extra={"fields": {**fields, "status": status}})
+                lines.append((f"task {status}", {**fields, "status": status}))
+        if lines:
+            log.info("task outcomes", extra={"batch": lines})
 
     def _delay_ms(self, job: Job, outcome: str) -> int:
         """Retry backoff: exponential with full jitter, capped."""
