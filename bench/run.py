@@ -1,10 +1,12 @@
-"""`make bench` — python -m bench.run [--quick] [--rounds R] [--n N] [--only drain,enqueue,latency,peers]
+"""`make bench` — python -m bench.run [--quick] [--rounds R] [--n N] [--only drain,enqueue,latency,peers,memory]
 
 Starts its own Valkey server, taskbus functions/workers and peer queues on free loopback
 ports, measures drain, enqueue and latency over several rounds (round-robin, so drift hits
 every system alike), prints one table of medians [min–max] with taskbus ÷ peer ratios
 computed from this run only, and writes everything (every per-round value) to
-bench/results/<timestamp>.json. Every process it starts is stopped on every exit path.
+bench/results/<timestamp>.json. The memory section (once, on a Valkey of its own) reports
+Redis `used_memory` with 100,000 finished tasks held and again after their RESULT_TTL_S.
+Every process it starts is stopped on every exit path.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from bench.load import Load, ensure_wrk
 from bench.procs import BIN, ROOT, Proc, wait_for
 from local.commands import argv as service_argv
 from local.embedded import EmbeddedServer, free_port
+from taskbus.keys import SCRIPT_NAMES, Keys, load_script
 from taskbus.settings import Settings
 from taskbus.store import Store
 from taskbus.task import TaskSpec
@@ -44,6 +47,7 @@ COUNTER = "bench:count"
 RESULTS = ROOT / "bench" / "results"
 HTTP_LEVELS = (1, 4, 16, 64)
 POLL_S = 0.01  # counter poll: each GET costs Redis ~30 µs on this VM, so not faster
+MEMORY_BATCH = 1000  # tasks per Store.enqueue_many call in the memory section
 BODY = json.dumps({"type": "echo", "payload": {"n": 1}, "queue": QUEUE}, separators=(",", ":"))
 
 
@@ -63,6 +67,8 @@ class Config:
     concurrencies: tuple[int, ...]
     only: frozenset[str]
     systems: tuple[str, ...] = ()  # drain only systems whose key contains one of these
+    memory_tasks: int = 100_000  # finished tasks held at the memory section's peak
+    memory_ttl_s: int = 20  # RESULT_TTL_S of the memory section's workers (production default: 1 day)
 
 
 # -- measurements: every metric keeps its per-round values ----------------------------------
@@ -716,6 +722,214 @@ class Bench:
             conn.close()
         return out
 
+    # -- 5. memory -------------------------------------------------------------------------
+
+    def run_memory(self) -> None:
+        """Redis `used_memory` (what the allocator reports as in use, not RSS) on a fresh Valkey
+        of its own: baseline (work stream and consumer group created by starting a worker once,
+        scripts loaded, no client but the bench's), with N tasks queued, with N tasks finished
+        (workers stopped), and once the finished tasks' RESULT_TTL_S has passed."""
+        n, ttl, batch = self.cfg.memory_tasks, self.cfg.memory_ttl_s, MEMORY_BATCH
+        server = EmbeddedServer(self.run_dir / "valkey-memory", appendonly=False)
+        server.start()
+        workers: list[Proc] = []
+        r = redis.Redis.from_url(server.url, decode_responses=True)
+        try:
+            settings = self.settings(redis_url=server.url, result_ttl_s=ttl, concurrency=32)
+            keys = Keys(PREFIX)
+            stream, group = keys.stream(QUEUE), settings.consumer_group
+
+            def consumers() -> int:
+                groups = r.xinfo_groups(stream) if r.exists(stream) else []
+                return sum(int(g["consumers"]) for g in groups if g["name"] == group)
+
+            # the state every deployment has before its first task: stream + group, scripts loaded
+            first = self.spawn("taskbus-worker-memory-setup", service_argv("worker", settings), settings)
+            try:
+                wait_for(lambda: consumers() >= 1, 30, "the first worker to create the consumer group", first)
+            finally:
+                first.stop()
+            for name in SCRIPT_NAMES:
+                r.script_load(load_script(name))
+            base_keys = r.dbsize()
+            baseline = self._settled_memory(r, reset=True)
+            print(f"  baseline: used_memory {baseline['used_memory']:,} B, {base_keys} key(s)", flush=True)
+
+            store = Store(settings)
+            spec = TaskSpec(type="echo", payload={"n": 1}, queue=QUEUE)
+            ids: list[str] = []
+            t = time.perf_counter()
+            for i in range(0, n, batch):
+                ids += [task_id for task_id, _, _ in store.enqueue_many([(spec, None)] * min(batch, n - i))]
+            enqueue_s = time.perf_counter() - t
+            store.client.connection_pool.disconnect()  # its big query buffers must not count
+            store.blocking.connection_pool.disconnect()
+            if r.xlen(stream) != n or r.dbsize() != base_keys + n:
+                raise RuntimeError(f"after enqueue: {r.xlen(stream)} stream entries, {r.dbsize()} keys (want {n})")
+            queued = self._settled_memory(r, reset=True)
+            print(
+                f"  {n:,} queued ({n // batch} enqueue_many calls of {batch}, {n / enqueue_s:,.0f} tasks/s): "
+                f"used_memory {queued['used_memory']:,} B",
+                flush=True,
+            )
+
+            # drain; the earliest finished tasks start expiring RESULT_TTL_S after they finish
+            t_workers = time.monotonic()
+            workers = self.taskbus_workers_with(settings, 2, "memory")
+            delayed, dead = keys.delayed(QUEUE), keys.dead(QUEUE)
+
+            def drained() -> bool:
+                for w in workers:
+                    if not w.alive():
+                        raise RuntimeError(f"{w.name} exited ({w.popen.returncode}):\n{w.tail()}")
+                return r.xlen(stream) == 0 and r.xpending(stream, group)["pending"] == 0 and not r.zcard(delayed)
+
+            wait_for(drained, max(120.0, n / 500), f"{n:,} memory tasks to finish", interval=0.1)
+            drain_s = time.monotonic() - t_workers
+            t_done = time.monotonic()
+            for w in workers:
+                w.stop()
+            workers = []
+            held = r.dbsize() - base_keys
+            finished = self._settled_memory(r, settle_s=0.5, reset=True)
+            statuses = self._memory_statuses(server.url, ids)
+            print(
+                f"  {n:,} finished in {drain_s:.1f} s (2 workers × CONCURRENCY 32): used_memory "
+                f"{finished['used_memory']:,} B, {held:,} task keys held; statuses {statuses}",
+                flush=True,
+            )
+            if held != n:
+                self.m.errors.append(
+                    f"memory: only {held:,} of {n:,} finished tasks were still held at the reading (the drain took "
+                    f"{drain_s:.0f} s, RESULT_TTL_S={ttl}): raise --memory-ttl"
+                )
+            if statuses.get("succeeded", 0) + statuses.get("expired", 0) != n or r.exists(dead):
+                self.m.errors.append(f"memory: task statuses after the drain: {statuses}, dead letters: {r.xlen(dead)}")
+
+            # expiry: Valkey's active expire cycle removes them without anyone reading them
+            def expired() -> bool:
+                return r.dbsize() <= base_keys
+
+            limit = ttl + 30 - (time.monotonic() - t_done)
+            print(f"  waiting for RESULT_TTL_S={ttl} s to pass (up to {limit:.0f} s) ...", flush=True)
+            try:
+                wait_for(expired, limit, "the finished tasks to expire", interval=0.5)
+            except RuntimeError:
+                self.m.errors.append(f"memory: {r.dbsize() - base_keys:,} task keys left {ttl + 30} s after the drain")
+            gone_s = time.monotonic() - t_done
+            after = self._settled_memory(r, settle_s=2.0, limit_s=15.0)
+            left = r.dbsize() - base_keys
+            print(
+                f"  {left} task keys left {gone_s:.1f} s after the drain: used_memory {after['used_memory']:,} B "
+                f"({after['used_memory'] - baseline['used_memory']:+,} B vs baseline)",
+                flush=True,
+            )
+            # Server statistics, bounded and not per task, also hold used_memory: the slow log (its
+            # last 128 entries, each batched EVALSHA over 10 ms with up to 32 arguments) and one
+            # latency histogram (~16 KB) per command name first called since the last reset. Every
+            # other reading is taken with both reset; this one is shown raw too.
+            slow = sum(x["slowlog_len"] for x in (queued, finished, after))
+            reset_reading = self._settled_memory(r, settle_s=1.0, reset=True)
+            print(
+                f"  after SLOWLOG RESET + CONFIG RESETSTAT: used_memory "
+                f"{reset_reading['used_memory']:,} B ({reset_reading['used_memory'] - baseline['used_memory']:+,} B "
+                "vs baseline)",
+                flush=True,
+            )
+            extra_consumers = consumers() - 1
+            self.m.add("memory/tasks", n, "tasks")
+            self.m.add("memory/result_ttl_s", ttl, "s")
+            self.m.add("memory/drain_s", drain_s, "s")
+            self.m.add("memory/expired_after_s", gone_s, "s")
+            self.m.add("memory/held_at_peak", held, "tasks")
+            self.m.add("memory/keys_left", left, "keys")
+            for name, reading in (
+                ("baseline", baseline),
+                ("queued", queued),
+                ("finished", finished),
+                ("after_ttl", after),
+                ("after_ttl_reset", reset_reading),
+            ):
+                self.m.add(f"memory/{name}", reading["used_memory"], "bytes")
+                self.m.add(f"memory/{name}/rss", reading["used_memory_rss"], "bytes")
+            for name, reading in (("queued", queued), ("finished", finished)):
+                self.m.add(
+                    f"memory/{name}/per_task", (reading["used_memory"] - baseline["used_memory"]) / n, "bytes/task"
+                )
+            self.m.add("memory/after_ttl/delta", after["used_memory"] - baseline["used_memory"], "bytes")
+            self.m.add("memory/after_ttl_reset/delta", reset_reading["used_memory"] - baseline["used_memory"], "bytes")
+            self.m.add("memory/slowlog_len", slow, "entries")
+            self.m.detail["memory/info"] = [
+                {
+                    "baseline": baseline,
+                    "queued": queued,
+                    "finished": finished,
+                    "after_ttl": after,
+                    "after_ttl_reset": reset_reading,
+                }
+            ]
+            self.m.detail["memory/statuses"] = [statuses]
+            self.m.notes.append(
+                f"memory: RESULT_TTL_S={ttl} s for the memory section only, so the test is quick (default: 1 day); "
+                f"its Valkey is a fresh one of its own; worker starts left {extra_consumers} more consumer(s) in the "
+                "group (a few hundred bytes each, never expired)"
+            )
+        finally:
+            for w in workers:
+                w.stop()
+            r.close()
+            server.stop()
+
+    def taskbus_workers_with(self, settings: Settings, count: int, tag: str) -> list[Proc]:
+        return [
+            self.spawn(f"taskbus-worker-{tag}{i}", service_argv("worker", settings), settings) for i in range(count)
+        ]
+
+    @staticmethod
+    def _settled_memory(
+        r: redis.Redis, settle_s: float = 1.0, limit_s: float = 5.0, reset: bool = False
+    ) -> dict[str, Any]:
+        """`INFO memory` once used_memory has not changed for `settle_s` (the server frees closed
+        clients and shrinks emptied hash tables in its cron), or after `limit_s`. `reset`: first
+        empty the slow log and reset the statistics (CONFIG RESETSTAT frees the latency histograms)."""
+        slow = int(r.slowlog_len())
+        if reset:
+            r.slowlog_reset()
+            r.config_resetstat()
+        deadline = time.monotonic() + limit_s
+        last = r.info("memory")
+        stable_since = time.monotonic()
+        while time.monotonic() < deadline:
+            time.sleep(0.25)
+            now = r.info("memory")
+            if now["used_memory"] != last["used_memory"]:
+                stable_since = time.monotonic()
+            last = now
+            if time.monotonic() - stable_since >= settle_s:
+                break
+        out: dict[str, Any] = {k: int(v) for k, v in last.items() if isinstance(v, int)}
+        out["slowlog_len"] = slow  # entries when the reading started (before any reset)
+        out["memory_stats"] = {k: v for k, v in r.memory_stats().items() if isinstance(v, (int, float, dict))}
+        return out
+
+    @staticmethod
+    def _memory_statuses(url: str, ids: list[str]) -> dict[str, int]:
+        """Status of every task, on a connection of its own (closed after, so its buffers do not
+        stay in used_memory); a key already gone counts as `expired`."""
+        client = redis.Redis.from_url(url, decode_responses=True)
+        keys = Keys(PREFIX)
+        counts: dict[str, int] = {}
+        try:
+            for i in range(0, len(ids), 5000):
+                pipe = client.pipeline(transaction=False)
+                for task_id in ids[i : i + 5000]:
+                    pipe.hget(keys.task(task_id), "status")
+                for status in pipe.execute():
+                    counts[status or "expired"] = counts.get(status or "expired", 0) + 1
+        finally:
+            client.connection_pool.disconnect()
+        return counts
+
 
 def peer_one(module: str) -> Callable[[], Callable[[], None]]:
     def make() -> Callable[[], None]:
@@ -786,6 +1000,8 @@ def table(result: dict[str, Any]) -> str:
         enqueue_table(w, s, cfg)
     if any(k.startswith("latency/") for k in s):
         latency_table(w, s, cfg)
+    if any(k.startswith("memory/") for k in s):
+        memory_table(w, s)
     # targets
     w("")
     w("TARGETS (lead's)")
@@ -918,6 +1134,50 @@ def latency_table(w: Callable[[str], None], s: dict[str, Any], cfg: dict[str, An
             w(f"{label:<58} {p50:>16} {p99:>16} {top:>16}")
 
 
+def memory_table(w: Callable[[str], None], s: dict[str, Any]) -> None:
+    def v(key: str) -> float | None:
+        return s.get(key, {}).get("median")
+
+    n, ttl = int(v("memory/tasks") or 0), int(v("memory/result_ttl_s") or 0)
+    w("")
+    w(
+        f"5. MEMORY  Redis INFO used_memory (allocator bytes in use, not RSS) on a fresh Valkey of its own; {n:,} echo "
+        f"tasks by Store.enqueue_many ({MEMORY_BATCH}/call), drained by 2 workers started with RESULT_TTL_S={ttl} s "
+        "(short so the test is quick; default 1 day)"
+    )
+    hdr = f"{'state':<58} {'used_memory B':>16} {'Δ baseline B':>16} {'B/task':>10} {'RSS B':>16}"
+    w(hdr)
+    w("-" * len(hdr))
+    base = v("memory/baseline")
+    drain, gone = v("memory/drain_s"), v("memory/expired_after_s")
+    rows = (
+        ("baseline", "baseline: stream + consumer group, scripts loaded, no task"),
+        ("queued", f"{n:,} tasks queued (hash + stream entry each)"),
+        ("finished", f"{n:,} tasks succeeded, workers stopped" + (f" ({drain:.0f} s drain)" if drain else "")),
+        ("after_ttl", "after RESULT_TTL_S: task keys expired" + (f" ({gone:.0f} s after the drain)" if gone else "")),
+        # raw: holds the statistics gathered since the previous reading's reset
+        ("after_ttl_reset", "  same, slow log and command stats reset like the rest"),
+    )
+    for key, label in rows:
+        used = v(f"memory/{key}")
+        if used is None:
+            continue
+        delta = f"{used - base:+,.0f}" if base is not None and key != "baseline" else ""
+        per = v(f"memory/{key}/per_task")
+        rss = v(f"memory/{key}/rss")
+        w(
+            f"{label:<58} {used:>16,.0f} {delta:>16} {'' if per is None else f'{per:,.0f}':>10} "
+            f"{'' if rss is None else f'{rss:,.0f}':>16}"
+        )
+    slow = int(v("memory/slowlog_len") or 0)
+    w(
+        "(every reading but the raw 'after RESULT_TTL_S' one follows SLOWLOG RESET + CONFIG RESETSTAT: the slow log "
+        f"({slow} entries cleared in all, mostly 1000-task enqueue calls over 10 ms) and the per-command latency "
+        "histograms (~16 KB per command name) hold memory, bounded, not per task)"
+    )
+    w("(RSS for reference only: the allocator may keep freed pages; used_memory is what Redis holds)")
+
+
 def targets(s: dict[str, Any], cfg: Config) -> list[dict[str, Any]]:
     out = []
 
@@ -946,6 +1206,12 @@ def targets(s: dict[str, Any], cfg: Config) -> list[dict[str, Any]]:
     )
     wake = s.get("latency/longpoll_wake/p99", {}).get("median")
     add("long-poll wake-up p99 ≤ 5 ms", wake, lambda v: v <= 5, " ms")
+    if "memory" in cfg.only:
+        grown = s.get("memory/finished", {}).get("median")
+        base = s.get("memory/baseline", {}).get("median")
+        delta = s.get("memory/after_ttl_reset/delta", {}).get("median")
+        share = delta / (grown - base) * 100 if None not in (grown, base, delta) and grown != base else None
+        add("Redis memory after RESULT_TTL_S ≤ baseline + 1% of growth", share, lambda v: v <= 1, "%")
     return out
 
 
@@ -955,7 +1221,9 @@ def main() -> int:
     ap.add_argument("--rounds", type=int)
     ap.add_argument("--n", type=int, help="tasks per drain (default 20000)")
     ap.add_argument(
-        "--only", default="drain,enqueue,latency,peers", help="comma-separated sections: drain, enqueue, latency, peers"
+        "--only",
+        default="drain,enqueue,latency,peers,memory",
+        help="comma-separated sections: drain, enqueue, latency, peers, memory",
     )
     ap.add_argument(
         "--systems",
@@ -963,6 +1231,8 @@ def main() -> int:
         help="drain only these systems (key substrings, comma-separated), e.g. taskbus/2p,dramatiq",
     )
     ap.add_argument("--python-load", action="store_true", help="use the Python load generator even if wrk exists")
+    ap.add_argument("--memory-tasks", type=int, help="tasks held in the memory section (default 100000; 20000 --quick)")
+    ap.add_argument("--memory-ttl", type=int, default=20, help="RESULT_TTL_S of the memory section's workers (s)")
     args = ap.parse_args()
     quick = args.quick
     n = args.n or (2000 if quick else 20000)
@@ -981,6 +1251,8 @@ def main() -> int:
         concurrencies=(8, 32),
         only=frozenset(x.strip() for x in args.only.split(",") if x.strip()),
         systems=tuple(x.strip() for x in args.systems.split(",") if x.strip()),
+        memory_tasks=args.memory_tasks or (20_000 if quick else 100_000),
+        memory_ttl_s=args.memory_ttl,
     )
     started = dt.datetime.now().astimezone()
     stamp = started.strftime("%Y%m%d-%H%M%S")
@@ -995,7 +1267,12 @@ def main() -> int:
             bench.start()
             if "enqueue" in cfg.only:
                 bench.load = Load(None if args.python_load else ensure_wrk(bench.setup_log))
-            sections = [("drain", bench.run_drains), ("enqueue", bench.run_enqueue), ("latency", bench.run_latency)]
+            sections = [
+                ("drain", bench.run_drains),
+                ("enqueue", bench.run_enqueue),
+                ("latency", bench.run_latency),
+                ("memory", bench.run_memory),
+            ]
             if "peers" in cfg.only and "drain" not in cfg.only:
                 sections[0] = ("peers", bench.run_drains)
             for name, fn in sections:
