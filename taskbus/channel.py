@@ -150,6 +150,18 @@ class Channel:
                 self.keys.stream(queue), self.group, self.consumer, 0, [entry], idle=self.lease_ms * 10, justid=True
             )
 
+    def prune_consumers(self, queue: str, idle_s: float = 3600.0, myself: bool = False) -> list[str]:
+        """Remove consumers (ours on a clean stop, or workers long dead) that hold no pending
+        entry, so the group's consumer list stays bounded. Deleting a consumer drops its
+        pending entries, so only empty ones go; a live worker's XREADGROUP recreates it."""
+        stream, removed = self.keys.stream(queue), []
+        for consumer in self.client.xinfo_consumers(stream, self.group):
+            mine = consumer["name"] == self.consumer
+            if consumer["pending"] == 0 and (myself if mine else consumer["idle"] > idle_s * 1000):
+                self.client.xgroup_delconsumer(stream, self.group, consumer["name"])
+                removed.append(consumer["name"])
+        return removed
+
     def promote_due(self, queue: str, limit: int = 500) -> int:
         """Move due delayed tasks to the stream; returns ms until the next one is due (-1: none)."""
         due, wait_ms = self.scripts.due(keys=[self.keys.delayed(queue)], args=[limit], client=self.client)

@@ -67,6 +67,7 @@ class Worker:
         self._abandoned = 0
         self._busy = 0  # handlers running now (deliveries started and not yet settled)
         self._orphans_possible = False
+        self._next_prune = time.monotonic() + 600
 
     def stop(self) -> None:
         """Ask the worker to stop reading and drain (safe from a signal handler)."""
@@ -140,6 +141,10 @@ class Worker:
             for queue in self.settings.queues:
                 self._dispatch(self.channel.reclaim(queue, self._free()))
             self._next_reclaim = now + min(self.settings.lease_s / 2, 5.0)
+        if now >= self._next_prune:
+            for queue in self.settings.queues:
+                self.channel.prune_consumers(queue)
+            self._next_prune = now + 600
         next_duty = min(self._next_promote, self._next_heartbeat, self._next_deadline())
         wait_ms = max(1, min(self.settings.block_ms, int((next_duty - time.monotonic()) * 1000)))
         free = self._free()
@@ -371,6 +376,12 @@ class Worker:
                 self.channel.release(job.queue, [job.entry])
             except REDIS_ERRORS:
                 pass  # the lease expires on its own; another worker reclaims it then
+        if not left:
+            for queue in self.settings.queues:
+                try:
+                    self.channel.prune_consumers(queue, myself=True)
+                except (redis.RedisError, *REDIS_ERRORS):
+                    break  # nothing is lost: an empty consumer entry stays until a later prune
         log.info("worker stopped", extra={"fields": {"handed_back": len(left)}})
         return 0
 

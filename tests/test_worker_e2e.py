@@ -229,3 +229,13 @@ def test_many_tasks_two_workers_each_runs_exactly_once(http, functions, queue, w
     assert all(status(http, functions, i)["status"] == "succeeded" for i in ids)
     assert set(executions(r, key).values()) == {1}
     wait_until(lambda: pending(r, queue) == 0 and stream_len(r, queue) == 0, message="stream drained")
+
+
+def test_a_clean_stop_removes_the_workers_consumer_entry(http, functions, queue, workers, r):
+    worker = workers()
+    finished(http, functions, enqueue(http, functions, queue, "echo", {}))
+    stream = f"tb:{{{queue}}}:stream"
+    assert len(r.xinfo_consumers(stream, "taskbus")) == 1
+    worker.signal(signal.SIGTERM)
+    assert worker.wait(15) == 0
+    assert r.xinfo_consumers(stream, "taskbus") == []
