@@ -101,7 +101,11 @@ def start_function(name: str, settings: Settings, log_dir: Path, wrapper: tuple[
         except httpx.HTTPError:
             return False
 
-    wait_until(up, timeout=20, message=f"{name} /healthz")
+    try:
+        wait_until(up, timeout=20, message=f"{name} /healthz")
+    except BaseException:
+        proc.kill()
+        raise
     return proc, base
 
 

@@ -27,7 +27,7 @@ import redis
 
 from local.embedded import free_port
 from taskbus.settings import Settings
-from tests.support import Proc, spawn, stop, wait_until
+from tests.support import Proc, spawn, start_function, stop, wait_until
 from tests.test_webhooks import (SLACK_DOC_BODY, STANDARD_SECRET, hex_mac, sign_acme, sign_github, sign_shopify,
                                  sign_slack, sign_standard, sign_stripe)
 
@@ -64,28 +64,6 @@ class Pair:
     enqueue: str
     status: str
     procs: dict[str, Proc]
-
-
-def start_with_env(name: str, settings: Settings, log_dir: Path, **extra_env: str) -> tuple[Proc, str]:
-    """`tests.support.start_function`, with extra environment (WEBHOOK_*, API_KEYS)."""
-    port = settings.enqueue_port if name == "enqueue" else settings.status_port
-    proc = spawn(name, settings, log_dir, **extra_env)
-    base = f"http://127.0.0.1:{port}"
-
-    def up() -> bool:
-        if proc.popen.poll() is not None:
-            raise AssertionError(f"{name} exited early:\n{proc.output()}")
-        try:
-            return httpx.get(base + "/healthz", timeout=1).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    try:
-        wait_until(up, timeout=20, message=f"{name} /healthz")
-    except BaseException:
-        proc.kill()
-        raise
-    return proc, base
 
 
 def fresh_settings(base_settings: Settings, **changes: Any) -> Settings:
@@ -127,8 +105,8 @@ def hooks(base_settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> 
     settings = fresh_settings(base_settings, max_body_bytes=MAX_BODY)
     procs: dict[str, Proc] = {}
     try:
-        procs["enqueue"], enqueue_url = start_with_env("enqueue", settings, log_dir, **webhook_env(log_dir))
-        procs["status"], status_url = start_with_env("status", settings, log_dir)
+        procs["enqueue"], enqueue_url = start_function("enqueue", settings, log_dir, **webhook_env(log_dir))
+        procs["status"], status_url = start_function("status", settings, log_dir)
         yield Pair(enqueue_url, status_url, procs)
     finally:
         for proc in procs.values():
@@ -144,8 +122,8 @@ def keyed(base_settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> 
            "WEBHOOK_GITHUB_QUEUE": E2E_QUEUE}
     procs: dict[str, Proc] = {}
     try:
-        procs["enqueue"], enqueue_url = start_with_env("enqueue", settings, log_dir, **env)
-        procs["status"], status_url = start_with_env("status", settings, log_dir, **env)
+        procs["enqueue"], enqueue_url = start_function("enqueue", settings, log_dir, **env)
+        procs["status"], status_url = start_function("status", settings, log_dir, **env)
         yield Pair(enqueue_url, status_url, procs)
     finally:
         for proc in procs.values():
