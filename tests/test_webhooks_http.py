@@ -28,8 +28,17 @@ import redis
 from local.embedded import free_port
 from taskbus.settings import Settings
 from tests.support import Proc, spawn, start_function, stop, wait_until
-from tests.test_webhooks import (SLACK_DOC_BODY, STANDARD_SECRET, hex_mac, sign_acme, sign_github, sign_shopify,
-                                 sign_slack, sign_standard, sign_stripe)
+from tests.test_webhooks import (
+    SLACK_DOC_BODY,
+    STANDARD_SECRET,
+    hex_mac,
+    sign_acme,
+    sign_github,
+    sign_shopify,
+    sign_slack,
+    sign_standard,
+    sign_stripe,
+)
 
 RUN = uuid.uuid4().hex[:8]
 SOURCES = ("github", "stripe", "standard", "slack", "shopify", "acme")
