@@ -4,7 +4,6 @@ TaskbusError
 ├── ConfigError           bad settings: refuse to start
 ├── Unavailable           Redis unreachable or timing out          → 503 + Retry-After
 │   └── DataLost          a worker found a queue's group gone      → 503 on /healthz
-├── LeaseLost             a worker's write was fenced off (another worker owns the task)
 └── RequestError          the caller's fault                      → 4xx
     ├── BadRequest              malformed JSON, bad encoding, nesting → 400
     ├── Unauthorized            bad API key, bad webhook signature     → 401
@@ -33,10 +32,6 @@ class Unavailable(TaskbusError):
 
 class DataLost(Unavailable):
     """Redis lost a queue's stream or consumer group (restarted without persistence?)."""
-
-
-class LeaseLost(TaskbusError):
-    """The worker no longer owns the task: its lease was reclaimed or the task finished."""
 
 
 class RequestError(TaskbusError):

@@ -1,6 +1,6 @@
 """JSON log lines. The library only logs; entry points call `configure()` once.
 
-Structured fields go in `extra={"fields": {...}}` (see `fields()`); the formatter merges
+Structured fields go in `extra={"fields": {...}}`; the formatter merges
 them into the line. `extra={"batch": [(message, fields), ...]}` logs several lines at once
 (the worker's per-task lines: one record and one write per batch instead of per task).
 Formatting is kept cheap: a worker writes two lines per task.
@@ -14,11 +14,6 @@ import time
 from typing import Any
 
 import orjson
-
-
-def fields(**values: Any) -> dict[str, Any]:
-    """`log.info("...", extra=fields(task_id=..., ...))`."""
-    return {"fields": values}
 
 
 class JsonFormatter(logging.Formatter):

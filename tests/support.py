@@ -121,9 +121,4 @@ def stop(proc: Proc, timeout: float = 15) -> None:
             proc.popen.wait(timeout)
         except subprocess.TimeoutExpired:
             pass
-    try:
-        os.killpg(proc.popen.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
-    if proc.popen.poll() is None:
-        proc.popen.wait(10)
+    proc.kill()  # whatever of the group is left
