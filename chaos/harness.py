@@ -229,7 +229,11 @@ class Cluster:
         keys, queue = Keys(self.settings.key_prefix), self.settings.queues[0]
         stream = keys.stream(queue)
         client = self.r
-        pending = client.xpending(stream, self.settings.consumer_group)["pending"] if client.exists(stream) else 0
+        groups = client.xinfo_groups(stream) if client.exists(stream) else []
+        group = next((g for g in groups if g["name"] == self.settings.consumer_group), None)
+        if group is None and client.exists(stream):
+            return int(client.xlen(stream)) + 1, 0  # no group yet (workers still connecting): not drained
+        pending = int(group["pending"]) if group else 0
         delayed = client.zcard(keys.delayed(queue))
         return int(client.xlen(stream)) + int(delayed), int(pending)
 
