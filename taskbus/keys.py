@@ -11,7 +11,10 @@ import importlib.resources
 
 from taskbus.task import queue_of
 
-SCRIPT_NAMES = ("enqueue", "start", "finish", "heartbeat", "due", "promote", "drop")
+SCRIPT_NAMES = (
+    *("enqueue", "start", "finish", "heartbeat", "due", "promote", "drop"),
+    *("kstart", "klease", "republish", "abort"),  # the Kafka channel's own
+)
 
 
 def load_script(name: str) -> str:
@@ -34,6 +37,11 @@ class Keys:
     def delayed(self, queue: str) -> str:
         """Sorted set of task ids scored by due time (ms, server clock): delays and backoffs."""
         return f"{self._q(queue)}:delayed"
+
+    def outbox(self, queue: str) -> str:
+        """Kafka channel: sorted set of task ids recorded but not yet acknowledged by the broker,
+        scored by when (ms, server clock); the worker's sweep re-publishes old ones."""
+        return f"{self._q(queue)}:outbox"
 
     def dead(self, queue: str) -> str:
         """The dead-letter stream."""

@@ -63,6 +63,20 @@ class Settings:
     backoff_max_s: float = 300.0
     handlers: str = "worker_fn.handlers"
     consumer_name: str = ""  # empty: derived from host name and pid
+    # Channel: Redis Streams, or Kafka (CHANNEL=kafka; Redis then holds the task state only)
+    channel: str = "redis"
+    kafka_bootstrap_servers: str = ""
+    kafka_topic_prefix: str = "taskbus"
+    kafka_partitions: int = 6  # partitions of each topic taskbus creates (the most workers a queue can use)
+    kafka_replication_factor: int = -1  # -1: the broker's default
+    kafka_session_timeout_ms: int = 10000  # how long a SIGKILLed worker keeps its partitions
+    kafka_produce_timeout_s: float = 5.0  # an unacknowledged enqueue becomes a 503 after this long
+    kafka_outbox_age_s: float = 30.0  # a task still unpublished after this long is re-published
+    kafka_security_protocol: str = ""
+    kafka_sasl_mechanism: str = ""
+    kafka_sasl_username: str = ""
+    kafka_sasl_password: str = dataclasses.field(default="", repr=False)
+    kafka_ssl_ca_location: str = ""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -92,6 +106,12 @@ class Settings:
             raise ConfigError("MAX_BODY_BYTES must be >= 1")
         if not 1 <= self.default_max_attempts <= 100 or not 0 < self.default_timeout_s <= 86400:
             raise ConfigError("DEFAULT_MAX_ATTEMPTS must be 1-100 and DEFAULT_TIMEOUT_S in (0, 86400]")
+        if self.channel not in ("redis", "kafka"):
+            raise ConfigError(f"CHANNEL={self.channel!r}: expected redis or kafka")
+        if self.channel == "kafka" and not self.kafka_bootstrap_servers:
+            raise ConfigError("CHANNEL=kafka needs KAFKA_BOOTSTRAP_SERVERS")
+        if self.kafka_outbox_age_s <= self.kafka_produce_timeout_s:
+            raise ConfigError("KAFKA_OUTBOX_AGE_S must exceed KAFKA_PRODUCE_TIMEOUT_S")
         from taskbus.task import check_name  # late import: task imports settings-free helpers
 
         for queue in self.queues:

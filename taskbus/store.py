@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -18,6 +19,7 @@ from redis.retry import Retry
 
 from taskbus import codec
 from taskbus.errors import DataLost, Unavailable
+from taskbus.kafka import Publisher, task_record
 from taskbus.keys import SCRIPT_NAMES, Keys, load_script
 from taskbus.settings import Settings
 from taskbus.task import TERMINAL, TaskSpec, new_id, queue_of
@@ -69,6 +71,10 @@ class Scripts:
     due: Any
     promote: Any
     drop: Any
+    kstart: Any
+    klease: Any
+    republish: Any
+    abort: Any
 
 
 class Store:
@@ -81,6 +87,17 @@ class Store:
         # Long-polls block inside Redis: they need their own socket timeout and pool.
         self.blocking = connect(settings, socket_timeout_s=settings.max_wait_s + 2)
         self.scripts = Scripts(self.client)
+        self.kafka = settings.channel == "kafka"
+        self._publisher: Publisher | None = None
+        self._publisher_lock = threading.Lock()
+
+    @property
+    def publisher(self) -> Publisher:
+        """The Kafka producer, made on first use (after gunicorn forked; the status function never needs one)."""
+        with self._publisher_lock:
+            if self._publisher is None:
+                self._publisher = Publisher(self.settings)
+            return self._publisher
 
     def enqueue(
         self, spec: TaskSpec, idempotency_key: str | None = None, idempotency_ttl_s: int | None = None
@@ -97,11 +114,14 @@ class Store:
         by_queue: dict[str, list[int]] = {}
         for index, (spec, _) in enumerate(items):
             by_queue.setdefault(spec.queue, []).append(index)
+        if self.kafka:
+            self.publisher.ensure(list(by_queue))  # topics first: a 503 here leaves no state behind
         calls = []
         for queue, indexes in by_queue.items():
             keys: list[str] = []
-            args: list[Any] = []
-            stream, delayed = self.keys.stream(queue), self.keys.delayed(queue)
+            args: list[Any] = ["outbox" if self.kafka else "stream"]
+            stream = self.keys.outbox(queue) if self.kafka else self.keys.stream(queue)
+            delayed = self.keys.delayed(queue)
             for index in indexes:
                 spec, key = items[index]
                 task_id = new_id(queue)
@@ -128,6 +148,14 @@ class Store:
             for indexes, reply in zip(by_queue.values(), replies):
                 for index, (found, created, status) in zip(indexes, reply):
                     results[index] = (found, status, bool(created))
+            if self.kafka:
+                self._publish(
+                    [
+                        (found, self.keys.idempotency(spec.queue, key) if key is not None else self.keys.task(found))
+                        for (found, status, created), (spec, key) in zip(results, items)
+                        if created and status == "queued"
+                    ]
+                )
             replayed = [found for found, _, created in results if not created]
             if replayed:  # a replay reports the first task's current status: one more read
                 pipe = self.client.pipeline(transaction=False)
@@ -139,6 +167,28 @@ class Store:
                     for found, status, created in results
                 ]
         return results
+
+    def _publish(self, tasks: list[tuple[str, str]]) -> None:
+        """Kafka channel: produce the records of tasks just recorded, given as (id, idempotency
+        key or the task's own key), and return once the broker acknowledged them. If it did not,
+        the tasks are undone (a 503 leaves no task claiming to be queued); if this process dies
+        first, the worker's outbox sweep publishes them."""
+        if not tasks:
+            return
+        try:
+            self.publisher.publish([task_record(self.settings, queue_of(t) or "", t) for t, _ in tasks])
+        except Unavailable:
+            pipe = self.client.pipeline(transaction=False)
+            for task_id, idem in tasks:
+                keys = [self.keys.task(task_id), self.keys.outbox(queue_of(task_id) or ""), idem]
+                self.scripts.abort(keys=keys, args=[task_id], client=pipe)
+            pipe.execute()
+            raise
+        pipe = self.client.pipeline(transaction=False)
+        for task_id, _ in tasks:
+            pipe.zrem(self.keys.outbox(queue_of(task_id) or ""), task_id)
+        with contextlib.suppress(*REDIS_ERRORS):  # else the sweep drops them: they are not queued by then
+            pipe.execute()
 
     def _evalsha_many(self, script: Any, calls: list[tuple[list[str], list[Any]]]) -> list[Any]:
         """Pipelined EVALSHA calls in one round trip. (redis-py's pipelined Script objects add a
@@ -191,8 +241,11 @@ class Store:
             finally:
                 pubsub.close()
 
-    def ping(self) -> None:
-        """Redis answers, and no worker has flagged a lost consumer group on our queues."""
+    def ping(self, channel: bool = False) -> None:
+        """Redis answers, and no worker has flagged a lost consumer group on our queues; with
+        `channel`, the Kafka broker answers too (CHANNEL=kafka)."""
+        if channel and self.kafka:
+            self.publisher.ping()
         with unavailable_on_redis_errors():
             flags = self.client.mget([self.keys.data_lost(q) for q in self.settings.queues])
         lost = [q for q, flag in zip(self.settings.queues, flags) if flag]

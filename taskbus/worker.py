@@ -27,6 +27,8 @@ import redis
 
 from taskbus import codec
 from taskbus.channel import Channel, Delivery, Job
+from taskbus.errors import Unavailable
+from taskbus.kafka_channel import KafkaChannel
 from taskbus.registry import Context, Registry
 from taskbus.settings import Settings
 from taskbus.store import REDIS_ERRORS
@@ -36,6 +38,7 @@ log = logging.getLogger(__name__)
 MAX_RESULT_BYTES = 1024 * 1024
 WRITE_BATCH = 256
 MAX_UNWRITTEN = 1024  # outcomes waiting for the writer before reading pauses
+RETRYABLE = (*REDIS_ERRORS, Unavailable)  # Redis or the Kafka broker unreachable: wait and retry
 
 
 @dataclasses.dataclass
@@ -54,7 +57,9 @@ class Worker:
         self.consumer = (
             consumer or settings.consumer_name or f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
         )
-        self.channel = Channel(settings, self.consumer)
+        self.channel: Channel | KafkaChannel = (
+            KafkaChannel(settings, self.consumer) if settings.channel == "kafka" else Channel(settings, self.consumer)
+        )
         self.stopping = threading.Event()
         self._cond = threading.Condition()
         self._running: dict[str, Running] = {}  # by stream entry id, until the outcome is written
@@ -98,7 +103,7 @@ class Worker:
                 self._tick()
                 backoff = 0.1
                 continue
-            except REDIS_ERRORS as exc:
+            except RETRYABLE as exc:
                 self._orphans_possible = True  # a lost reply may have delivered entries to us
                 log.warning(
                     "redis unavailable, retrying",
@@ -149,6 +154,7 @@ class Worker:
         wait_ms = max(1, min(self.settings.block_ms, int((next_duty - time.monotonic()) * 1000)))
         free = self._free()
         if free <= 0:
+            self.channel.at_capacity()
             with self._cond:
                 self._cond.wait_for(lambda: self._free() > 0 or self.stopping.is_set(), timeout=wait_ms / 1000)
             return
@@ -188,6 +194,10 @@ class Worker:
                     )
                 elif kind == "done":
                     log.info("redelivery of a finished task acknowledged", extra={"fields": {"task_id": d.task_id}})
+                elif kind == "busy":
+                    log.debug(
+                        "task held by another worker; asking again later", extra={"fields": {"task_id": d.task_id}}
+                    )
                 else:
                     log.warning("delivery no longer ours", extra={"fields": {"task_id": d.task_id, "entry": d.entry}})
             if started:
@@ -303,7 +313,7 @@ class Worker:
             while written is None:
                 try:
                     written = self.channel.finish(queue, outcomes)
-                except REDIS_ERRORS as exc:
+                except RETRYABLE as exc:
                     if time.monotonic() > self._drain_deadline:
                         log.error(
                             "giving up writing outcomes at shutdown; the tasks will be reclaimed",
@@ -311,7 +321,7 @@ class Worker:
                         )
                         return
                     log.warning(
-                        "redis unavailable writing outcomes, retrying",
+                        "store or channel unavailable writing outcomes, retrying",
                         extra={"fields": {"queue": queue, "tasks": len(items), "error": type(exc).__name__}},
                     )
                     time.sleep(backoff)  # this thread only waits for Redis; nothing to synchronise with
@@ -346,10 +356,10 @@ class Worker:
 
     def _heartbeat(self) -> None:
         with self._cond:  # settled entries too: their outcome may still be waiting for the writer
-            entries = [(r.job.queue, r.job.entry) for r in self._running.values()]
-        by_queue: dict[str, list[str]] = defaultdict(list)
-        for queue, entry in entries:
-            by_queue[queue].append(entry)
+            jobs = [r.job for r in self._running.values()]
+        by_queue: dict[str, list[Job]] = defaultdict(list)
+        for job in jobs:
+            by_queue[job.queue].append(job)
         for queue, batch in by_queue.items():
             for entry in self.channel.heartbeat(queue, batch):
                 with self._cond:
@@ -373,8 +383,8 @@ class Worker:
             left = [r.job for r in self._running.values() if not r.settled]
         for job in left:
             try:
-                self.channel.release(job.queue, [job.entry])
-            except REDIS_ERRORS:
+                self.channel.release(job.queue, [job])
+            except RETRYABLE:
                 pass  # the lease expires on its own; another worker reclaims it then
         if not left:
             for queue in self.settings.queues:
@@ -382,6 +392,10 @@ class Worker:
                     self.channel.prune_consumers(queue, myself=True)
                 except (redis.RedisError, *REDIS_ERRORS):
                     break  # nothing is lost: an empty consumer entry stays until a later prune
+        try:
+            self.channel.close()  # Kafka: commit what finished, leave the group
+        except Exception:  # noqa: BLE001 - uncommitted records are redone by the next owner, fenced
+            log.exception("could not close the channel cleanly")
         log.info("worker stopped", extra={"fields": {"handed_back": len(left)}})
         return 0
 

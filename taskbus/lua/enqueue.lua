@@ -1,15 +1,18 @@
 -- Record tasks and publish them, each in one atomic step: never state without an entry, or the
 -- reverse. One call may carry several tasks of one queue (a batch); each is independent.
--- Per task i (0-based), 4 KEYS from KEYS[4i+1]: task hash, work stream, delayed zset,
---   idempotency key (a placeholder when ARGV[9i+9] is '')
--- and 9 ARGV from ARGV[9i+1]: id, type, queue, payload JSON, max_attempts, timeout_s, delay_ms,
+-- ARGV[1] 'stream' (Redis channel: XADD the entry) or 'outbox' (Kafka channel: the caller produces
+--   the record, and the id waits in the outbox zset until the broker acknowledged it)
+-- Per task i (0-based), 4 KEYS from KEYS[4i+1]: task hash, work stream or outbox, delayed zset,
+--   idempotency key (a placeholder when ARGV[9i+10] is '')
+-- and 9 ARGV from ARGV[9i+2]: id, type, queue, payload JSON, max_attempts, timeout_s, delay_ms,
 --   pending TTL s, idempotency TTL s ('' when the task has no idempotency key)
 -- Returns per task {id, created (1) or replayed (0), status}; a replay returns the first task's id.
 local t = redis.call('TIME')
 local now = t[1] * 1000 + math.floor(t[2] / 1000)
+local outbox = ARGV[1] == 'outbox'
 local out = {}
 for i = 0, #KEYS / 4 - 1 do
-  local k, a = 4 * i, 9 * i
+  local k, a = 4 * i, 9 * i + 1
   local first = false
   if ARGV[a + 9] ~= '' then first = redis.call('GET', KEYS[k + 4]) end
   if first then
@@ -25,6 +28,8 @@ for i = 0, #KEYS / 4 - 1 do
     redis.call('EXPIRE', KEYS[k + 1], tonumber(ARGV[a + 8]) + math.ceil(delay / 1000))
     if delay > 0 then
       redis.call('ZADD', KEYS[k + 3], now + delay, ARGV[a + 1])
+    elseif outbox then
+      redis.call('ZADD', KEYS[k + 2], now, ARGV[a + 1])
     else
       redis.call('XADD', KEYS[k + 2], '*', 'id', ARGV[a + 1])
     end

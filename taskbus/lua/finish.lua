@@ -22,8 +22,10 @@ for i = 1, n do
   elseif f[1] ~= 'running' or f[2] ~= attempt or f[3] ~= consumer then
     out[i] = false
   else
-    redis.call('XACK', stream, group, entry)
-    redis.call('XDEL', stream, entry)
+    if entry ~= '' then  -- '' on the Kafka channel: the worker commits the record's offset instead
+      redis.call('XACK', stream, group, entry)
+      redis.call('XDEL', stream, entry)
+    end
     if outcome == 'succeeded' then
       redis.call('HSET', task, 'status', 'succeeded', 'result', body, 'finished_ms', now, 'error', '')
       redis.call('EXPIRE', task, ARGV[3])

@@ -1,16 +1,24 @@
--- Move due tasks from the delayed zset to the work stream. ZREM decides who moves each one,
--- so two workers promoting at once never publish a task twice.
--- KEYS[1] delayed zset  KEYS[2] work stream  KEYS[2+i] task hash of ARGV[i]
--- ARGV[i] task id
--- Returns how many were moved.
-local moved = 0
-for i = 1, #ARGV do
-  if redis.call('ZREM', KEYS[1], ARGV[i]) == 1 then
-    redis.call('XADD', KEYS[2], '*', 'id', ARGV[i])
+-- Move due tasks from the delayed zset to the work stream (Redis channel) or the outbox (Kafka
+-- channel: the caller then produces their records). ZREM decides who moves each one, so two
+-- workers promoting at once never publish a task twice.
+-- KEYS[1] delayed zset  KEYS[2] work stream or outbox zset  KEYS[2+i] task hash of ARGV[1+i]
+-- ARGV[1] 'stream' or 'outbox'   ARGV[1+i] task id
+-- Returns the ids moved.
+local t = redis.call('TIME')
+local now = t[1] * 1000 + math.floor(t[2] / 1000)
+local moved = {}
+for i = 1, #ARGV - 1 do
+  local id = ARGV[1 + i]
+  if redis.call('ZREM', KEYS[1], id) == 1 then
+    if ARGV[1] == 'outbox' then
+      redis.call('ZADD', KEYS[2], now, id)
+    else
+      redis.call('XADD', KEYS[2], '*', 'id', id)
+    end
     if redis.call('HGET', KEYS[2 + i], 'status') == 'scheduled' then
       redis.call('HSET', KEYS[2 + i], 'status', 'queued')
     end
-    moved = moved + 1
+    moved[#moved + 1] = id
   end
 end
 return moved

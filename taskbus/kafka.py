@@ -1,0 +1,161 @@
+"""Kafka as the channel (CHANNEL=kafka): client configuration, topic names, topic creation and a
+publisher that waits for the broker's acknowledgement.
+
+Only this module and `kafka_channel` import `confluent_kafka`. Redis stays the task-state store;
+Kafka carries one small record per publication, `{"id": <task id>}` keyed by the task id.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+from taskbus import codec
+from taskbus.errors import Unavailable
+from taskbus.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def client_config(settings: Settings) -> dict[str, Any]:
+    """librdkafka settings shared by producers, consumers and the admin client: the servers and
+    the optional security settings, passed through as given."""
+    config: dict[str, Any] = {
+        "bootstrap.servers": settings.kafka_bootstrap_servers,
+        "logger": logging.getLogger("taskbus.librdkafka"),  # JSON lines like ours, not raw stderr
+    }
+    for name, value in (
+        ("security.protocol", settings.kafka_security_protocol),
+        ("sasl.mechanism", settings.kafka_sasl_mechanism),
+        ("sasl.username", settings.kafka_sasl_username),
+        ("sasl.password", settings.kafka_sasl_password),
+        ("ssl.ca.location", settings.kafka_ssl_ca_location),
+    ):
+        if value:
+            config[name] = value
+    return config
+
+
+def topic(settings: Settings, queue: str) -> str:
+    return f"{settings.kafka_topic_prefix}.{queue}"
+
+
+def dead_topic(settings: Settings, queue: str) -> str:
+    return f"{settings.kafka_topic_prefix}.{queue}.dead"
+
+
+def group(settings: Settings, queue: str) -> str:
+    """One consumer group per queue, so a worker serving several queues is balanced per queue."""
+    return f"{settings.consumer_group}.{queue}"
+
+
+def ensure_topics(settings: Settings, queues: tuple[str, ...] | list[str]) -> None:
+    """Create each queue's work and dead-letter topics when missing (KAFKA_PARTITIONS partitions)."""
+    from confluent_kafka import KafkaError, KafkaException
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    admin = AdminClient(client_config(settings))
+    names = [name for q in queues for name in (topic(settings, q), dead_topic(settings, q))]
+    timeout = settings.kafka_produce_timeout_s
+    try:
+        existing = set(admin.list_topics(timeout=timeout).topics)
+    except KafkaException as exc:
+        raise Unavailable(f"Kafka unavailable: {exc.args[0].str()}") from exc
+    missing = [
+        NewTopic(name, num_partitions=settings.kafka_partitions, replication_factor=settings.kafka_replication_factor)
+        for name in names
+        if name not in existing
+    ]
+    if not missing:
+        return
+    for name, future in admin.create_topics(missing, operation_timeout=timeout, request_timeout=timeout).items():
+        try:
+            future.result()
+            log.info("created topic", extra={"fields": {"topic": name, "partitions": settings.kafka_partitions}})
+        except KafkaException as exc:
+            if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                raise Unavailable(f"Kafka could not create topic {name}: {exc.args[0].str()}") from exc
+
+
+class Publisher:
+    """An idempotent producer (acks=all) shared by a process's threads. `publish` returns only
+    once the broker acknowledged every record, and raises `Unavailable` if any was not."""
+
+    def __init__(self, settings: Settings) -> None:
+        from confluent_kafka import Producer
+
+        self.settings = settings
+        self.timeout_s = settings.kafka_produce_timeout_s
+        self.producer = Producer(
+            {
+                **client_config(settings),
+                "enable.idempotence": True,
+                "acks": "all",
+                "linger.ms": 1,
+                "message.timeout.ms": int(self.timeout_s * 1000),
+            }
+        )
+        self._ready: set[str] = set()
+        self._closed = threading.Event()
+        threading.Thread(target=self._serve_callbacks, daemon=True, name="kafka-producer").start()
+
+    def _serve_callbacks(self) -> None:
+        while not self._closed.is_set():
+            self.producer.poll(0.1)
+
+    def ensure(self, queues: list[str]) -> None:
+        """Create the topics of queues not seen before by this process (once each)."""
+        new = [q for q in queues if q not in self._ready]
+        if new:
+            ensure_topics(self.settings, new)
+            self._ready.update(new)
+
+    def publish(self, records: list[tuple[str, str, bytes]]) -> None:
+        """Produce (topic, key, value) records and wait for all their acknowledgements."""
+        if not records:
+            return
+        done = threading.Event()
+        pending = [len(records)]
+        errors: list[str] = []
+        lock = threading.Lock()
+
+        def delivered(err: Any, _msg: Any) -> None:
+            with lock:
+                if err is not None:
+                    errors.append(err.str())
+                pending[0] -= 1
+                if pending[0] == 0:
+                    done.set()
+
+        produced = 0
+        try:
+            for name, key, value in records:
+                self.producer.produce(name, value=value, key=key.encode(), on_delivery=delivered)
+                produced += 1
+        except (BufferError, Exception) as exc:  # noqa: BLE001 - any refusal is "not published"
+            with lock:
+                errors.append(f"{type(exc).__name__}: {exc}")
+                pending[0] -= len(records) - produced
+                if pending[0] == 0:
+                    done.set()
+        if not done.wait(self.timeout_s + 1):
+            errors.append("no acknowledgement in time")
+        if errors:
+            raise Unavailable(f"Kafka did not acknowledge the task record: {errors[0]}")
+
+    def ping(self) -> None:
+        from confluent_kafka import KafkaException
+
+        try:
+            self.producer.list_topics(timeout=min(self.timeout_s, 2.0))
+        except KafkaException as exc:
+            raise Unavailable(f"Kafka unavailable: {exc.args[0].str()}") from exc
+
+    def close(self) -> None:
+        self.producer.flush(self.timeout_s)
+        self._closed.set()
+
+
+def task_record(settings: Settings, queue: str, task_id: str) -> tuple[str, str, bytes]:
+    return topic(settings, queue), task_id, codec.dumps({"id": task_id})

@@ -1,0 +1,49 @@
+-- Kafka channel: mark the tasks of a batch of delivered records running. Kafka has no per-record
+-- pending list to fence with, so the task hash carries the lease: `lease_ms` (server clock),
+-- renewed by the running worker's heartbeat. A record of a task another worker holds under a live
+-- lease (a duplicate record, or a redelivery after a rebalance while its first worker still runs
+-- it) is 'busy': the caller keeps its offset uncommitted and asks again when the lease may end.
+-- KEYS[1] dead-letter stream, then per task i: KEYS[2i] task hash, KEYS[2i+1] events channel
+-- ARGV[1] consumer  ARGV[2] result TTL s  ARGV[3] dead-letter maxlen  ARGV[4] lease ms
+--   then per task i: ARGV[3+2i] task id, ARGV[4+2i] '1' when this consumer may take back a task
+--   recorded as running under its own name (the reply to its start was lost)
+-- Returns per task one of:
+--   {'run', type, payload, attempt, max_attempts, timeout_s}
+--   {'busy', ms until the holder's lease ends}
+--   {'done', status, type, attempts, error}  terminal, or owned by the delay schedule: not run
+--   {'dead', reason}  dead-lettered now: task record missing, or last attempt died with its worker
+local dead, consumer = KEYS[1], ARGV[1]
+local t = redis.call('TIME')
+local now = t[1] * 1000 + math.floor(t[2] / 1000)
+local out = {}
+for i = 1, (#KEYS - 1) / 2 do
+  local task, events = KEYS[2 * i], KEYS[2 * i + 1]
+  local id, mine = ARGV[3 + 2 * i], ARGV[4 + 2 * i]
+  local f = redis.call('HMGET', task, 'status', 'attempts', 'max_attempts', 'type', 'payload', 'timeout_s',
+    'lease_ms', 'consumer', 'error')
+  local lease = tonumber(f[7] or '0') or 0
+  if not f[1] then
+    local err = cjson.encode({type = 'TaskMissing', message = 'task record not found (expired, or its enqueue was refused)'})
+    redis.call('XADD', dead, 'MAXLEN', '~', ARGV[3], '*', 'id', id, 'error', err)
+    out[i] = {'dead', 'TaskMissing'}
+  elseif f[1] ~= 'queued' and f[1] ~= 'running' then
+    out[i] = {'done', f[1], f[4], f[2], f[9] or ''}
+  elseif f[1] == 'running' and lease > now and not (mine == '1' and f[8] == consumer) then
+    out[i] = {'busy', lease - now}
+  elseif f[1] == 'running' and tonumber(f[2]) >= tonumber(f[3]) then
+    -- every attempt was started and the last one never finished: it took its worker down
+    local err = cjson.encode({type = 'WorkerLost', message = 'the worker running the last attempt died or lost its lease', traceback = cjson.null})
+    redis.call('HSET', task, 'status', 'failed', 'error', err, 'finished_ms', now)
+    redis.call('EXPIRE', task, ARGV[2])
+    redis.call('XADD', dead, 'MAXLEN', '~', ARGV[3], '*', 'id', id, 'type', f[4], 'attempts', f[2], 'error', err)
+    redis.call('HINCRBY', task, 'terminal_writes', 1)
+    redis.call('SPUBLISH', events, 'failed')
+    out[i] = {'dead', 'WorkerLost', f[4], f[2], err}
+  else
+    local attempt = tonumber(f[2]) + 1
+    redis.call('HSET', task, 'status', 'running', 'attempts', attempt, 'started_ms', now,
+      'consumer', consumer, 'lease_ms', now + tonumber(ARGV[4]))
+    out[i] = {'run', f[4], f[5], attempt, f[3], f[6]}
+  end
+end
+return out

@@ -1,0 +1,22 @@
+-- Kafka channel, outbox sweep: take outbox ids older than ARGV[1] ms (their enqueue or promote
+-- died before the broker acknowledged, or before it could say so). Each still-queued one is
+-- re-stamped, so one sweeper publishes it per round; the rest leave the outbox. A record that
+-- did land before is harmless: the fenced start runs a task once at a time.
+-- KEYS[1] outbox zset, KEYS[1+i] task hash of ARGV[1+i]   ARGV[1] age ms  ARGV[1+i] task id
+-- Returns the ids to publish again.
+local t = redis.call('TIME')
+local now = t[1] * 1000 + math.floor(t[2] / 1000)
+local out = {}
+for i = 1, #ARGV - 1 do
+  local id = ARGV[1 + i]
+  local score = redis.call('ZSCORE', KEYS[1], id)
+  if score and tonumber(score) <= now - tonumber(ARGV[1]) then
+    if redis.call('HGET', KEYS[1 + i], 'status') == 'queued' then
+      redis.call('ZADD', KEYS[1], now, id)
+      out[#out + 1] = id
+    else
+      redis.call('ZREM', KEYS[1], id)
+    end
+  end
+end
+return out
