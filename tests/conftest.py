@@ -1,4 +1,5 @@
-"""Fixtures: one real Valkey server per test session, real gunicorn functions, real workers.
+"""Fixtures: one real Valkey server (and, for CHANNEL=kafka, one tansu broker) per test session,
+real gunicorn functions, real workers.
 
 Tests isolate by queue name (every key of a queue shares its name), never by flushing.
 """
@@ -14,7 +15,7 @@ import httpx
 import pytest
 import redis
 
-from local.embedded import EmbeddedServer, free_port
+from local.embedded import EmbeddedKafka, EmbeddedServer, free_port
 from taskbus.settings import Settings
 from tests.support import Proc, spawn, start_function, stop
 
@@ -37,15 +38,56 @@ def base_settings(server: EmbeddedServer) -> Settings:
 
 
 @pytest.fixture(scope="session")
-def functions(base_settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
-    """The enqueue and status functions under gunicorn, shared by the session."""
+def kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedKafka]:
+    """A real Kafka-protocol broker (tansu, in memory) for the tests that run CHANNEL=kafka."""
+    broker = EmbeddedKafka(tmp_path_factory.mktemp("kafka"))
+    broker.start()
+    yield broker
+    broker.kill()
+
+
+def kafka_settings(broker: EmbeddedKafka) -> dict[str, object]:
+    """CHANNEL=kafka against `broker`. Each test's queue is its own topic and consumer group."""
+    return dict(channel="kafka", kafka_bootstrap_servers=broker.bootstrap, kafka_partitions=2,
+                kafka_replication_factor=1, kafka_session_timeout_ms=6000, kafka_produce_timeout_s=2.0,
+                kafka_outbox_age_s=3.0)
+
+
+@pytest.fixture
+def channel() -> str:
+    """The channel under test; modules that run on both override this with params."""
+    return "redis"
+
+
+@pytest.fixture(scope="session")
+def function_servers(base_settings: Settings, tmp_path_factory: pytest.TempPathFactory,
+                     request: pytest.FixtureRequest) -> Iterator[Callable[[str], dict[str, str]]]:
+    """The enqueue and status functions under gunicorn, one pair per channel, started on first use."""
     log_dir = tmp_path_factory.mktemp("functions")
-    settings = dataclasses.replace(base_settings, status_base_url=f"http://127.0.0.1:{base_settings.status_port}")
-    enqueue, enqueue_url = start_function("enqueue", settings, log_dir)
-    status, status_url = start_function("status", settings, log_dir)
-    yield {"enqueue": enqueue_url, "status": status_url}
-    stop(enqueue)
-    stop(status)
+    started: dict[str, dict[str, str]] = {}
+    procs: list[Proc] = []
+
+    def get(channel: str) -> dict[str, str]:
+        if channel not in started:
+            settings = base_settings
+            if channel == "kafka":
+                settings = dataclasses.replace(settings, enqueue_port=free_port(), status_port=free_port(),
+                                               **kafka_settings(request.getfixturevalue("kafka")))  # type: ignore[arg-type]
+            settings = dataclasses.replace(settings, status_base_url=f"http://127.0.0.1:{settings.status_port}")
+            enqueue, enqueue_url = start_function("enqueue", settings, log_dir)
+            status, status_url = start_function("status", settings, log_dir)
+            procs.extend((enqueue, status))
+            started[channel] = {"enqueue": enqueue_url, "status": status_url}
+        return started[channel]
+
+    yield get
+    for proc in procs:
+        stop(proc)
+
+
+@pytest.fixture
+def functions(function_servers: Callable[[str], dict[str, str]], channel: str) -> dict[str, str]:
+    return function_servers(channel)
 
 
 @pytest.fixture
@@ -54,8 +96,11 @@ def queue() -> str:
 
 
 @pytest.fixture
-def settings(base_settings: Settings, queue: str) -> Settings:
-    return dataclasses.replace(base_settings, queues=(queue,))
+def settings(base_settings: Settings, queue: str, channel: str, request: pytest.FixtureRequest) -> Settings:
+    settings = dataclasses.replace(base_settings, queues=(queue,))
+    if channel == "kafka":
+        settings = dataclasses.replace(settings, **kafka_settings(request.getfixturevalue("kafka")))  # type: ignore[arg-type]
+    return settings
 
 
 @pytest.fixture
