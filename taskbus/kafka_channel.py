@@ -53,7 +53,8 @@ class KafkaChannel:
         self._committed: dict[Partition, int] = {}
         self._waiting: list[tuple[float, Delivery]] = []  # records whose task another worker holds
         self._mine: set[str] = set()  # entries whose start reply was lost: ours to take back
-        self._held: list[Delivery] = []  # read while pausing; returned by the next read
+        self._held: list[Delivery] = []  # read ahead while every slot is busy; returned by the next read
+        self._paused = False
         self._next_sweep = 0.0
 
     # -- group membership and reading ------------------------------------------------------
@@ -75,6 +76,7 @@ class KafkaChannel:
                     "enable.auto.commit": False,
                     "auto.offset.reset": "earliest",
                     "session.timeout.ms": self.settings.kafka_session_timeout_ms,
+                    "max.poll.interval.ms": self.settings.kafka_max_poll_interval_ms,
                     "heartbeat.interval.ms": max(100, self.settings.kafka_session_timeout_ms // 4),
                 }
             )
@@ -91,8 +93,10 @@ class KafkaChannel:
 
     def read(self, count: int, block_ms: int) -> list[Delivery]:
         self._commit()
-        for consumer in self.consumers.values():
-            consumer.resume(consumer.assignment())
+        if self._paused:
+            for consumer in self.consumers.values():
+                consumer.resume(consumer.assignment())
+            self._paused = False
         found, self._held = self._held[:count], self._held[count:]
         timeout = block_ms / 1000 / max(1, len(self.consumers))
         for queue, consumer in self.consumers.items():
@@ -103,12 +107,19 @@ class KafkaChannel:
         return found
 
     def at_capacity(self) -> None:
-        """Called instead of `read` while every slot is busy: pause fetching, keep polling (so the
-        group keeps this member), and commit what finished."""
+        """Called instead of `read` while every slot is busy. The consumer keeps polling (so the
+        group keeps this member however long tasks run): records are read ahead into a small
+        buffer, and once it is full the partitions are paused until a slot frees."""
         self._commit()
+        room = self.settings.concurrency - len(self._held)
         for queue, consumer in self.consumers.items():
-            consumer.pause(consumer.assignment())
-            self._held.extend(self._track(queue, consumer.consume(num_messages=100, timeout=0)))
+            if room > 0:
+                messages = consumer.consume(num_messages=room, timeout=0)
+                self._held.extend(self._track(queue, messages))
+                room -= len(messages)
+            elif not self._paused:
+                consumer.pause(consumer.assignment())
+        self._paused = self._paused or room <= 0
 
     def _track(self, queue: str, messages: list[Any]) -> list[Delivery]:
         found = []
