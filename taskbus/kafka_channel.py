@@ -111,15 +111,13 @@ class KafkaChannel:
         group keeps this member however long tasks run): records are read ahead into a small
         buffer, and once it is full the partitions are paused until a slot frees."""
         self._commit()
-        room = self.settings.concurrency - len(self._held)
         for queue, consumer in self.consumers.items():
-            if room > 0:
-                messages = consumer.consume(num_messages=room, timeout=0)
-                self._held.extend(self._track(queue, messages))
-                room -= len(messages)
-            elif not self._paused:
-                consumer.pause(consumer.assignment())
-        self._paused = self._paused or room <= 0
+            room = self.settings.concurrency - len(self._held)
+            if room <= 0:
+                consumer.pause(consumer.assignment())  # again after a rebalance: new partitions start unpaused
+                self._paused = True
+            # this call is the poll that keeps the member alive; paused partitions return nothing
+            self._held.extend(self._track(queue, consumer.consume(num_messages=max(1, room), timeout=0)))
 
     def _track(self, queue: str, messages: list[Any]) -> list[Delivery]:
         found = []

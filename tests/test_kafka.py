@@ -1,0 +1,209 @@
+"""What only the Kafka channel has: broker acknowledgement before 202, the outbox, offset commits
+that never pass an unrecorded outcome, polling while tasks run, and the dead-letter topics.
+(The end-to-end suite in test_worker_e2e.py runs on Kafka as well.)"""
+
+from __future__ import annotations
+
+import dataclasses
+import signal
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from confluent_kafka import Consumer, Producer, TopicPartition
+
+from local.embedded import EmbeddedKafka, free_port
+from taskbus import codec
+from taskbus.errors import ConfigError
+from taskbus.keys import Keys
+from taskbus.settings import Settings
+from taskbus.store import Scripts
+from tests.conftest import kafka_settings
+from tests.support import start_function, stop, wait_until
+from tests.test_worker_e2e import enqueue, executions, finished, status
+
+
+@pytest.fixture
+def channel() -> str:
+    return "kafka"
+
+
+def topic(queue: str) -> str:
+    return f"taskbus.{queue}"
+
+
+def committed(broker: EmbeddedKafka, queue: str, partitions: int = 2) -> int:
+    """Sum over the queue's partitions of the group's committed offsets (records behind it)."""
+    consumer = Consumer({"bootstrap.servers": broker.bootstrap, "group.id": f"taskbus.{queue}"})
+    try:
+        offsets = consumer.committed([TopicPartition(topic(queue), p) for p in range(partitions)], timeout=5)
+        return sum(max(0, tp.offset) for tp in offsets)
+    finally:
+        consumer.close()
+
+
+def read_topic(broker: EmbeddedKafka, name: str, expected: int, timeout: float = 30) -> list[dict[str, Any]]:
+    """Every record of topic `name` (JSON values), once `expected` of them arrived."""
+    consumer = Consumer(
+        {
+            "bootstrap.servers": broker.bootstrap,
+            "group.id": f"reader-{uuid.uuid4().hex}",
+            "auto.offset.reset": "earliest",
+            "session.timeout.ms": 3000,
+        }
+    )
+    consumer.subscribe([name])
+    records: list[dict[str, Any]] = []
+    deadline = time.monotonic() + timeout
+    try:
+        while len(records) < expected and time.monotonic() < deadline:
+            message = consumer.poll(0.5)
+            if message is not None and not message.error():
+                records.append(codec.loads(message.value()))
+        return records
+    finally:
+        consumer.close()
+
+
+def test_kafka_needs_its_servers_and_a_known_channel() -> None:
+    with pytest.raises(ConfigError, match="KAFKA_BOOTSTRAP_SERVERS"):
+        Settings.from_env({"CHANNEL": "kafka"})
+    with pytest.raises(ConfigError, match="CHANNEL"):
+        Settings.from_env({"CHANNEL": "rabbitmq"})
+
+
+@pytest.fixture
+def own_broker(tmp_path: Path) -> Iterator[EmbeddedKafka]:
+    broker = EmbeddedKafka(tmp_path / "kafka")
+    broker.start()
+    yield broker
+    broker.kill()
+
+
+def test_broker_down_is_a_503_and_leaves_no_task_behind(own_broker, base_settings, queue, r, tmp_path):
+    settings = dataclasses.replace(
+        base_settings, enqueue_port=free_port(), **{**kafka_settings(own_broker), "kafka_produce_timeout_s": 1.0}
+    )
+    proc, url = start_function("enqueue", settings, tmp_path)
+    try:
+        with httpx.Client(timeout=30) as http:
+            first = http.post(url + "/tasks", json={"type": "echo", "queue": queue})
+            assert first.status_code == 202, first.text
+            own_broker.kill()
+            began = time.monotonic()
+            refused = http.post(
+                url + "/tasks", json={"type": "echo", "queue": queue}, headers={"Idempotency-Key": "k-1"}
+            )
+            elapsed = time.monotonic() - began
+            assert refused.status_code == 503, refused.text
+            assert refused.headers["Retry-After"]
+            assert refused.json()["error"]["code"] == "unavailable"
+            assert elapsed < 5, "bounded by KAFKA_PRODUCE_TIMEOUT_S, never a hang"
+            assert http.get(url + "/healthz").status_code == 503
+    finally:
+        stop(proc)
+    keys = Keys("tb")
+    tasks = list(r.scan_iter(match=f"tb:{{{queue}}}:task:*"))
+    assert tasks == [keys.task(first.json()["id"])], "the refused task's state was undone"
+    assert r.zcard(keys.outbox(queue)) == 0
+    assert r.get(keys.idempotency(queue, "k-1")) is None, "a retry with the same key makes a new task"
+
+
+def test_outbox_sweep_publishes_a_task_whose_enqueue_died_before_producing(http, functions, queue, workers, r):
+    # The state an enqueue process leaves when it dies after recording and before producing.
+    keys, task_id = Keys("tb"), f"{queue}~{uuid.uuid4().hex}"
+    task_key = keys.task(task_id)
+    Scripts(r).enqueue(
+        keys=[task_key, keys.outbox(queue), keys.delayed(queue), task_key],
+        args=["outbox", task_id, "echo", queue, '{"from":"outbox"}', 3, "30.0", 0, 3600, ""],
+    )
+    assert status(http, functions, task_id)["status"] == "queued"
+    workers()
+    task = finished(http, functions, task_id, timeout=30)
+    assert task["status"] == "succeeded" and task["result"] == {"from": "outbox"}
+    assert r.zcard(keys.outbox(queue)) == 0
+
+
+def test_a_retry_never_blocks_its_partition(http, functions, queue, workers, kafka):
+    workers(backoff_base_s=60.0, backoff_max_s=60.0)
+    failing = enqueue(http, functions, queue, "fail", {}, max_attempts=50)
+    quick = [enqueue(http, functions, queue, "echo", {"n": n}) for n in range(10)]
+    assert all(finished(http, functions, i, timeout=30)["status"] == "succeeded" for i in quick)
+
+    def moved_on() -> bool:
+        task = status(http, functions, failing)
+        # every record so far (10 + one per publication of the failing task) is behind the commit
+        return task["status"] == "scheduled" and committed(kafka, queue) == 10 + task["attempts"]
+
+    wait_until(moved_on, timeout=20, interval=0.2, message="offsets committed past the task waiting to retry")
+
+
+def test_a_slow_task_keeps_its_worker_in_the_group(http, functions, queue, workers, r):
+    key = f"exec-{uuid.uuid4().hex}"
+    # one slot, and a poll interval far shorter than the task: only polling while it runs keeps the member
+    worker = workers(concurrency=1, kafka_max_poll_interval_ms=3500, lease_s=20.0)
+    slow = enqueue(http, functions, queue, "record", {"key": key, "seconds": 8})
+    rest = [enqueue(http, functions, queue, "record", {"key": key}) for _ in range(3)]
+    assert finished(http, functions, slow, timeout=40)["attempts"] == 1
+    assert all(finished(http, functions, i)["status"] == "succeeded" for i in rest)
+    assert executions(r, key) == {i: 1 for i in [slow, *rest]}
+    log = worker.output()
+    assert "partitions revoked" not in log and "partitions lost" not in log
+
+
+def test_poison_and_undecodable_records_go_to_the_dead_letter_topic(http, functions, queue, workers, kafka):
+    first = enqueue(http, functions, queue, "echo", {})  # creates the topics
+    producer = Producer({"bootstrap.servers": kafka.bootstrap})
+    producer.produce(topic(queue), value=b"\xff not json")
+    producer.produce(topic(queue), value=b'{"id": "another-queue~0123456789abcdef0123456789abcdef"}')
+    assert producer.flush(10) == 0
+    failing = enqueue(http, functions, queue, "fail", {}, max_attempts=1)
+    after = enqueue(http, functions, queue, "echo", {"after": True})
+    workers()
+    assert finished(http, functions, first)["status"] == "succeeded"
+    assert finished(http, functions, after)["result"] == {"after": True}, "the partition moved on"
+    assert finished(http, functions, failing)["status"] == "failed"
+    dead = read_topic(kafka, topic(queue) + ".dead", expected=3)
+    malformed = [d for d in dead if d["error"]["type"] == "MalformedRecord"]
+    assert sorted(m["record"]["value"] for m in malformed) == [
+        '{"id": "another-queue~0123456789abcdef0123456789abcdef"}',
+        "\ufffd not json",
+    ]
+    assert [(d["id"], d["error"]["type"], d["attempts"]) for d in dead if d not in malformed] == [
+        (failing, "RuntimeError", 1)
+    ]
+
+
+def test_a_graceful_stop_hands_partitions_over_without_duplicates(http, functions, queue, workers, r, kafka):
+    key = f"exec-{uuid.uuid4().hex}"
+    leaving = workers(concurrency=4)
+    workers(concurrency=4)
+    ids = [enqueue(http, functions, queue, "record", {"key": key, "seconds": 0.1}) for _ in range(60)]
+    wait_until(lambda: len(executions(r, key)) >= 10, timeout=30, message="work under way")
+    leaving.signal(signal.SIGTERM)
+    assert leaving.wait(20) == 0
+    wait_until(lambda: len(executions(r, key)) == 60, timeout=40, message="every task run")
+    assert all(status(http, functions, i)["status"] == "succeeded" for i in ids)
+    assert set(executions(r, key).values()) == {1}, "a clean leave redoes nothing"
+    wait_until(lambda: committed(kafka, queue) == 60, timeout=10, message="every offset committed")
+
+
+def test_sigkilled_worker_redoes_only_uncommitted_tasks(http, functions, queue, workers, r, kafka):
+    key = f"exec-{uuid.uuid4().hex}"
+    victim = workers(concurrency=2)
+    survivor = workers(concurrency=2)
+    ids = [enqueue(http, functions, queue, "record", {"key": key, "seconds": 0.2}) for _ in range(40)]
+    wait_until(lambda: len(executions(r, key)) >= 8, timeout=30, message="work under way")
+    victim.kill()
+    wait_until(lambda: all(status(http, functions, i)["status"] == "succeeded" for i in ids), timeout=60,
+               interval=0.2, message="every task succeeded after the kill")
+    runs = executions(r, key)
+    assert set(runs) == set(ids)
+    assert sum(runs.values()) - len(ids) <= 2, "at most the victim's in-flight tasks run twice"
+    assert survivor.popen.poll() is None
+    wait_until(lambda: committed(kafka, queue) == 40, timeout=10, message="every offset committed")
+    assert r.zcard(Keys("tb").outbox(queue)) == 0
