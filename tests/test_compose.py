@@ -1,9 +1,13 @@
 """docker-compose.yml and the Dockerfile agree with the code: the command table, the settings
 fields and their defaults. Nothing is built here (no Docker engine); the files are parsed, and
-the HTTP health probes are run against a real function."""
+the HTTP health probes are run against a real function.
+
+The `kafka` profile adds a Kafka broker and a CHANNEL=kafka twin of each function; the twins are
+checked by the same tests as the default functions, plus their own."""
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import json
 import re
@@ -26,6 +30,13 @@ COMPOSE_FILE = ROOT / "docker-compose.yml"
 DOCKERFILE = ROOT / "Dockerfile"
 HTTP_SERVICES = ("enqueue", "status")
 FIELD_ENV_NAMES = {field.name.upper() for field in dataclasses.fields(Settings)}
+KAFKA_PROFILE = "kafka"
+KAFKA_BROKER = "kafka"
+KAFKA_FUNCTIONS = {f"{name}-kafka": name for name in SERVICES}  # the kafka profile's function: its twin
+FUNCTIONS = (*SERVICES, *KAFKA_FUNCTIONS)
+HTTP_FUNCTIONS = tuple(name for name in FUNCTIONS if KAFKA_FUNCTIONS.get(name, name) in HTTP_SERVICES)
+WORKERS = tuple(name for name in FUNCTIONS if KAFKA_FUNCTIONS.get(name, name) == "worker")
+TWIN_DIFFERENCES = {"profiles", "environment", "depends_on", "ports"}  # all a Kafka twin may change
 
 
 # --- parsing -------------------------------------------------------------------------------
@@ -132,19 +143,88 @@ def duration_s(value: str) -> float:
     return sum(float(number) * units[unit] for number, unit in parts)
 
 
+def twin(name: str) -> str:
+    """The command-table service a compose function runs (a Kafka function runs its default twin)."""
+    return KAFKA_FUNCTIONS.get(name, name)
+
+
 def listen_port(name: str) -> int:
     settings = Settings()
-    return settings.enqueue_port if name == "enqueue" else settings.status_port
+    return settings.enqueue_port if twin(name) == "enqueue" else settings.status_port
+
+
+def profiles(name: str) -> list[str]:
+    """The profiles a service is in; none: it is started by a plain `docker compose up`."""
+    value = service(name).get("profiles") or []
+    assert isinstance(value, list), f"{name}: profiles must be a list"
+    return [str(profile) for profile in value]
+
+
+def depends_on(name: str) -> dict[str, Any]:
+    value = service(name).get("depends_on")
+    assert isinstance(value, dict), f"{name}: depends_on must use the long form with a condition"
+    return value
+
+
+def kafka_env() -> dict[str, str]:
+    return environment(KAFKA_BROKER)
+
+
+def listeners(value: str) -> dict[str, tuple[str, int]]:
+    """`NAME://host:port,...` (a Kafka listener list) as {NAME: (host, port)}; an empty host stays empty."""
+    result = {}
+    for item in value.split(","):
+        match = re.fullmatch(r"([A-Za-z0-9_]+)://([^:/]*):(\d+)", item.strip())
+        assert match, f"not a Kafka listener: {item!r}"
+        assert match[1] not in result, f"listener {match[1]} twice in {value!r}"
+        result[match[1]] = (match[2], int(match[3]))
+    return result
+
+
+def protocol_map() -> dict[str, str]:
+    pairs = [item.split(":") for item in kafka_env()["KAFKA_LISTENER_SECURITY_PROTOCOL_MAP"].split(",")]
+    assert all(len(pair) == 2 for pair in pairs), pairs
+    return {name: protocol for name, protocol in pairs}
+
+
+def bootstrap_servers(name: str) -> list[tuple[str, int]]:
+    servers = []
+    for item in container_settings(name).kafka_bootstrap_servers.split(","):
+        host, sep, port = item.strip().rpartition(":")
+        assert sep and host and port.isdigit(), f"{name}: KAFKA_BOOTSTRAP_SERVERS entry {item!r} is not host:port"
+        servers.append((host, int(port)))
+    return servers
 
 
 # --- services and images -------------------------------------------------------------------
 
 def test_the_stack_is_redis_plus_each_service_of_the_command_table() -> None:
-    assert set(compose()["services"]) == {"redis", *SERVICES}
+    """What a plain `docker compose up` starts: the services in no profile."""
+    assert {name for name in compose()["services"] if not profiles(name)} == {"redis", *SERVICES}
     assert set(SERVICES) == {"enqueue", "status", "worker"}
 
 
-@pytest.mark.parametrize("name", SERVICES)
+def test_the_kafka_profile_is_a_broker_plus_a_kafka_twin_of_each_function() -> None:
+    in_profile = {name for name in compose()["services"] if profiles(name)}
+    assert in_profile == {KAFKA_BROKER, "enqueue-kafka", "status-kafka", "worker-kafka"}
+    for name in in_profile:
+        assert profiles(name) == [KAFKA_PROFILE], f"{name} must be in the kafka profile only"
+    assert not set(KAFKA_FUNCTIONS) & set(SERVICES)
+
+
+def test_services_started_without_a_profile_depend_only_on_such_services() -> None:
+    """`docker compose up` (no profile) must not need the broker, nor run anything on Kafka."""
+    for name in compose()["services"]:
+        if profiles(name):
+            continue
+        needs = set(service(name).get("depends_on") or {})
+        assert all(not profiles(other) for other in needs), f"{name} depends on a profile service: {needs}"
+        env = environment(name)
+        assert env.get("CHANNEL", "redis") == "redis", f"{name} must stay on the Redis channel"
+        assert not [key for key in env if key.startswith("KAFKA_")], f"{name} has Kafka settings"
+
+
+@pytest.mark.parametrize("name", FUNCTIONS)
 def test_each_service_builds_the_repository_dockerfile(name: str) -> None:
     build = service(name).get("build")
     assert build is not None, f"{name} does not build the image"
@@ -160,26 +240,27 @@ def test_redis_is_an_image_not_a_build() -> None:
     assert redis_service.get("image") == "redis:7.4-alpine"
 
 
-@pytest.mark.parametrize("name", SERVICES)
+@pytest.mark.parametrize("name", FUNCTIONS)
 def test_entrypoint_plus_command_is_local_serve_of_the_service(name: str) -> None:
     entrypoint = dockerfile_exec_form("ENTRYPOINT")
     assert "entrypoint" not in service(name), f"{name} must keep the image's entry point"
     full = entrypoint + command_list(service(name).get("command"))
-    assert full == ["python", "-m", "local.serve", name]  # local.serve accepts exactly SERVICES
+    assert full == ["python", "-m", "local.serve", twin(name)]  # local.serve accepts exactly SERVICES
 
 
-@pytest.mark.parametrize("name", HTTP_SERVICES)
+@pytest.mark.parametrize("name", HTTP_FUNCTIONS)
 def test_the_served_command_runs_the_service_function_under_gunicorn(name: str) -> None:
-    command = argv(name, container_settings(name))
+    command = argv(twin(name), container_settings(name))
     assert command[1:3] == ["-m", "gunicorn"]
-    target = f'functions_framework:create_app(target="{name}", source="functions/{name}/main.py")'
+    target = f'functions_framework:create_app(target="{twin(name)}", source="functions/{twin(name)}/main.py")'
     assert target in command
-    assert (ROOT / "functions" / name / "main.py").is_file()
+    assert (ROOT / "functions" / twin(name) / "main.py").is_file()
     assert command[command.index("--bind") + 1] == f"0.0.0.0:{listen_port(name)}"
 
 
-def test_the_served_worker_command_is_the_worker_module() -> None:
-    assert argv("worker", container_settings("worker"))[1:] == ["-m", "worker_fn"]
+@pytest.mark.parametrize("name", WORKERS)
+def test_the_served_worker_command_is_the_worker_module(name: str) -> None:
+    assert argv(twin(name), container_settings(name))[1:] == ["-m", "worker_fn"]
     assert (ROOT / "worker_fn" / "__main__.py").is_file()
 
 
@@ -189,7 +270,7 @@ def test_the_default_command_is_a_service() -> None:
 
 # --- environment ----------------------------------------------------------------------------
 
-@pytest.mark.parametrize("name", SERVICES)
+@pytest.mark.parametrize("name", FUNCTIONS)
 def test_every_environment_name_is_a_settings_field(name: str) -> None:
     env = environment(name)
     assert env, f"{name} has no environment"
@@ -197,7 +278,7 @@ def test_every_environment_name_is_a_settings_field(name: str) -> None:
     assert not unknown, f"{name}: not fields of Settings: {unknown}"
 
 
-@pytest.mark.parametrize("name", SERVICES)
+@pytest.mark.parametrize("name", FUNCTIONS)
 def test_the_compose_environment_parses_into_settings(name: str) -> None:
     Settings.from_env(environment(name))
     settings = container_settings(name)
@@ -216,10 +297,11 @@ def test_the_dockerfile_environment_names_are_settings_fields_or_python_ones() -
     assert not others, f"Dockerfile ENV names that are neither settings nor Python's: {others}"
 
 
-def test_enqueue_links_to_the_published_status_port() -> None:
-    base = urlsplit(environment("enqueue")["STATUS_BASE_URL"])
+@pytest.mark.parametrize(("enqueue", "status"), [("enqueue", "status"), ("enqueue-kafka", "status-kafka")])
+def test_enqueue_links_to_the_published_status_port(enqueue: str, status: str) -> None:
+    base = urlsplit(environment(enqueue)["STATUS_BASE_URL"])
     assert base.scheme == "http" and base.path in ("", "/")
-    assert base.port in [host for host, _ in published_ports("status")]
+    assert base.port in [host for host, _ in published_ports(status)]
 
 
 # --- ports, health, lifecycle ----------------------------------------------------------------
@@ -235,18 +317,35 @@ def test_published_port_is_the_settings_default_and_the_configured_port(name: st
     assert port in exposed
 
 
-def test_the_worker_publishes_nothing() -> None:
-    assert published_ports("worker") == []
+@pytest.mark.parametrize("name", [name for name in HTTP_FUNCTIONS if name in KAFKA_FUNCTIONS])
+def test_a_kafka_function_publishes_its_port_on_another_host_port(name: str) -> None:
+    """Same container port as its twin, another host port: both sets run side by side."""
+    ports = published_ports(name)
+    assert [container for _, container in ports] == [listen_port(name)]
+    assert int(environment(name)[f"{twin(name).upper()}_PORT"]) == listen_port(name)
+    assert not {host for host, _ in ports} & {host for host, _ in published_ports(twin(name))}
 
 
-@pytest.mark.parametrize("name", SERVICES)
+def test_no_two_services_publish_the_same_host_port() -> None:
+    seen: dict[int, str] = {}
+    for name in compose()["services"]:
+        for host, _ in published_ports(name):
+            assert host not in seen, f"{name} and {seen.get(host)} both publish host port {host}"
+            seen[host] = name
+    assert {8080, 8081} <= set(seen)
+
+
+@pytest.mark.parametrize("name", WORKERS)
+def test_the_worker_publishes_nothing(name: str) -> None:
+    assert published_ports(name) == []
+
+
+@pytest.mark.parametrize("name", FUNCTIONS)
 def test_each_service_waits_for_a_healthy_redis(name: str) -> None:
-    depends_on = service(name).get("depends_on")
-    assert isinstance(depends_on, dict), f"{name}: depends_on must use the long form with a condition"
-    assert depends_on.get("redis", {}).get("condition") == "service_healthy"
+    assert depends_on(name).get("redis", {}).get("condition") == "service_healthy"
 
 
-@pytest.mark.parametrize("name", SERVICES)
+@pytest.mark.parametrize("name", FUNCTIONS)
 def test_stop_grace_period_covers_the_drain(name: str) -> None:
     grace = duration_s(str(service(name).get("stop_grace_period")))
     assert grace == 10.0
@@ -255,8 +354,9 @@ def test_stop_grace_period_covers_the_drain(name: str) -> None:
     assert dockerfile_args("STOPSIGNAL") == ["SIGTERM"]
 
 
-def test_the_worker_restarts_unless_stopped() -> None:
-    assert service("worker").get("restart") == "unless-stopped"
+@pytest.mark.parametrize("name", WORKERS)
+def test_the_worker_restarts_unless_stopped(name: str) -> None:
+    assert service(name).get("restart") == "unless-stopped"
 
 
 def health_probe(name: str) -> list[str]:
@@ -265,7 +365,7 @@ def health_probe(name: str) -> list[str]:
     return [str(part) for part in test[1:]]
 
 
-@pytest.mark.parametrize("name", HTTP_SERVICES)
+@pytest.mark.parametrize("name", HTTP_FUNCTIONS)
 def test_http_healthcheck_probes_healthz_on_the_service_port_with_python(name: str) -> None:
     probe = health_probe(name)
     assert probe[0] == "python", "the slim image has python, not curl"
@@ -292,6 +392,11 @@ def test_http_healthcheck_passes_on_a_live_function_and_fails_without_one(
     assert run(f"http://127.0.0.1:{free_port()}") != 0
 
 
+@pytest.mark.parametrize("name", [name for name in HTTP_FUNCTIONS if name in KAFKA_FUNCTIONS])
+def test_a_kafka_function_has_its_twins_probe_which_is_run_above(name: str) -> None:
+    assert health_probe(name) == health_probe(twin(name))
+
+
 def test_redis_persists_with_append_only_file_and_has_a_healthcheck() -> None:
     redis_service = service("redis")
     command = command_list(redis_service.get("command"))
@@ -302,6 +407,136 @@ def test_redis_persists_with_append_only_file_and_has_a_healthcheck() -> None:
     volumes = [str(volume) for volume in redis_service.get("volumes") or []]
     named = [volume.split(":")[0] for volume in volumes if volume.split(":")[1:2] == ["/data"]]
     assert named and named[0] in (compose().get("volumes") or {}), "/data must be a named volume"
+
+
+# --- the kafka profile: the broker ----------------------------------------------------------
+
+def test_the_broker_is_the_official_image_at_a_pinned_version() -> None:
+    broker = service(KAFKA_BROKER)
+    assert "build" not in broker
+    image = str(broker.get("image"))
+    assert re.fullmatch(r"apache/kafka:\d+\.\d+\.\d+", image), f"pin apache/kafka to a release, not {image!r}"
+
+
+def test_the_broker_is_one_kraft_node_both_broker_and_controller() -> None:
+    env = kafka_env()
+    assert set(env["KAFKA_PROCESS_ROLES"].split(",")) == {"broker", "controller"}
+    assert "KAFKA_ZOOKEEPER_CONNECT" not in env
+    controller = env["KAFKA_CONTROLLER_LISTENER_NAMES"]
+    bound = listeners(env["KAFKA_LISTENERS"])
+    assert controller in bound, "the controller listener must be bound"
+    assert controller not in listeners(env["KAFKA_ADVERTISED_LISTENERS"]), "clients must not get the controller"
+    node_id = int(env["KAFKA_NODE_ID"])
+    assert env["KAFKA_CONTROLLER_QUORUM_VOTERS"] == f"{node_id}@{KAFKA_BROKER}:{bound[controller][1]}"
+    assert env["KAFKA_INTER_BROKER_LISTENER_NAME"] in listeners(env["KAFKA_ADVERTISED_LISTENERS"])
+    assert set(protocol_map()) == set(bound), "every listener needs a security protocol, and only those"
+
+
+def test_the_broker_has_a_fixed_valid_cluster_id() -> None:
+    """A Kafka cluster id is a UUID in unpadded URL-safe base64; fixed, the data volume stays usable."""
+    cluster_id = kafka_env()["CLUSTER_ID"]
+    assert re.fullmatch(r"[A-Za-z0-9_-]{22}", cluster_id), cluster_id
+    assert len(base64.urlsafe_b64decode(cluster_id + "==")) == 16
+
+
+def test_every_replication_setting_of_the_broker_fits_one_broker() -> None:
+    env = kafka_env()
+    for required in ("KAFKA_DEFAULT_REPLICATION_FACTOR", "KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR",
+                     "KAFKA_TRANSACTION_STATE_LOG_REPLICATION_FACTOR", "KAFKA_TRANSACTION_STATE_LOG_MIN_ISR"):
+        assert required in env, f"{required} defaults to more than one broker can hold"
+    replication = [key for key in env if key.endswith(("REPLICATION_FACTOR", "MIN_ISR", "MIN_INSYNC_REPLICAS"))]
+    assert {key: env[key] for key in replication} == {key: "1" for key in replication}
+
+
+def test_the_broker_leaves_topic_creation_to_taskbus() -> None:
+    assert kafka_env()["KAFKA_AUTO_CREATE_TOPICS_ENABLE"] == "false"
+    for name in KAFKA_FUNCTIONS:
+        settings = container_settings(name)
+        assert settings.kafka_partitions >= 1
+        factor = settings.kafka_replication_factor
+        if factor == -1:  # the broker's default
+            factor = int(kafka_env()["KAFKA_DEFAULT_REPLICATION_FACTOR"])
+        assert factor == 1, f"{name}: one broker cannot hold {factor} replicas"
+
+
+def test_the_broker_advertises_the_address_the_functions_bootstrap_from() -> None:
+    env = kafka_env()
+    advertised = listeners(env["KAFKA_ADVERTISED_LISTENERS"])
+    bound = listeners(env["KAFKA_LISTENERS"])
+    by_address = {address: listener for listener, address in advertised.items()}
+    for name in KAFKA_FUNCTIONS:
+        settings = container_settings(name)
+        for host, port in bootstrap_servers(name):
+            assert host == KAFKA_BROKER, f"{name}: bootstrap from the {KAFKA_BROKER} service, not {host!r}"
+            assert (host, port) in by_address, f"{name}: {host}:{port} is not an advertised listener"
+            listener = by_address[(host, port)]
+            assert bound[listener][1] == port, f"{listener} is advertised on {port} but bound elsewhere"
+            assert protocol_map()[listener] == (settings.kafka_security_protocol or "PLAINTEXT").upper()
+
+
+def test_the_broker_healthcheck_asks_its_client_listener_for_api_versions() -> None:
+    check = service(KAFKA_BROKER).get("healthcheck") or {}
+    test = check.get("test")
+    assert isinstance(test, list) and test[0] == "CMD", "the broker healthcheck must be CMD exec form"
+    assert test[1] == "/opt/kafka/bin/kafka-broker-api-versions.sh"  # the image ships Kafka in /opt/kafka
+    address = test[test.index("--bootstrap-server") + 1]
+    host, _, port = address.rpartition(":")
+    assert host in ("localhost", "127.0.0.1")
+    env = kafka_env()
+    assert int(port) == listeners(env["KAFKA_LISTENERS"])[env["KAFKA_INTER_BROKER_LISTENER_NAME"]][1]
+    assert duration_s(str(check.get("timeout"))) >= 5, "the probe starts a JVM"
+    assert int(check.get("retries", 0)) >= 1 and duration_s(str(check.get("start_period"))) >= 10
+
+
+def test_the_broker_keeps_its_log_in_a_named_volume() -> None:
+    log_dirs = kafka_env()["KAFKA_LOG_DIRS"]
+    volumes = [str(volume).split(":") for volume in service(KAFKA_BROKER).get("volumes") or []]
+    named = [parts[0] for parts in volumes if parts[1:2] == [log_dirs]]
+    assert named and named[0] in (compose().get("volumes") or {}), f"{log_dirs} must be a named volume"
+
+
+# --- the kafka profile: the functions on CHANNEL=kafka ---------------------------------------
+
+@pytest.mark.parametrize("name", KAFKA_FUNCTIONS)
+def test_a_kafka_function_runs_on_the_kafka_channel(name: str) -> None:
+    env = environment(name)
+    assert env["CHANNEL"] == "kafka"
+    assert env["KAFKA_BOOTSTRAP_SERVERS"] == f"{KAFKA_BROKER}:9092"
+    settings = Settings.from_env(env)  # CHANNEL=kafka without KAFKA_BOOTSTRAP_SERVERS would raise
+    assert settings.channel == "kafka" and settings.kafka_bootstrap_servers == f"{KAFKA_BROKER}:9092"
+    assert container_settings(name).channel == "kafka"
+
+
+@pytest.mark.parametrize("name", KAFKA_FUNCTIONS)
+def test_a_kafka_function_waits_for_a_healthy_broker_and_redis(name: str) -> None:
+    needs = depends_on(name)
+    assert set(needs) == {"redis", KAFKA_BROKER}
+    assert all(needs[other].get("condition") == "service_healthy" for other in needs)
+
+
+@pytest.mark.parametrize("name", KAFKA_FUNCTIONS)
+def test_a_kafka_function_is_its_twin_but_for_environment_dependencies_and_ports(name: str) -> None:
+    kafka_function, default = service(name), service(twin(name))
+    same = (set(kafka_function) | set(default)) - TWIN_DIFFERENCES
+    assert {key: kafka_function.get(key) for key in same} == {key: default.get(key) for key in same}
+    # the served command line is the local runner's, as for the twin
+    assert argv(twin(name), container_settings(name)) == argv(twin(name), container_settings(twin(name)))
+
+
+def test_the_kafka_functions_share_a_task_store_apart_from_the_default_ones() -> None:
+    """Both sets use the one Redis: the Kafka set needs its own KEY_PREFIX, or the two channels'
+    workers would promote each other's delayed tasks."""
+    def store(name: str) -> tuple[object, ...]:
+        settings = container_settings(name)
+        return (settings.redis_url, settings.key_prefix, settings.queues, settings.consumer_group,
+                settings.channel, settings.kafka_bootstrap_servers, settings.kafka_topic_prefix)
+
+    kafka_stores = {store(name) for name in KAFKA_FUNCTIONS}
+    default_stores = {store(name) for name in SERVICES}
+    assert len(kafka_stores) == 1, f"the Kafka functions disagree: {kafka_stores}"
+    assert len(default_stores) == 1, f"the default functions disagree: {default_stores}"
+    (kafka_store,), (default_store,) = kafka_stores, default_stores
+    assert kafka_store[:2] != default_store[:2], "the two sets would share one task store"
 
 
 # --- image -----------------------------------------------------------------------------------
