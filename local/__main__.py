@@ -1,5 +1,6 @@
 """`python -m local` (`make up`): the embedded server (unless REDIS_URL is set), the enqueue and
 status functions under gunicorn, and one worker; logs prefixed by service; Ctrl-C stops all.
+With CHANNEL=kafka and no KAFKA_BOOTSTRAP_SERVERS, an embedded Kafka-compatible broker as well.
 
 `python -m local send-webhook <source> [event]` signs a sample delivery with the local
 secret and posts it to the running stack."""
@@ -15,7 +16,7 @@ import honcho.manager
 
 from local import webhook_samples
 from local.commands import argv
-from local.embedded import EmbeddedServer
+from local.embedded import EmbeddedKafka, EmbeddedServer
 from taskbus.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -46,6 +47,11 @@ def up() -> int:
     if not env.get("WEBHOOK_SOURCES"):
         env.update(webhook_samples.dev_env(RUN))
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    broker = None
+    if env.get("CHANNEL") == "kafka" and not env.get("KAFKA_BOOTSTRAP_SERVERS"):
+        broker = EmbeddedKafka(RUN / "kafka")  # tansu, in memory: topics last as long as the stack
+        env["KAFKA_BOOTSTRAP_SERVERS"] = broker.bootstrap
+        env.setdefault("KAFKA_REPLICATION_FACTOR", "1")
     settings = Settings.from_env(env)
     env.setdefault("STATUS_BASE_URL", f"http://{settings.host}:{settings.status_port}")
     manager = honcho.manager.Manager()
@@ -55,6 +61,8 @@ def up() -> int:
         server.data_dir.mkdir(parents=True, exist_ok=True)
         env["REDIS_URL"] = server.url
         manager.add_process("valkey", "exec " + shlex.join(server.argv()), env=env, cwd=str(ROOT))
+    if broker is not None:
+        manager.add_process("kafka", "exec " + shlex.join(broker.argv()), env=env, cwd=str(ROOT))
     settings = Settings.from_env(env)
     for name in ("enqueue", "status", "worker"):
         manager.add_process(name, "exec " + shlex.join(argv(name, settings)), env=env, cwd=str(ROOT))

@@ -27,8 +27,9 @@ def main() -> None:
         if time.monotonic() > deadline:
             sys.exit("the functions did not become healthy within 60 s")
         time.sleep(0.2)  # polling another process's port until it is up
+    channel = f", Kafka at {s.kafka_bootstrap_servers}" if s.channel == "kafka" else ""
     print(
-        f"""ready: enqueue on {enqueue}, status on {status}, Redis at {s.redis_url}
+        f"""ready: enqueue on {enqueue}, status on {status}, Redis at {s.redis_url}{channel}
   curl -s -X POST {enqueue}/tasks -H 'Content-Type: application/json' \\
        -d '{{"type": "echo", "payload": {{"hello": "world"}}}}'
   curl -s '{status}/tasks/<id>?wait=10'
