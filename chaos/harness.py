@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 import redis
 
-from local.embedded import EmbeddedServer, free_port
+from local.embedded import EmbeddedKafka, EmbeddedServer, free_port
 from taskbus.keys import Keys
 from taskbus.settings import Settings
 from tests.support import Proc, spawn, start_function, stop, wait_until
@@ -35,6 +35,7 @@ class Cluster:
     root: Path
     settings: Settings
     server: EmbeddedServer
+    broker: EmbeddedKafka | None = None  # CHANNEL=kafka: the tansu broker
     redis_url_for_workers: str = ""
     worker_skew_ms: int = 0
     recoveries: list[float] = dataclasses.field(default_factory=list)
@@ -54,11 +55,26 @@ class Cluster:
         appendonly: bool = True,
         function_wrapper: tuple[str, ...] = (),
         function_env: dict[str, str] | None = None,
+        channel: str = "redis",
         **changes: Any,
     ) -> Cluster:
         root.mkdir(parents=True, exist_ok=True)
         server = EmbeddedServer(root / "valkey", appendonly=appendonly)
         server.start()
+        broker = None
+        if channel == "kafka":
+            broker = EmbeddedKafka(root / "kafka")
+            broker.start()
+            changes = dict(
+                channel="kafka",
+                kafka_bootstrap_servers=broker.bootstrap,
+                kafka_partitions=6,
+                kafka_replication_factor=1,
+                kafka_session_timeout_ms=3000,
+                kafka_outbox_age_s=6.0,
+                kafka_max_poll_interval_ms=8000,
+                **changes,
+            )
         base = dict(
             redis_url=server.url,
             key_prefix="chaos",
@@ -75,7 +91,7 @@ class Cluster:
             enqueue_threads=16,
         )
         base.update(changes)
-        cluster = cls(root, Settings(**base), server)  # type: ignore[arg-type]
+        cluster = cls(root, Settings(**base), server, broker)  # type: ignore[arg-type]
         for name in ("enqueue", "status"):
             cluster.functions[name] = start_function(
                 name, cluster.settings, root, function_wrapper, **(function_env or {})
@@ -117,10 +133,19 @@ class Cluster:
         self._watchers.append(watcher)
 
     def _pending_ids(self) -> set[str] | None:
-        """Ids in the consumer group's pending list, or None while Redis does not answer."""
-        stream = Keys(self.settings.key_prefix).stream(self.settings.queues[0])
+        """Ids in the consumer group's pending list (Kafka: tasks running), or None while Redis
+        does not answer."""
+        client = self.r
         try:
-            entries = self.r.xpending_range(stream, self.settings.consumer_group, "-", "+", 100_000)
+            if self.broker is not None:
+                with self._lock:
+                    ids = list(self.acked)
+                pipe = client.pipeline(transaction=False)
+                for task_id in ids:
+                    pipe.hget(task_key(self.settings, task_id), "status")
+                return {t for t, status in zip(ids, pipe.execute()) if status == "running"}
+            stream = Keys(self.settings.key_prefix).stream(self.settings.queues[0])
+            entries = client.xpending_range(stream, self.settings.consumer_group, "-", "+", 100_000)
         except redis.RedisError:
             return None
         return {e["message_id"] for e in entries}
@@ -132,6 +157,8 @@ class Cluster:
         for proc, _ in self.functions.values():
             stop(proc, timeout=5)
         self.server.kill()
+        if self.broker is not None:
+            self.broker.kill()
 
     @property
     def r(self) -> redis.Redis:
@@ -229,6 +256,9 @@ class Cluster:
         keys, queue = Keys(self.settings.key_prefix), self.settings.queues[0]
         stream = keys.stream(queue)
         client = self.r
+        if self.broker is not None:  # records wait in Kafka; here only what waits to be published
+            keys = Keys(self.settings.key_prefix)
+            return int(client.zcard(keys.outbox(queue))) + int(client.zcard(keys.delayed(queue))), 0
         groups = client.xinfo_groups(stream) if client.exists(stream) else []
         group = next((g for g in groups if g["name"] == self.settings.consumer_group), None)
         if group is None and client.exists(stream):
@@ -271,6 +301,8 @@ class Cluster:
             watcher.join(5)
         recovery_s = max(self.recoveries, default=0.0)
         limit = recovery_limit_s if recovery_limit_s is not None else self.settings.lease_s * 1.5 + 5
+        if self.broker is not None and recovery_limit_s is None:  # the group first has to notice a dead member
+            limit += self.settings.kafka_session_timeout_ms / 1000 * 1.5
         if recovery_s > limit:
             raise InvariantBroken(f"a fault took {recovery_s:.1f} s to recover from (limit {limit} s)")
         if len(self.recoveries) < len(self.faults):

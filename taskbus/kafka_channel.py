@@ -77,6 +77,7 @@ class KafkaChannel:
                     "auto.offset.reset": "earliest",
                     "session.timeout.ms": self.settings.kafka_session_timeout_ms,
                     "max.poll.interval.ms": self.settings.kafka_max_poll_interval_ms,
+                    "fetch.wait.max.ms": self.settings.kafka_fetch_wait_ms,
                     "heartbeat.interval.ms": max(100, self.settings.kafka_session_timeout_ms // 4),
                 }
             )

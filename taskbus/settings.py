@@ -71,6 +71,7 @@ class Settings:
     kafka_replication_factor: int = -1  # -1: the broker's default
     kafka_session_timeout_ms: int = 10000  # how long a SIGKILLed worker keeps its partitions
     kafka_max_poll_interval_ms: int = 300000  # a worker that stops polling this long leaves its group
+    kafka_fetch_wait_ms: int = 100  # longest a fetch waits at the broker: a pickup-latency floor on some brokers
     kafka_produce_timeout_s: float = 5.0  # an unacknowledged enqueue becomes a 503 after this long
     kafka_outbox_age_s: float = 30.0  # a task still unpublished after this long is re-published
     kafka_security_protocol: str = ""
