@@ -24,7 +24,7 @@ up: venv
 
 test: venv tools
 	$(BIN)/ruff check taskbus worker_fn local functions chaos
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 3 --dist loadgroup
 
 # The fault-injection suite at full size (tests/test_chaos.py runs the short versions).
 chaos: venv tools

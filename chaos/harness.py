@@ -73,6 +73,7 @@ class Cluster:
                 kafka_session_timeout_ms=3000,
                 kafka_outbox_age_s=6.0,
                 kafka_max_poll_interval_ms=8000,
+                kafka_fetch_wait_ms=10,
                 **changes,
             )
         base = dict(

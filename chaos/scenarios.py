@@ -82,29 +82,42 @@ def rolling_sigterm(root: Path, full: bool, channel: str = "redis") -> Figures:
             c.start_worker()
         c.start_monitor()
         load = _background(lambda: c.enqueue(n, payload={"ms": ms}, threads=4))
-        ready = "partitions assigned" if channel == "kafka" else "worker starting"
-        for _ in range(3):
+        # Kafka's short version does one round: each membership change costs a rebalance of seconds
+        for _ in range(3 if full or channel == "redis" else 1):
             for worker in list(c.live_workers()):
-                wait_until(lambda: ready in worker.output(), timeout=30, message="worker up")
-                settled = _assignments(c) - worker.output().count("partitions assigned")  # the survivors
+                wait_until(lambda: "worker starting" in worker.output(), timeout=20, message="worker up")
+                if channel == "kafka":
+                    # a readiness-gated rollout, one membership change at a time: tansu 0.6 never
+                    # finishes a rebalance that a join and a leave overlap (see the README)
+                    _rebalanced(c, {worker.popen.pid: 0})
+                    before = {pid: n for pid, n in _assignments(c).items() if pid != worker.popen.pid}
                 c.signal_worker(worker, signal.SIGTERM)
                 if worker.wait(20) != 0:
                     raise InvariantBroken(f"a worker exited {worker.popen.returncode} after SIGTERM")
                 if channel == "kafka":
-                    # a readiness-gated rollout: the survivors take the partitions before the
-                    # replacement joins (tansu 0.6 never finishes a rebalance that a join and a
-                    # leave overlap; see the README)
-                    wait_until(lambda: _assignments(c) > settled, timeout=30, message="partitions reassigned")
-                c.start_worker()
+                    _rebalanced(c, before)
+                    before = _assignments(c)
+                replacement = c.start_worker()
+                if channel == "kafka":
+                    _rebalanced(c, {**before, replacement.popen.pid: 0})
         _join(load)
         return c.check(max_duplicates=0)
     finally:
         c.close()
 
 
-def _assignments(c: Cluster) -> int:
-    """Partition assignments the live workers have logged so far (Kafka)."""
-    return sum(w.output().count("partitions assigned") for w in c.live_workers())
+def _assignments(c: Cluster) -> dict[int, int]:
+    """Per live worker (pid), the partition assignments it has logged so far (Kafka)."""
+    return {w.popen.pid: w.output().count("partitions assigned") for w in c.live_workers()}
+
+
+def _rebalanced(c: Cluster, before: dict[int, int]) -> None:
+    """Wait until each worker in `before` logged an assignment after its count there."""
+    wait_until(
+        lambda: all(n > before[pid] for pid, n in _assignments(c).items() if pid in before),
+        timeout=30,
+        message="partitions reassigned",
+    )
 
 
 def redis_restart(root: Path, full: bool) -> Figures:

@@ -49,7 +49,7 @@ def kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedKafka]:
 def kafka_settings(broker: EmbeddedKafka) -> dict[str, object]:
     """CHANNEL=kafka against `broker`. Each test's queue is its own topic and consumer group."""
     return dict(channel="kafka", kafka_bootstrap_servers=broker.bootstrap, kafka_partitions=2,
-                kafka_replication_factor=1, kafka_session_timeout_ms=3000, kafka_produce_timeout_s=2.0,
+                kafka_replication_factor=1, kafka_session_timeout_ms=3000, kafka_fetch_wait_ms=10, kafka_produce_timeout_s=2.0,
                 kafka_outbox_age_s=3.0)
 
 
