@@ -80,11 +80,11 @@ class Service:
             log.error("reporting data loss on /healthz", extra={"fields": {"error": str(exc)}})
             return error_response(503, "data_lost", str(exc), {"Retry-After": str(self.settings.retry_after_s)})
         except Unavailable as exc:
-            log.warning("redis unavailable: answering 503", extra={"fields": {"error": str(exc)}})
+            log.warning("store or channel unavailable: answering 503", extra={"fields": {"error": str(exc)}})
             return error_response(
                 503,
                 "unavailable",
-                "the task store is unavailable; retry later",
+                "the task store or channel is unavailable; retry later",
                 {"Retry-After": str(self.settings.retry_after_s)},
             )
         except werkzeug.exceptions.MethodNotAllowed as exc:

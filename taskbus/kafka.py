@@ -87,22 +87,22 @@ class Publisher:
 
         self.settings = settings
         self.timeout_s = settings.kafka_produce_timeout_s
-        self.producer = Producer(
-            {
-                **client_config(settings),
-                "enable.idempotence": True,
-                "acks": "all",
-                "linger.ms": 1,
-                "message.timeout.ms": int(self.timeout_s * 1000),
-            }
-        )
+        self._config = {
+            **client_config(settings),
+            "enable.idempotence": True,
+            "acks": "all",
+            "linger.ms": 1,
+            "message.timeout.ms": int(self.timeout_s * 1000),
+        }
+        self.producer = Producer(self._config)
+        self._lock = threading.Lock()
         self._ready: set[str] = set()
         self._closed = threading.Event()
         threading.Thread(target=self._serve_callbacks, daemon=True, name="kafka-producer").start()
 
     def _serve_callbacks(self) -> None:
         while not self._closed.is_set():
-            self.producer.poll(0.1)
+            self.producer.poll(0.1)  # the current producer: `_renew` may swap it
 
     def ensure(self, queues: list[str]) -> None:
         """Create the topics of queues not seen before by this process (once each)."""
@@ -129,9 +129,10 @@ class Publisher:
                     done.set()
 
         produced = 0
+        producer = self.producer
         try:
             for name, key, value in records:
-                self.producer.produce(name, value=value, key=key.encode(), on_delivery=delivered)
+                producer.produce(name, value=value, key=key.encode(), on_delivery=delivered)
                 produced += 1
         except (BufferError, Exception) as exc:  # noqa: BLE001 - any refusal is "not published"
             with lock:
@@ -142,7 +143,21 @@ class Publisher:
         if not done.wait(self.timeout_s + 1):
             errors.append("no acknowledgement in time")
         if errors:
+            self._renew(producer)
             raise Unavailable(f"Kafka did not acknowledge the task record: {errors[0]}")
+
+    def _renew(self, failed: Any) -> None:
+        """After a failure, start over with a new producer and check the topics again: an
+        idempotent producer stays stuck on sequence numbers a restarted broker never saw."""
+        from confluent_kafka import Producer
+
+        with self._lock:
+            if self.producer is not failed:
+                return  # another thread renewed it already
+            self.producer = Producer(self._config)
+            self._ready.clear()
+        failed.purge()  # fails whatever it still holds at once
+        failed.flush(0)
 
     def ping(self) -> None:
         from confluent_kafka import KafkaException

@@ -78,6 +78,7 @@ class KafkaChannel:
                     "session.timeout.ms": self.settings.kafka_session_timeout_ms,
                     "max.poll.interval.ms": self.settings.kafka_max_poll_interval_ms,
                     "fetch.wait.max.ms": self.settings.kafka_fetch_wait_ms,
+                    "topic.metadata.refresh.interval.ms": 10000,  # find a re-created topic within seconds
                     "heartbeat.interval.ms": max(100, self.settings.kafka_session_timeout_ms // 4),
                 }
             )
@@ -243,6 +244,7 @@ class KafkaChannel:
 
     def _publish(self, queue: str, task_ids: list[str]) -> None:
         if task_ids:
+            self.publisher.ensure([queue])
             self.publisher.publish([kafka.task_record(self.settings, queue, t) for t in task_ids])
             self.client.zrem(self.keys.outbox(queue), *task_ids)
 

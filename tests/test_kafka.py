@@ -207,3 +207,37 @@ def test_sigkilled_worker_redoes_only_uncommitted_tasks(http, functions, queue, 
     assert survivor.popen.poll() is None
     wait_until(lambda: committed(kafka, queue) == 40, timeout=10, message="every offset committed")
     assert r.zcard(Keys("tb").outbox(queue)) == 0
+
+
+def test_work_resumes_after_the_broker_restarts_empty(own_broker, settings, workers, queue, tmp_path):
+    """tansu keeps topics in memory, so a restart is the worst case: every topic is gone. New
+    enqueues must re-create them (503 while the broker is down, never a hang) and the running
+    worker must find them again."""
+    settings = dataclasses.replace(settings, enqueue_port=free_port(), status_port=free_port(),
+                                   **{**kafka_settings(own_broker), "kafka_produce_timeout_s": 1.0})
+    enqueue_fn, enqueue_url = start_function("enqueue", settings, tmp_path)
+    status_fn, status_url = start_function("status", settings, tmp_path)
+    functions = {"enqueue": enqueue_url, "status": status_url}
+    restarted = None
+    try:
+        with httpx.Client(timeout=30) as http:
+            workers(**kafka_settings(own_broker))
+            assert finished(http, functions, enqueue(http, functions, queue, "echo", {"n": 1}))["status"] == "succeeded"
+            own_broker.kill()
+            refused = http.post(enqueue_url + "/tasks", json={"type": "echo", "queue": queue})
+            assert refused.status_code == 503
+            restarted = EmbeddedKafka(own_broker.log_dir, port=own_broker.port)
+            restarted.start()
+
+            def accepted() -> str | None:
+                reply = http.post(enqueue_url + "/tasks", json={"type": "echo", "queue": queue, "payload": {"n": 2}})
+                return str(reply.json()["id"]) if reply.status_code == 202 else None
+
+            task_id = wait_until(accepted, timeout=20, interval=0.5, message="enqueue accepted again")
+            task = finished(http, functions, task_id, timeout=60)
+            assert task["status"] == "succeeded" and task["result"] == {"n": 2}
+    finally:
+        stop(enqueue_fn)
+        stop(status_fn)
+        if restarted is not None:
+            restarted.kill()
