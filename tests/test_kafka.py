@@ -241,3 +241,16 @@ def test_work_resumes_after_the_broker_restarts_empty(own_broker, settings, work
         stop(status_fn)
         if restarted is not None:
             restarted.kill()
+
+
+def test_a_batch_is_published_and_run(http, functions, queue, workers, kafka):
+    items = [{"type": "echo", "queue": queue, "payload": {"n": n}} for n in range(20)]
+    items[5] = {"type": "bad type!", "queue": queue}
+    reply = http.post(functions["enqueue"] + "/tasks/batch", json={"tasks": items})
+    assert reply.status_code == 200, reply.text
+    results = reply.json()["results"]
+    assert "error" in results[5]
+    workers()
+    ids = [res["id"] for i, res in enumerate(results) if i != 5]
+    assert [finished(http, functions, i)["result"]["n"] for i in ids] == [n for n in range(20) if n != 5]
+    wait_until(lambda: committed(kafka, queue) == 19, timeout=10, message="19 records, every offset committed")
