@@ -174,9 +174,9 @@ class Worker:
         for d in deliveries:
             if d.task_id is None:
                 log.error(
-                    "malformed stream entry dead-lettered", extra={"fields": {"queue": d.queue, "entry": d.entry}}
+                    "malformed entry dead-lettered", extra={"fields": {"queue": d.queue, "entry": d.entry}}
                 )
-                self.channel.drop(d, "stream entry has no well-formed task id")
+                self.channel.drop(d, "the entry names no well-formed task id of its queue")
             else:
                 by_queue[d.queue].append(d)
         for queue, batch in by_queue.items():
