@@ -1368,9 +1368,9 @@ def latency_table(w: Callable[[str], None], s: dict[str, Any], cfg: dict[str, An
             "a ratio over a 0 ms Redis figure shows —)"
         )
         w(
-            "(on tansu a consumer's fetch is answered when librdkafka's fetch.wait.max.ms runs out (500 ms default; "
-            "taskbus does not set it) rather than when a record arrives, so the Kafka rows are mostly that wait: "
-            "a broker artefact, see bench/README.md)"
+            "(on tansu a consumer's fetch is answered when librdkafka's fetch.wait.max.ms runs out "
+            "(KAFKA_FETCH_WAIT_MS, 100 ms by default) rather than when a record arrives, so the Kafka rows "
+            "are mostly that wait: a broker artefact, see bench/README.md)"
         )
     for name, label, d in (
         ("enqueue_start", "enqueue → start", 0),
