@@ -122,19 +122,7 @@ class Channel:
     def finish(self, queue: str, outcomes: list[tuple[Job, str, bytes, int]]) -> list[str | None]:
         """Write a batch of (job, outcome, body, retry delay ms) in one script call; returns per
         job the status written, or None where this worker's lease was lost (fenced off)."""
-        keys = [self.keys.stream(queue), self.keys.delayed(queue), self.keys.dead(queue)]
-        args: list[Any] = [
-            self.group,
-            self.consumer,
-            self.settings.result_ttl_s,
-            self.settings.pending_ttl_s,
-            DEAD_MAXLEN,
-        ]
-        for job, outcome, body, delay_ms in outcomes:
-            keys += [self.keys.task(job.task_id), self.keys.events(job.task_id)]
-            args += [job.entry, job.task_id, job.attempt, outcome, body, delay_ms]
-        written = self.scripts.finish(keys=keys, args=args, client=self.client)
-        return [status or None for status in written]
+        return finish_batch(self.scripts, self.client, self.settings, self.consumer, queue, outcomes, acks=True)
 
     def heartbeat(self, queue: str, jobs: list[Job]) -> list[str]:
         """Renew leases; returns entries this consumer lost."""
@@ -187,6 +175,27 @@ class Channel:
             args=[self.group, self.consumer, d.entry, error, codec.dumps(d.fields), DEAD_MAXLEN],
             client=self.client,
         )
+
+
+def finish_batch(
+    scripts: Scripts,
+    client: redis.Redis,
+    settings: Settings,
+    consumer: str,
+    queue: str,
+    outcomes: list[tuple[Job, str, bytes, int]],
+    acks: bool,
+) -> list[str | None]:
+    """The fenced `finish` script for a batch, shared by both channels; `acks`: also XACK and
+    XDEL each job's stream entry (Redis Streams; Kafka commits offsets instead)."""
+    keys = Keys(settings.key_prefix)
+    call_keys = [keys.stream(queue), keys.delayed(queue), keys.dead(queue)]
+    args: list[Any] = [settings.consumer_group, consumer, settings.result_ttl_s, settings.pending_ttl_s, DEAD_MAXLEN]
+    for job, outcome, body, delay_ms in outcomes:
+        call_keys += [keys.task(job.task_id), keys.events(job.task_id)]
+        args += [job.entry if acks else "", job.task_id, job.attempt, outcome, body, delay_ms]
+    written = scripts.finish(keys=call_keys, args=args, client=client)
+    return [status or None for status in written]
 
 
 def _delivery(queue: str, entry: str, fields: dict[str, str]) -> Delivery:

@@ -23,7 +23,7 @@ from collections import defaultdict
 from typing import Any
 
 from taskbus import codec, kafka
-from taskbus.channel import DEAD_MAXLEN, Delivery, Job
+from taskbus.channel import DEAD_MAXLEN, Delivery, Job, finish_batch
 from taskbus.errors import Unavailable
 from taskbus.keys import Keys
 from taskbus.settings import Settings
@@ -180,18 +180,7 @@ class KafkaChannel:
         return out
 
     def finish(self, queue: str, outcomes: list[tuple[Job, str, bytes, int]]) -> list[str | None]:
-        keys = [self.keys.stream(queue), self.keys.delayed(queue), self.keys.dead(queue)]
-        args: list[Any] = [
-            self.settings.consumer_group,
-            self.consumer,
-            self.settings.result_ttl_s,
-            self.settings.pending_ttl_s,
-            DEAD_MAXLEN,
-        ]
-        for job, outcome, body, delay_ms in outcomes:
-            keys += [self.keys.task(job.task_id), self.keys.events(job.task_id)]
-            args += ["", job.task_id, job.attempt, outcome, body, delay_ms]
-        written = [status or None for status in self.scripts.finish(keys=keys, args=args, client=self.client)]
+        written = finish_batch(self.scripts, self.client, self.settings, self.consumer, queue, outcomes, acks=False)
         failed = [
             (job.task_id, {"type": job.type, "attempts": job.attempt, "error": _json(body)})
             for (job, _, body, _), status in zip(outcomes, written)
