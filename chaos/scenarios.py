@@ -62,8 +62,15 @@ def kill_workers(root: Path, full: bool, channel: str = "redis") -> Figures:
         c.start_monitor()
         load = _background(lambda: c.enqueue(n, payload={"ms": ms}))
         for _ in range(kills):
-            time.sleep(random.uniform(0.5, 1.5))
-            victim = random.choice(c.live_workers())
+            if channel == "kafka":
+                # kill a worker that holds partitions, once the last kill's rebalance is over:
+                # a worker between assignments runs nothing, and killing it would test nothing
+                wait_until(lambda: _holders(c), timeout=30, message="a worker holding partitions")
+                time.sleep(random.uniform(0.2, 0.6))
+                victim = random.choice(_holders(c) or c.live_workers())
+            else:
+                time.sleep(random.uniform(0.5, 1.5))
+                victim = random.choice(c.live_workers())
             c.fault("SIGKILL")
             victim.kill()
             c.start_worker()
@@ -104,6 +111,15 @@ def rolling_sigterm(root: Path, full: bool, channel: str = "redis") -> Figures:
         return c.check(max_duplicates=0)
     finally:
         c.close()
+
+
+def _holders(c: Cluster) -> list[Any]:
+    """Live workers holding partitions now (Kafka): assigned more often than revoked."""
+    return [
+        w
+        for w in c.live_workers()
+        if w.output().count("partitions assigned") > w.output().count("partitions revoked")
+    ]
 
 
 def _assignments(c: Cluster) -> dict[int, int]:
