@@ -156,8 +156,11 @@ class Publisher:
                 return  # another thread renewed it already
             self.producer = Producer(self._config)
             self._ready.clear()
-        failed.purge()  # fails whatever it still holds at once
-        failed.flush(0)
+        try:
+            failed.purge()  # fails whatever it still holds at once
+            failed.flush(0)
+        except Exception:  # noqa: BLE001 - a producer in a fatal state may refuse even this
+            log.warning("could not purge the failed Kafka producer", exc_info=True)
 
     def ping(self) -> None:
         from confluent_kafka import KafkaException
