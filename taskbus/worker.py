@@ -106,8 +106,8 @@ class Worker:
             except RETRYABLE as exc:
                 self._orphans_possible = True  # a lost reply may have delivered entries to us
                 log.warning(
-                    "redis unavailable, retrying",
-                    extra={"fields": {"error": type(exc).__name__, "retry_in_s": backoff}},
+                    "kafka unavailable, retrying" if isinstance(exc, Unavailable) else "redis unavailable, retrying",
+                    extra={"fields": {"error": type(exc).__name__, "detail": str(exc)[:200], "retry_in_s": backoff}},
                 )
             except redis.ResponseError as exc:
                 if "NOGROUP" in str(exc):
