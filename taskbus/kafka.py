@@ -50,25 +50,26 @@ def group(settings: Settings, queue: str) -> str:
     return f"{settings.consumer_group}.{queue}"
 
 
-def ensure_topics(settings: Settings, queues: tuple[str, ...] | list[str]) -> None:
-    """Create each queue's work and dead-letter topics when missing (KAFKA_PARTITIONS partitions)."""
+def ensure_topics(settings: Settings, queues: tuple[str, ...] | list[str], client: Any = None) -> None:
+    """Create each queue's work and dead-letter topics when missing (KAFKA_PARTITIONS partitions).
+    `client`, a producer or consumer already connected, saves making an admin client just to look."""
     from confluent_kafka import KafkaError, KafkaException
     from confluent_kafka.admin import AdminClient, NewTopic
 
-    admin = AdminClient(client_config(settings))
     names = [name for q in queues for name in (topic(settings, q), dead_topic(settings, q))]
     timeout = settings.kafka_produce_timeout_s
     try:
-        existing = set(admin.list_topics(timeout=timeout).topics)
+        existing = set((client or AdminClient(client_config(settings))).list_topics(timeout=timeout).topics)
     except KafkaException as exc:
         raise Unavailable(f"Kafka unavailable: {exc.args[0].str()}") from exc
+    if set(names) <= existing:
+        return
+    admin = AdminClient(client_config(settings))
     missing = [
         NewTopic(name, num_partitions=settings.kafka_partitions, replication_factor=settings.kafka_replication_factor)
         for name in names
         if name not in existing
     ]
-    if not missing:
-        return
     for name, future in admin.create_topics(missing, operation_timeout=timeout, request_timeout=timeout).items():
         try:
             future.result()
@@ -108,7 +109,7 @@ class Publisher:
         """Create the topics of queues not seen before by this process (once each)."""
         new = [q for q in queues if q not in self._ready]
         if new:
-            ensure_topics(self.settings, new)
+            ensure_topics(self.settings, new, self.producer)
             self._ready.update(new)
 
     def publish(self, records: list[tuple[str, str, bytes]]) -> None:
