@@ -365,11 +365,22 @@ CONTROL_KEYS = {"inner \\x01": "a\x01b", "only \\x01": "\x01", "DEL": "a\x7fb", 
 @pytest.mark.parametrize("path", ["/tasks", "/enqueue"])
 def test_control_characters_in_idempotency_key_are_refused(functions: dict[str, str], queue: str,
                                                            r: redis.Redis, key: str, path: str) -> None:
-    """What the stack does today: gunicorn refuses the request; nothing is enqueued, no 500."""
+    """gunicorn refuses the header before the function runs: a JSON 400, nothing enqueued."""
     before = set(r.keys("*"))
-    response = post_with_key(functions, queue, path, key)
-    assert response.status_code in (400, 422), (response.status_code, response.text[:300])
+    assert_error(post_with_key(functions, queue, path, key), 400, "bad_request")
     assert set(r.keys("*")) - before == set()
+
+
+@pytest.mark.parametrize("name", ["enqueue", "status"])
+def test_requests_over_gunicorns_limits_get_the_json_error_too(functions: dict[str, str], name: str) -> None:
+    """gunicorn answers these itself, before the function: the same JSON shape, not its HTML page."""
+    with httpx.Client(timeout=10) as http:
+        assert_error(http.get(functions[name] + "/tasks/" + "a" * 5000), 414, "uri_too_long")
+        assert_error(http.get(functions[name] + "/healthz", headers={"X-Big": "b" * 9000}), 431, "headers_too_large")
+        many = {f"X-H{i}": "1" for i in range(120)}
+        assert_error(http.get(functions[name] + "/healthz", headers=many), 431, "headers_too_large")
+        # a malformed header; gunicorn quotes the client's bytes, which stay inside the JSON string
+        assert_error(http.get(functions[name] + "/healthz", headers={"X-Bad": 'a\x01"}<b>'}), 400, "bad_request")
 
 
 # --------------------------------------------------------------------------- the blog's POST /enqueue
