@@ -310,6 +310,52 @@ def enqueue_killed(root: Path, full: bool, channel: str = "redis") -> Figures:
         c.close()
 
 
+def status_killed(root: Path, full: bool) -> Figures:
+    """The status function SIGKILLed twice while long-polls wait on it: reading never changes a
+    task, so the work is untouched, and a client that retries its long-poll gets the result."""
+    n = 2_000 if full else 300
+    c = Cluster.start(root)
+    try:
+        c.start_worker()
+        c.start_monitor()
+        c.enqueue(n, payload={"ms": 2}, threads=8)
+        slow = c.enqueue(16, payload={"ms": 2000}, threads=4)  # long-polls still waiting when it dies
+        waited: list[str] = []
+        cut: list[str] = []  # long-polls the kills cut off (the client reconnected)
+
+        def long_poll(task_id: str) -> None:
+            """A client's loop: wait for the result, reconnecting when the server goes away."""
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                try:
+                    url = c.functions["status"][1] + f"/tasks/{task_id}"
+                    task = httpx.get(url, params={"wait": 5}, timeout=10).json()
+                    if task["status"] in ("succeeded", "failed"):
+                        waited.append(task["status"])
+                        return
+                except (httpx.HTTPError, ValueError):
+                    cut.append(task_id)
+                    time.sleep(0.1)  # the server is restarting: a client's back-off
+            raise InvariantBroken(f"long-poll of {task_id} never got a terminal status")
+
+        pollers = [_background(lambda t=t: long_poll(t)) for t in slow]
+        for _ in range(2):
+            time.sleep(random.uniform(0.2, 0.5))
+            proc, _ = c.functions["status"]
+            c.fault("status SIGKILL")
+            proc.kill()
+            c.functions["status"] = start_function("status", c.settings, c.root)
+        for poller in pollers:
+            _join(poller, 90)
+        if waited != ["succeeded"] * len(pollers):
+            raise InvariantBroken(f"long-polls ended with {waited}")
+        if not cut:
+            raise InvariantBroken("no long-poll was waiting when the status function died: the scenario tested nothing")
+        return {**c.check(max_duplicates=0), "long_polls_answered": len(waited), "long_polls_cut": len(set(cut))}
+    finally:
+        c.close()
+
+
 def clock_skew(root: Path, full: bool) -> Figures:
     """Functions 10 min behind, workers 10 min ahead (libfaketime): scheduling uses Redis TIME,
     so delays, retries and leases are unchanged; webhook timestamps from the real clock fall
@@ -364,6 +410,7 @@ SCENARIOS: dict[str, Callable[[Path, bool], Figures]] = {
     "poison": poison,
     "enqueue_killed": enqueue_killed,
     "clock_skew": clock_skew,
+    "status_killed": status_killed,
     # the same faults with Kafka as the channel
     "kafka_kill_workers": functools.partial(kill_workers, channel="kafka"),
     "kafka_rolling_sigterm": functools.partial(rolling_sigterm, channel="kafka"),
