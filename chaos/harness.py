@@ -21,7 +21,7 @@ import redis
 from local.embedded import EmbeddedKafka, EmbeddedServer, free_port
 from taskbus.keys import Keys
 from taskbus.settings import Settings
-from tests.support import Proc, spawn, start_function, stop, wait_until
+from tests.support import Proc, kafka_settings, spawn, start_function, stop, wait_until
 
 TERMINAL = ("succeeded", "failed")
 
@@ -65,15 +65,12 @@ class Cluster:
         if channel == "kafka":
             broker = EmbeddedKafka(root / "kafka")
             broker.start()
-            changes = dict(
-                channel="kafka",
-                kafka_bootstrap_servers=broker.bootstrap,
+            changes = kafka_settings(
+                broker,
                 kafka_partitions=6,
-                kafka_replication_factor=1,
-                kafka_session_timeout_ms=3000,
+                kafka_produce_timeout_s=5.0,
                 kafka_outbox_age_s=6.0,
                 kafka_max_poll_interval_ms=8000,
-                kafka_fetch_wait_ms=10,
                 **changes,
             )
         base = dict(
@@ -375,7 +372,6 @@ class Cluster:
 
 def task_key(settings: Settings, task_id: str) -> str:
     return Keys(settings.key_prefix).task(task_id)
-
 
 
 def _backwards(seq: list[str]) -> bool:

@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -19,10 +20,25 @@ def binary() -> str:
     return str(get_binary_path())
 
 
-def _die_with_parent() -> None:
-    """In the child: SIGKILL when the process that started the server dies, however it dies, so
-    a killed test or bench run leaves no server behind."""
+def die_with_parent() -> None:
+    """`preexec_fn` for every process a test, bench or chaos run starts: SIGKILL the child when
+    the process that started it dies, however it dies, so a killed run leaves nothing behind."""
     ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+def _start(argv: list[str], log_path: Path, answers: Callable[[], bool], timeout_s: float) -> subprocess.Popen[bytes]:
+    """Start a server logging to `log_path` and wait until `answers()`; fail loudly otherwise."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as log:
+        process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, preexec_fn=die_with_parent)
+    deadline = time.monotonic() + timeout_s
+    while not answers():
+        if process.poll() is not None:
+            raise RuntimeError(f"{Path(argv[0]).name} exited with {process.returncode}; see {log_path}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{Path(argv[0]).name} did not answer within {timeout_s} s; see {log_path}")
+        time.sleep(0.02)  # waiting for an external process to bind; nothing to block on
+    return process
 
 
 def free_port() -> int:
@@ -64,19 +80,7 @@ class EmbeddedServer:
         ]
 
     def start(self, timeout_s: float = 10.0) -> None:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        log = open(self.data_dir / "server.log", "ab")
-        self.process = subprocess.Popen(self.argv(), stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
-        log.close()
-        deadline = time.monotonic() + timeout_s
-        while not self._answers():
-            if self.process.poll() is not None:
-                raise RuntimeError(
-                    f"valkey-server exited with {self.process.returncode}; see {self.data_dir}/server.log"
-                )
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"valkey-server did not answer on port {self.port} within {timeout_s} s")
-            time.sleep(0.02)  # waiting for an external process to bind; nothing to block on
+        self.process = _start(self.argv(), self.data_dir / "server.log", self._answers, timeout_s)
 
     def _answers(self) -> bool:
         try:
@@ -126,17 +130,7 @@ class EmbeddedKafka:
         ]
 
     def start(self, timeout_s: float = 20.0) -> None:
-        self.log_dir.mkdir(parents=True, exist_ok=True)
-        log = open(self.log_dir / "kafka.log", "ab")
-        self.process = subprocess.Popen(self.argv(), stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
-        log.close()
-        deadline = time.monotonic() + timeout_s
-        while not self._answers():
-            if self.process.poll() is not None:
-                raise RuntimeError(f"tansu exited with {self.process.returncode}; see {self.log_dir}/kafka.log")
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"tansu did not accept connections on port {self.port} within {timeout_s} s")
-            time.sleep(0.05)  # waiting for an external process to bind; nothing to block on
+        self.process = _start(self.argv(), self.log_dir / "kafka.log", self._answers, timeout_s)
 
     def _answers(self) -> bool:
         try:

@@ -119,10 +119,23 @@ class Channel:
         verdicts = self.scripts.start(keys=keys, args=args, client=self.client)
         return list(zip(deliveries, verdicts))
 
-    def finish(self, queue: str, outcomes: list[tuple[Job, str, bytes, int]]) -> list[str | None]:
+    def finish(self, queue: str, outcomes: list[tuple[Job, str, bytes, int]], acks: bool = True) -> list[str | None]:
         """Write a batch of (job, outcome, body, retry delay ms) in one script call; returns per
-        job the status written, or None where this worker's lease was lost (fenced off)."""
-        return finish_batch(self.scripts, self.client, self.settings, self.consumer, queue, outcomes, acks=True)
+        job the status written, or None where this worker's lease was lost (fenced off).
+        `acks`: also XACK and XDEL each job's stream entry (the Kafka channel commits offsets instead)."""
+        keys = [self.keys.stream(queue), self.keys.delayed(queue), self.keys.dead(queue)]
+        args: list[Any] = [
+            self.group,
+            self.consumer,
+            self.settings.result_ttl_s,
+            self.settings.pending_ttl_s,
+            DEAD_MAXLEN,
+        ]
+        for job, outcome, body, delay_ms in outcomes:
+            keys += [self.keys.task(job.task_id), self.keys.events(job.task_id)]
+            args += [job.entry if acks else "", job.task_id, job.attempt, outcome, body, delay_ms]
+        written = self.scripts.finish(keys=keys, args=args, client=self.client)
+        return [status or None for status in written]
 
     def heartbeat(self, queue: str, jobs: list[Job]) -> list[str]:
         """Renew leases; returns entries this consumer lost."""
@@ -153,14 +166,18 @@ class Channel:
 
     def promote_due(self, queue: str, limit: int = 500) -> int:
         """Move due delayed tasks to the stream; returns ms until the next one is due (-1: none)."""
+        return self.promote(queue, limit, "stream")[1]
+
+    def promote(self, queue: str, limit: int, into: str) -> tuple[list[str], int]:
+        """Move due delayed tasks into the stream or (Kafka) the outbox; returns the ids moved and
+        ms until the next one is due (0: more are due now, -1: none)."""
         due, wait_ms = self.scripts.due(keys=[self.keys.delayed(queue)], args=[limit], client=self.client)
-        if due:
-            keys = [self.keys.delayed(queue), self.keys.stream(queue)]
-            keys += [self.keys.task(task_id) for task_id in due]
-            self.scripts.promote(keys=keys, args=["stream", *due], client=self.client)
-            if len(due) == limit:
-                return 0
-        return int(wait_ms)
+        if not due:
+            return [], int(wait_ms)
+        target = self.keys.stream(queue) if into == "stream" else self.keys.outbox(queue)
+        keys = [self.keys.delayed(queue), target, *(self.keys.task(task_id) for task_id in due)]
+        moved = self.scripts.promote(keys=keys, args=[into, *due], client=self.client)
+        return moved, 0 if len(due) == limit else int(wait_ms)
 
     def at_capacity(self) -> None:
         """Every slot is busy: nothing to do (a Redis consumer needs no polling to stay alive)."""
@@ -175,27 +192,6 @@ class Channel:
             args=[self.group, self.consumer, d.entry, error, codec.dumps(d.fields), DEAD_MAXLEN],
             client=self.client,
         )
-
-
-def finish_batch(
-    scripts: Scripts,
-    client: redis.Redis,
-    settings: Settings,
-    consumer: str,
-    queue: str,
-    outcomes: list[tuple[Job, str, bytes, int]],
-    acks: bool,
-) -> list[str | None]:
-    """The fenced `finish` script for a batch, shared by both channels; `acks`: also XACK and
-    XDEL each job's stream entry (Redis Streams; Kafka commits offsets instead)."""
-    keys = Keys(settings.key_prefix)
-    call_keys = [keys.stream(queue), keys.delayed(queue), keys.dead(queue)]
-    args: list[Any] = [settings.consumer_group, consumer, settings.result_ttl_s, settings.pending_ttl_s, DEAD_MAXLEN]
-    for job, outcome, body, delay_ms in outcomes:
-        call_keys += [keys.task(job.task_id), keys.events(job.task_id)]
-        args += [job.entry if acks else "", job.task_id, job.attempt, outcome, body, delay_ms]
-    written = scripts.finish(keys=call_keys, args=args, client=client)
-    return [status or None for status in written]
 
 
 def _delivery(queue: str, entry: str, fields: dict[str, str]) -> Delivery:

@@ -8,7 +8,9 @@ Kafka carries one small record per publication, `{"id": <task id>}` keyed by the
 from __future__ import annotations
 
 import logging
+import queue
 import threading
+import time
 from typing import Any
 
 from taskbus import codec
@@ -116,33 +118,30 @@ class Publisher:
         """Produce (topic, key, value) records and wait for all their acknowledgements."""
         if not records:
             return
-        done = threading.Event()
-        pending = [len(records)]
+        acks: queue.SimpleQueue[str | None] = queue.SimpleQueue()  # one per record the producer took
         errors: list[str] = []
-        lock = threading.Lock()
-
-        def delivered(err: Any, _msg: Any) -> None:
-            with lock:
-                if err is not None:
-                    errors.append(err.str())
-                pending[0] -= 1
-                if pending[0] == 0:
-                    done.set()
-
         produced = 0
         producer = self.producer
         try:
             for name, key, value in records:
-                producer.produce(name, value=value, key=key.encode(), on_delivery=delivered)
+                producer.produce(
+                    name,
+                    value=value,
+                    key=key.encode(),
+                    on_delivery=lambda err, _: acks.put(None if err is None else err.str()),
+                )
                 produced += 1
-        except (BufferError, Exception) as exc:  # noqa: BLE001 - any refusal is "not published"
-            with lock:
-                errors.append(f"{type(exc).__name__}: {exc}")
-                pending[0] -= len(records) - produced
-                if pending[0] == 0:
-                    done.set()
-        if not done.wait(self.timeout_s + 1):
-            errors.append("no acknowledgement in time")
+        except Exception as exc:  # noqa: BLE001 - any refusal (BufferError, KafkaException) is "not published"
+            errors.append(f"{type(exc).__name__}: {exc}")
+        deadline = time.monotonic() + self.timeout_s + 1
+        for _ in range(produced):
+            try:
+                error = acks.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                errors.append("no acknowledgement in time")
+                break
+            if error:
+                errors.append(error)
         if errors:
             self._renew(producer)
             raise Unavailable(f"Kafka did not acknowledge the task record: {errors[0]}")

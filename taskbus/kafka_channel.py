@@ -23,11 +23,10 @@ from collections import defaultdict
 from typing import Any
 
 from taskbus import codec, kafka
-from taskbus.channel import DEAD_MAXLEN, Delivery, Job, finish_batch
+from taskbus.channel import DEAD_MAXLEN, Channel, Delivery, Job
 from taskbus.errors import Unavailable
-from taskbus.keys import Keys
 from taskbus.settings import Settings
-from taskbus.store import REDIS_ERRORS, Scripts, connect
+from taskbus.store import REDIS_ERRORS
 from taskbus.task import queue_of
 
 log = logging.getLogger(__name__)
@@ -41,10 +40,9 @@ class KafkaChannel:
     def __init__(self, settings: Settings, consumer: str) -> None:
         self.settings = settings
         self.consumer = consumer
-        self.keys = Keys(settings.key_prefix)
-        self.client = connect(settings, max_connections=settings.concurrency + 8)
-        self.scripts = Scripts(self.client)
-        self.lease_ms = int(settings.lease_s * 1000)
+        self.redis = Channel(settings, consumer)  # the task-state side: fenced finish, delay schedule
+        self.keys, self.client, self.scripts = self.redis.keys, self.redis.client, self.redis.scripts
+        self.lease_ms = self.redis.lease_ms
         self.publisher = kafka.Publisher(settings)
         self.consumers: dict[str, Any] = {}  # queue -> confluent_kafka.Consumer
         self._queue_of_topic = {kafka.topic(settings, q): q for q in settings.queues}
@@ -64,7 +62,7 @@ class KafkaChannel:
         records published before any worker ran are read)."""
         from confluent_kafka import Consumer
 
-        kafka.ensure_topics(self.settings, self.settings.queues)
+        self.publisher.ensure(list(self.settings.queues))
         for queue in self.settings.queues:
             if queue in self.consumers:
                 continue
@@ -180,7 +178,7 @@ class KafkaChannel:
         return out
 
     def finish(self, queue: str, outcomes: list[tuple[Job, str, bytes, int]]) -> list[str | None]:
-        written = finish_batch(self.scripts, self.client, self.settings, self.consumer, queue, outcomes, acks=False)
+        written = self.redis.finish(queue, outcomes, acks=False)
         failed = [
             (job.task_id, {"type": job.type, "attempts": job.attempt, "error": _json(body)})
             for (job, _, body, _), status in zip(outcomes, written)
@@ -213,10 +211,8 @@ class KafkaChannel:
     def promote_due(self, queue: str, limit: int = 500) -> int:
         """Publish due delayed tasks (through the outbox), and every few seconds re-publish old
         outbox entries; returns ms until the next delayed task is due (-1: none)."""
-        due, wait_ms = self.scripts.due(keys=[self.keys.delayed(queue)], args=[limit], client=self.client)
-        if due:
-            keys = [self.keys.delayed(queue), self.keys.outbox(queue), *(self.keys.task(t) for t in due)]
-            self._publish(queue, self.scripts.promote(keys=keys, args=["outbox", *due], client=self.client))
+        moved, wait_ms = self.redis.promote(queue, limit, "outbox")
+        self._publish(queue, moved)
         if time.monotonic() >= self._next_sweep:
             self._next_sweep = time.monotonic() + SWEEP_EVERY_S
             age_ms = int(self.settings.kafka_outbox_age_s * 1000)
@@ -229,7 +225,7 @@ class KafkaChannel:
                         "re-publishing tasks left unpublished", extra={"fields": {"queue": queue, "tasks": len(again)}}
                     )
                 self._publish(queue, again)
-        return 0 if len(due) == limit else int(wait_ms)
+        return wait_ms
 
     def _publish(self, queue: str, task_ids: list[str]) -> None:
         if task_ids:
@@ -323,6 +319,7 @@ class KafkaChannel:
             consumer.close()
         self.consumers.clear()
         self.publisher.close()
+        self.redis.close()
 
 
 def _delivery(queue: str, message: Any) -> Delivery:

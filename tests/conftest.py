@@ -17,7 +17,7 @@ import redis
 
 from local.embedded import EmbeddedKafka, EmbeddedServer, free_port
 from taskbus.settings import Settings
-from tests.support import Proc, spawn, start_function, stop
+from tests.support import Proc, kafka_settings, spawn, start_function, stop
 
 FAST = dict(lease_s=2.0, block_ms=200, backoff_base_s=0.05, backoff_max_s=0.2, grace_s=5.0,
             concurrency=4, handlers="tests.handlers")
@@ -44,13 +44,6 @@ def kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedKafka]:
     broker.start()
     yield broker
     broker.kill()
-
-
-def kafka_settings(broker: EmbeddedKafka) -> dict[str, object]:
-    """CHANNEL=kafka against `broker`. Each test's queue is its own topic and consumer group."""
-    return dict(channel="kafka", kafka_bootstrap_servers=broker.bootstrap, kafka_partitions=2,
-                kafka_replication_factor=1, kafka_session_timeout_ms=3000, kafka_fetch_wait_ms=10, kafka_produce_timeout_s=2.0,
-                kafka_outbox_age_s=3.0)
 
 
 @pytest.fixture

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ctypes
 import dataclasses
 import os
 import signal
@@ -15,6 +14,7 @@ from typing import Any
 import httpx
 
 from local.commands import argv
+from local.embedded import EmbeddedKafka, die_with_parent
 from taskbus.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -31,6 +31,14 @@ def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, interval: fl
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {message}")
         time.sleep(interval)
+
+
+def kafka_settings(broker: EmbeddedKafka, **changes: object) -> dict[str, object]:
+    """Settings changes for CHANNEL=kafka against `broker`, quick to react for tests (a 3 s
+    session, a 10 ms fetch wait). Each test's queue is its own topic and consumer group."""
+    return dict(channel="kafka", kafka_bootstrap_servers=broker.bootstrap, kafka_partitions=2,
+                kafka_replication_factor=1, kafka_session_timeout_ms=3000, kafka_fetch_wait_ms=10,
+                kafka_produce_timeout_s=2.0, kafka_outbox_age_s=3.0) | changes
 
 
 def env_of(settings: Settings, **extra: str) -> dict[str, str]:
@@ -75,15 +83,11 @@ def spawn(name: str, settings: Settings, log_dir: Path, wrapper: tuple[str, ...]
     """Start service `name`; `wrapper` prefixes its command line (e.g. `faketime +600s`)."""
     log = log_dir / f"{name}-{time.monotonic_ns()}.log"
     with open(log, "wb") as out:
-        popen = subprocess.Popen([*wrapper, *argv(name, settings)], cwd=ROOT, preexec_fn=_die_with_parent, env=env_of(settings, **extra_env),
+        popen = subprocess.Popen([*wrapper, *argv(name, settings)], cwd=ROOT, preexec_fn=die_with_parent, env=env_of(settings, **extra_env),
                                  stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     return Proc(name, popen, log)
 
 
-def _die_with_parent() -> None:
-    """In the child: get SIGKILL when the test process dies, however it dies (no orphans)."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
 def start_function(name: str, settings: Settings, log_dir: Path, wrapper: tuple[str, ...] = (),

@@ -22,8 +22,7 @@ from taskbus.errors import ConfigError
 from taskbus.keys import Keys
 from taskbus.settings import Settings
 from taskbus.store import Scripts
-from tests.conftest import kafka_settings
-from tests.support import start_function, stop, wait_until
+from tests.support import kafka_settings, start_function, stop, wait_until
 from tests.test_worker_e2e import enqueue, executions, finished, status
 
 
@@ -86,7 +85,7 @@ def own_broker(tmp_path: Path) -> Iterator[EmbeddedKafka]:
 
 def test_broker_down_is_a_503_and_leaves_no_task_behind(own_broker, base_settings, queue, r, tmp_path):
     settings = dataclasses.replace(
-        base_settings, enqueue_port=free_port(), **{**kafka_settings(own_broker), "kafka_produce_timeout_s": 1.0}
+        base_settings, enqueue_port=free_port(), **kafka_settings(own_broker, kafka_produce_timeout_s=1.0)
     )
     proc, url = start_function("enqueue", settings, tmp_path)
     try:
@@ -214,7 +213,7 @@ def test_work_resumes_after_the_broker_restarts_empty(own_broker, settings, work
     enqueues must re-create them (503 while the broker is down, never a hang) and the running
     worker must find them again."""
     settings = dataclasses.replace(settings, enqueue_port=free_port(), status_port=free_port(),
-                                   **{**kafka_settings(own_broker), "kafka_produce_timeout_s": 1.0})
+                                   **kafka_settings(own_broker, kafka_produce_timeout_s=1.0))
     enqueue_fn, enqueue_url = start_function("enqueue", settings, tmp_path)
     status_fn, status_url = start_function("status", settings, tmp_path)
     functions = {"enqueue": enqueue_url, "status": status_url}
