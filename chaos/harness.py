@@ -174,7 +174,11 @@ class Cluster:
         tolerate_errors: bool = False,
         delay_s: float = 0,
     ) -> list[str]:
-        """POST n tasks over HTTP from `threads` clients; every 202 goes into the oracle."""
+        """POST until n tasks are acknowledged, from `threads` clients; every 202 goes into the oracle.
+
+        With `tolerate_errors` a client behaves like a real one under a fault: a refused or cut
+        request, or a 503, is retried after a short back-off, so the load outlives the fault
+        instead of burning its requests against a restarting server."""
         url = self.functions["enqueue"][1] + "/tasks"
         body = {
             "type": type_,
@@ -184,23 +188,29 @@ class Cluster:
             "delay_s": delay_s,
         }
         ids: list[str] = []
+        deadline = time.monotonic() + 120
 
         def post(count: int) -> list[str]:
-            got = []
+            got: list[str] = []
             with httpx.Client(timeout=10) as http:
-                for _ in range(count):
+                while len(got) < count:
+                    if time.monotonic() > deadline:
+                        raise InvariantBroken(f"enqueue acknowledged {len(got)} of {count} within 120 s")
                     try:
                         reply = http.post(url, json=body)
                     except httpx.HTTPError:
-                        if tolerate_errors:
-                            continue
-                        raise
+                        if not tolerate_errors:
+                            raise
+                        time.sleep(0.05)  # the server is restarting: a client's back-off
+                        continue
                     if reply.status_code == 202:
                         task_id = reply.json()["id"]
                         with self._lock:
                             self.acked.add(task_id)
                         got.append(task_id)
-                    elif not tolerate_errors:
+                    elif tolerate_errors and reply.status_code == 503:
+                        time.sleep(0.05)
+                    else:
                         raise InvariantBroken(f"enqueue answered {reply.status_code}: {reply.text[:200]}")
             return got
 
