@@ -27,7 +27,7 @@ def argv(name: str, settings: Settings) -> list[str]:
         "--bind",
         f"{settings.host}:{port}",
         "--worker-class",
-        "local.gunicorn_worker.JsonErrorWorker",  # gthread, with JSON instead of gunicorn's HTML errors
+        "gthread",
         "--workers",
         str(settings.web_workers or os.cpu_count() or 1),
         "--threads",

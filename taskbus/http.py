@@ -7,12 +7,15 @@ shape reaches the framework's 500 handler.
 from __future__ import annotations
 
 import hmac
+import json
 import logging
+import socket
 import time
 from collections.abc import Callable
 from typing import Any
 
 import flask
+import gunicorn.util
 import werkzeug.exceptions
 from werkzeug.routing import Map, Rule
 
@@ -181,14 +184,45 @@ def _skip_unread_body(request: flask.Request, settings: Settings) -> None:
 
 
 def install(app: flask.Flask) -> None:
-    """Answer the framework's own errors (its `/robots.txt` and `/favicon.ico` 404s) in JSON too.
-    Call from a function module while functions-framework loads it (inside the app context)."""
+    """Answer in JSON the errors the function never sees. Call from a function module while
+    functions-framework loads it (inside the app context), under any launcher: gunicorn with
+    `create_app`, or the plain `functions-framework` CLI, which runs gunicorn in-process.
+
+    - the framework's own 404s (its `/robots.txt` and `/favicon.ico`);
+    - the requests gunicorn refuses itself (request line over its limit, headers too large, a
+      malformed request line or header): gunicorn writes these with `util.write_error`, looked
+      up at call time, so replacing it in this process (one function per process) is enough.
+    """
 
     def framework_error(exc: werkzeug.exceptions.HTTPException) -> flask.Response:
         code = exc.code or 500
         return error_response(code, "not_found" if code == 404 else "error", exc.description or "")
 
     app.register_error_handler(werkzeug.exceptions.HTTPException, framework_error)
+    gunicorn.util.write_error = write_gunicorn_error
+
+
+GUNICORN_CODES = {
+    400: "bad_request",
+    403: "forbidden",
+    414: "uri_too_long",
+    417: "expectation_failed",
+    431: "headers_too_large",
+    500: "internal_error",
+    501: "not_implemented",
+}
+
+
+def write_gunicorn_error(sock: socket.socket, status_int: int, reason: str, mesg: str) -> None:
+    """Drop-in for `gunicorn.util.write_error`. The message may quote the client's input: it
+    is JSON-escaped (ASCII only) and cut short."""
+    error = {"code": GUNICORN_CODES.get(status_int, "error"), "message": (mesg or reason)[:300]}
+    body = json.dumps({"error": error}).encode()
+    head = (
+        f"HTTP/1.1 {status_int} {reason}\r\nConnection: close\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    )
+    gunicorn.util.write_nonblock(sock, head.encode("latin-1") + body)
 
 
 def status_url(settings: Settings, task_id: str) -> str:

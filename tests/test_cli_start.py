@@ -1,0 +1,97 @@
+"""Each function started alone the way the README and a new user start it: the plain
+`python -m functions_framework --source functions/<name>/main.py --target <name>` CLI and
+`python -m worker_fn`, from the repository root, configured by nothing but environment
+variables (no gunicorn command line of ours, no test handlers)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from local.embedded import EmbeddedServer, die_with_parent, free_port
+from tests.support import ROOT, Proc, stop, wait_until
+
+
+def _start(args: list[str], env: dict[str, str], log: Path) -> Proc:
+    with open(log, "wb") as out:
+        popen = subprocess.Popen([sys.executable, *args], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                 preexec_fn=die_with_parent, start_new_session=True)
+    return Proc(log.stem, popen, log)
+
+
+@pytest.fixture(scope="module")
+def stack(server: EmbeddedServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """enqueue, status and one worker, each as its own CLI process on the session's Valkey."""
+    logs = tmp_path_factory.mktemp("cli")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("FUNCTION_", "PYTEST_", "REDIS", "KEY_PREFIX"))}
+    env.update(PYTHONPATH=".", REDIS_URL=server.url, KEY_PREFIX=f"cli-{uuid.uuid4().hex[:8]}")
+    urls: dict[str, str] = {}
+    procs = []
+    for name in ("enqueue", "status"):
+        port = free_port()
+        source = f"functions/{name}/main.py"
+        procs.append(_start(["-m", "functions_framework", "--source", source, "--target", name, "--port", str(port)],
+                            env, logs / f"{name}.log"))
+        urls[name] = f"http://127.0.0.1:{port}"
+    procs.append(_start(["-m", "worker_fn"], env, logs / "worker.log"))
+
+    def up(name: str) -> bool:
+        for proc in procs:
+            if proc.popen.poll() is not None:
+                raise AssertionError(f"{proc.name} exited early:\n{proc.output()}")
+        try:
+            return httpx.get(urls[name] + "/healthz", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    try:
+        for name in urls:
+            wait_until(lambda n=name: up(n), timeout=30, message=f"{name} /healthz under the CLI")
+        yield urls
+    finally:
+        for proc in procs:
+            stop(proc)
+
+
+def test_a_task_enqueued_through_the_cli_functions_runs_on_the_worker(stack: dict[str, str]) -> None:
+    with httpx.Client(timeout=30) as http:
+        reply = http.post(stack["enqueue"] + "/tasks", json={"type": "echo", "payload": {"n": 7}})
+        assert reply.status_code == 202, reply.text
+        task_id = reply.json()["id"]
+        done = http.get(stack["status"] + f"/tasks/{task_id}", params={"wait": 20}).json()
+        assert done["status"] == "succeeded"
+        assert done["result"] == {"n": 7}
+
+
+def test_the_blog_routes_work_under_the_cli(stack: dict[str, str]) -> None:
+    with httpx.Client(timeout=30) as http:
+        reply = http.post(stack["enqueue"] + "/enqueue/", json={"hello": "world"})
+        assert reply.status_code == 202, reply.text
+        assert reply.json()["message"] == "Task published"
+        task = http.get(stack["status"] + f"/task/{reply.json()['task_id']}", params={"wait": 20}).json()
+        assert (task["status"], task["result"]) == ("succeeded", {"hello": "world"})
+
+
+@pytest.mark.parametrize("name", ["enqueue", "status"])
+def test_gunicorn_refusals_under_the_cli_are_json(stack: dict[str, str], name: str) -> None:
+    """The CLI runs its own gunicorn: its refusals of oversized or malformed headers still
+    come back in the JSON error shape."""
+    with httpx.Client(timeout=10) as http:
+        for headers, status, code in [
+            ({"X-Big": "b" * 9000}, 431, "headers_too_large"),
+            ({f"X-H{i}": "v" for i in range(120)}, 431, "headers_too_large"),
+        ]:
+            reply = http.get(stack[name] + "/healthz", headers=headers)
+            assert reply.status_code == status
+            assert reply.headers["content-type"] == "application/json"
+            assert reply.json()["error"]["code"] == code
+        reply = http.get(stack[name] + "/no/such/path")
+        assert reply.status_code == 404
+        assert reply.json()["error"]["code"] == "not_found"
