@@ -278,6 +278,7 @@ class Cluster:
     def wait_all_terminal(self, timeout: float) -> float:
         """Seconds from the last fault until every acked task is terminal and the backlog is 0."""
         client = self.r
+        left: dict[str, Any] = {}  # what was still unfinished at the last look, for the failure
 
         def done() -> bool:
             with self._lock:
@@ -287,11 +288,17 @@ class Cluster:
                 pipe.hget(task_key(self.settings, task_id), "status")
             try:
                 statuses = pipe.execute()
-                return all(s in TERMINAL for s in statuses) and self.backlog() == (0, 0)
-            except redis.RedisError:
+                waiting = {t: s for t, s in zip(ids, statuses) if s not in TERMINAL}
+                left.update(statuses=Counter(waiting.values()), sample=sorted(waiting)[:3], backlog=self.backlog())
+                return not waiting and left["backlog"] == (0, 0)
+            except redis.RedisError as exc:
+                left["error"] = repr(exc)
                 return False
 
-        wait_until(done, timeout=timeout, interval=0.1, message="every acknowledged task terminal, backlog 0")
+        try:
+            wait_until(done, timeout=timeout, interval=0.1, message="every acknowledged task terminal, backlog 0")
+        except AssertionError as exc:
+            raise InvariantBroken(f"{exc}; still unfinished: {left}") from None
         last_fault = max((t for t, _ in self.faults), default=time.monotonic())
         return max(0.0, time.monotonic() - last_fault)
 
