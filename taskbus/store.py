@@ -140,10 +140,10 @@ class Store:
                 ]
             calls.append((keys, args))
         with unavailable_on_redis_errors():
-            if len(calls) == 1:
+            if len(calls) == 1 and not self.settings.enqueue_fsync:
                 replies = [self.scripts.enqueue(keys=calls[0][0], args=calls[0][1], client=self.client)]
             else:
-                replies = self._evalsha_many(self.scripts.enqueue, calls)
+                replies = self._evalsha_many(self.scripts.enqueue, calls, fsync=self.settings.enqueue_fsync)
             results: list[tuple[str, str, bool]] = [("", "", False)] * len(items)
             for indexes, reply in zip(by_queue.values(), replies):
                 for index, (found, created, status) in zip(indexes, reply):
@@ -190,19 +190,32 @@ class Store:
         with contextlib.suppress(*REDIS_ERRORS):  # else the sweep drops them: they are not queued by then
             pipe.execute()
 
-    def _evalsha_many(self, script: Any, calls: list[tuple[list[str], list[Any]]]) -> list[Any]:
+    def _evalsha_many(self, script: Any, calls: list[tuple[list[str], list[Any]]], fsync: bool = False) -> list[Any]:
         """Pipelined EVALSHA calls in one round trip. (redis-py's pipelined Script objects add a
-        SCRIPT EXISTS round trip to every execute; here the script is loaded only when missing.)"""
+        SCRIPT EXISTS round trip to every execute; here the script is loaded only when missing.)
+        `fsync`: end the pipeline with WAITAOF, which must follow the writes on their connection,
+        and return only once Redis has fsynced them to its append-only file."""
+        wait_ms = int(self.settings.redis_socket_timeout_s * 750)  # an answer before the socket times out
         for attempt in (1, 2):
             pipe = self.client.pipeline(transaction=False)
             for keys, args in calls:
                 pipe.evalsha(script.sha, len(keys), *keys, *args)
+            if fsync:
+                pipe.execute_command("WAITAOF", 1, 0, wait_ms)
             try:
-                return list(pipe.execute())
+                replies = list(pipe.execute())
             except redis.exceptions.NoScriptError:
                 if attempt == 2:
                     raise
                 self.client.script_load(script.script)  # after a Redis restart or SCRIPT FLUSH
+                continue
+            except redis.ResponseError as exc:
+                raise _no_aof(exc) from exc
+            if not fsync:
+                return replies
+            if replies[-1][0] < 1:  # recorded, but not known to be on disk: ambiguous, like a timeout
+                raise Unavailable(f"Redis did not fsync the task within {wait_ms} ms")
+            return replies[:-1]
         raise AssertionError("unreachable")
 
     def get(self, task_id: str) -> dict[str, str] | None:
@@ -248,9 +261,22 @@ class Store:
             self.publisher.ping()
         with unavailable_on_redis_errors():
             flags = self.client.mget([self.keys.data_lost(q) for q in self.settings.queues])
+            if channel and self.settings.enqueue_fsync:
+                try:  # a fresh connection has written nothing: answers at once, or says AOF is off
+                    self.client.execute_command("WAITAOF", 1, 0, 1)
+                except redis.ResponseError as exc:
+                    raise _no_aof(exc) from exc
         lost = [q for q, flag in zip(self.settings.queues, flags) if flag]
         if lost:
             raise DataLost(
                 f"Redis lost the stream or consumer group of queue(s) {', '.join(lost)} "
                 "(restarted without persistence?); tasks queued before were lost"
             )
+
+
+def _no_aof(exc: redis.ResponseError) -> Exception:
+    """WAITAOF's refusal on a Redis without an append-only file: a deployment error, said loudly."""
+    if "appendonly" not in str(exc):
+        return exc
+    log.error("ENQUEUE_FSYNC is set but Redis runs without appendonly: every enqueue is refused")
+    return Unavailable("ENQUEUE_FSYNC is set but Redis has no append-only file")
