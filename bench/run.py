@@ -1,5 +1,5 @@
 """`make bench` — python -m bench.run [--quick] [--rounds R] [--n N]
-[--only drain,enqueue,latency,peers,kafka,memory]
+[--only drain,enqueue,latency,peers,kafka,fsync,memory]
 
 Starts its own Valkey server, taskbus functions/workers and peer queues on free loopback
 ports, measures drain, enqueue and latency over several rounds (round-robin, so drift hits
@@ -55,6 +55,7 @@ RESULTS = ROOT / "bench" / "results"
 HTTP_LEVELS = (1, 4, 16, 64)
 POLL_S = 0.01  # counter poll: each GET costs Redis ~30 µs on this VM, so not faster
 MEMORY_BATCH = 1000  # tasks per Store.enqueue_many call in the memory section
+FSYNC_SAMPLE, FSYNC_CLIENTS = 50, 32  # the fsync section: one-at-a-time enqueues per round, then threads
 BODY = json.dumps({"type": "echo", "payload": {"n": 1}, "queue": QUEUE}, separators=(",", ":"))
 # taskbus on Kafka (the `kafka` rows): the embedded broker is a single in-memory node, so
 # replication 1; a short session timeout because tansu's group join waits about half of it.
@@ -930,6 +931,45 @@ class Bench:
             conn.close()
         return out
 
+    # -- 4b. enqueue durability (ENQUEUE_FSYNC) --------------------------------------------
+
+    def run_fsync(self) -> None:
+        """What a durable 202 costs: Store.enqueue on a Valkey of its own with an append-only
+        file, without ENQUEUE_FSYNC, with it under `appendfsync everysec` (each enqueue waits
+        for the next fsync), and with it under `appendfsync always`; one client at a time
+        (latency), then FSYNC_CLIENTS threads (clients share each fsync)."""
+        server = EmbeddedServer(self.run_dir / "valkey-fsync", appendonly=True)
+        server.start()
+        admin = redis.Redis.from_url(server.url)
+        spec = TaskSpec(type="echo", payload={"n": 1}, queue=QUEUE)
+        modes = [("off", "everysec", False), ("everysec", "everysec", True), ("always", "always", True)]
+        try:
+            for rnd in range(self.cfg.rounds):
+                for name, appendfsync, fsync in modes:
+                    admin.config_set("appendfsync", appendfsync)
+                    store = Store(self.settings(redis_url=server.url, enqueue_fsync=fsync))
+                    store.enqueue(spec)  # connect, load the script
+                    lat = []
+                    for _ in range(FSYNC_SAMPLE):
+                        t = time.perf_counter()
+                        store.enqueue(spec)
+                        lat.append((time.perf_counter() - t) * 1000)
+                    self.m.add(f"fsync/{name}/p50", pct(lat, 50), "ms")
+                    self.m.add(f"fsync/{name}/p99", pct(lat, 99), "ms")
+                    per_client = FSYNC_SAMPLE * 2
+                    with concurrent.futures.ThreadPoolExecutor(FSYNC_CLIENTS) as pool:
+                        t = time.perf_counter()
+                        list(pool.map(lambda _: [store.enqueue(spec) for _ in range(per_client)], range(FSYNC_CLIENTS)))
+                        elapsed = time.perf_counter() - t
+                    self.m.add(f"fsync/{name}/c{FSYNC_CLIENTS}", FSYNC_CLIENTS * per_client / elapsed, "tasks/s")
+                    print(f"  fsync round {rnd + 1}: {name}: p50 {pct(lat, 50):.2f} ms, "
+                          f"{FSYNC_CLIENTS} clients {FSYNC_CLIENTS * per_client / elapsed:,.0f} tasks/s", flush=True)
+                    store.client.close()
+                    admin.flushall()
+        finally:
+            admin.close()
+            server.stop()
+
     # -- 5. memory -------------------------------------------------------------------------
 
     def run_memory(self) -> None:
@@ -1210,6 +1250,8 @@ def table(result: dict[str, Any]) -> str:
         enqueue_table(w, s, cfg)
     if any(k.startswith("latency/") for k in s):
         latency_table(w, s, cfg)
+    if any(k.startswith("fsync/") for k in s):
+        fsync_table(w, s)
     if any(k.startswith("memory/") for k in s):
         memory_table(w, s)
     # targets
@@ -1389,6 +1431,24 @@ def latency_table(w: Callable[[str], None], s: dict[str, Any], cfg: dict[str, An
             w(f"{label:<58} {p50:>16} {p99:>16} {top:>16}{vs}")
 
 
+def fsync_table(w: Callable[[str], None], s: dict[str, Any]) -> None:
+    w("")
+    w(f"4b. ENQUEUE_FSYNC  Store.enqueue on a Valkey with an append-only file: {FSYNC_SAMPLE} one at a time "
+      f"(latency), then {FSYNC_CLIENTS} threads (throughput); ratios against no fsync wait, same run")
+    hdr = f"{'mode':<44} {'p50 ms':>22} {'p99 ms':>22} {f'c{FSYNC_CLIENTS} tasks/s':>22} {'÷ off':>7}"
+    w(hdr)
+    w("-" * len(hdr))
+    labels = {
+        "off": "ENQUEUE_FSYNC=false (appendfsync everysec)",
+        "everysec": "ENQUEUE_FSYNC=true, appendfsync everysec",
+        "always": "ENQUEUE_FSYNC=true, appendfsync always",
+    }
+    for name, label in labels.items():
+        tput = f"fsync/{name}/c{FSYNC_CLIENTS}"
+        w(f"{label:<44} {fmt(s, f'fsync/{name}/p50', 2):>22} {fmt(s, f'fsync/{name}/p99', 2):>22} "
+          f"{fmt(s, tput):>22} {rfmt(ratio(s, tput, f'fsync/off/c{FSYNC_CLIENTS}')):>7}")
+
+
 def memory_table(w: Callable[[str], None], s: dict[str, Any]) -> None:
     def v(key: str) -> float | None:
         return s.get(key, {}).get("median")
@@ -1477,8 +1537,8 @@ def main() -> int:
     ap.add_argument("--n", type=int, help="tasks per drain (default 20000)")
     ap.add_argument(
         "--only",
-        default="drain,enqueue,latency,peers,kafka,memory",
-        help="comma-separated sections: drain, enqueue, latency, peers, kafka, memory (kafka: taskbus on its "
+        default="drain,enqueue,latency,peers,kafka,fsync,memory",
+        help="comma-separated sections: drain, enqueue, latency, peers, kafka, fsync, memory (kafka: taskbus on its "
         "Kafka channel, in the drain section and, with latency, in the latency section)",
     )
     ap.add_argument(
@@ -1527,6 +1587,7 @@ def main() -> int:
                 ("drain", bench.run_drains),
                 ("enqueue", bench.run_enqueue),
                 ("latency", bench.run_latency),
+                ("fsync", bench.run_fsync),
                 ("memory", bench.run_memory),
             ]
             # peers and kafka rows run in the drain section even without `drain` (the Redis taskbus rows)

@@ -18,7 +18,9 @@ SCRIPT_NAMES = (
 
 
 def load_script(name: str) -> str:
-    return importlib.resources.files("taskbus").joinpath(f"lua/{name}.lua").read_text("utf-8")
+    """Script `name`, after the functions every script shares (`lua/lib.lua`)."""
+    lua = importlib.resources.files("taskbus").joinpath("lua")
+    return lua.joinpath("lib.lua").read_text("utf-8") + lua.joinpath(f"{name}.lua").read_text("utf-8")
 
 
 class Keys:

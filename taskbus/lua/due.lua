@@ -2,8 +2,7 @@
 -- KEYS[1] delayed zset (or the Kafka outbox)   ARGV[1] limit   ARGV[2] optional age ms: due only
 -- when older than this (the outbox sweep)
 -- Returns {due ids, ms until the next not-yet-due task or -1}.
-local t = redis.call('TIME')
-local now = t[1] * 1000 + math.floor(t[2] / 1000)
+local now = now_ms()
 now = now - tonumber(ARGV[2] or '0')
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[1]))
 local nxt = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. now, '+inf', 'WITHSCORES', 'LIMIT', 0, 1)

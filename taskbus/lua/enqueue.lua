@@ -7,8 +7,7 @@
 -- and 9 ARGV from ARGV[9i+2]: id, type, queue, payload JSON, max_attempts, timeout_s, delay_ms,
 --   pending TTL s, idempotency TTL s ('' when the task has no idempotency key)
 -- Returns per task {id, created (1) or replayed (0), status}; a replay returns the first task's id.
-local t = redis.call('TIME')
-local now = t[1] * 1000 + math.floor(t[2] / 1000)
+local now = now_ms()
 local outbox = ARGV[1] == 'outbox'
 local out = {}
 for i = 0, #KEYS / 4 - 1 do

@@ -8,8 +8,7 @@
 --   outcome ('succeeded' | 'retry' | 'failed'), result JSON or error JSON, retry delay ms
 -- Returns per item the status written, or false when fenced off.
 local stream, group, consumer = KEYS[1], ARGV[1], ARGV[2]
-local t = redis.call('TIME')
-local now = t[1] * 1000 + math.floor(t[2] / 1000)
+local now = now_ms()
 local out = {}
 local n = (#KEYS - 3) / 2
 for i = 1, n do
@@ -28,24 +27,18 @@ for i = 1, n do
     end
     if outcome == 'succeeded' then
       redis.call('HSET', task, 'status', 'succeeded', 'result', body, 'finished_ms', now, 'error', '')
-      redis.call('EXPIRE', task, ARGV[3])
+      terminal(task, events, 'succeeded', ARGV[3])
       out[i] = 'succeeded'
-    elseif outcome == 'retry' then
+    elseif outcome == 'retry' then  -- not announced: long-polls wait for terminal states only
       redis.call('HSET', task, 'status', 'scheduled', 'error', body)
       redis.call('ZADD', KEYS[2], now + tonumber(ARGV[a + 5]), id)
       redis.call('EXPIRE', task, ARGV[4])
       out[i] = 'scheduled'
     else
       redis.call('HSET', task, 'status', 'failed', 'error', body, 'finished_ms', now)
-      redis.call('EXPIRE', task, ARGV[3])
       redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[5], '*', 'id', id, 'type', f[4], 'attempts', f[2], 'error', body)
+      terminal(task, events, 'failed', ARGV[3])
       out[i] = 'failed'
-    end
-    if out[i] ~= 'scheduled' then
-      -- count terminal writes (an audit: the fence keeps it at 1), and wake long-polls
-      -- (sharded pub/sub: no memory kept); only terminal states are announced
-      redis.call('HINCRBY', task, 'terminal_writes', 1)
-      redis.call('SPUBLISH', events, out[i])
     end
   end
 end

@@ -2,8 +2,7 @@
 -- the consumer that started the attempt, for that attempt, while it still runs, may renew it.
 -- KEYS[i] task hash   ARGV[1] consumer  ARGV[2] lease ms  ARGV[2+i] attempt of task i
 -- Returns the positions (1-based) of tasks this consumer no longer holds.
-local t = redis.call('TIME')
-local now = t[1] * 1000 + math.floor(t[2] / 1000)
+local now = now_ms()
 local lost = {}
 for i = 1, #KEYS do
   local f = redis.call('HMGET', KEYS[i], 'status', 'attempts', 'consumer')

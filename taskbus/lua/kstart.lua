@@ -13,8 +13,7 @@
 --   {'done', status, type, attempts, error}  terminal, or owned by the delay schedule: not run
 --   {'dead', reason}  dead-lettered now: task record missing, or last attempt died with its worker
 local dead, consumer = KEYS[1], ARGV[1]
-local t = redis.call('TIME')
-local now = t[1] * 1000 + math.floor(t[2] / 1000)
+local now = now_ms()
 local out = {}
 for i = 1, (#KEYS - 1) / 2 do
   local task, events = KEYS[2 * i], KEYS[2 * i + 1]
@@ -23,21 +22,14 @@ for i = 1, (#KEYS - 1) / 2 do
     'lease_ms', 'consumer', 'error')
   local lease = tonumber(f[7] or '0') or 0
   if not f[1] then
-    local err = cjson.encode({type = 'TaskMissing', message = 'task record not found (expired, or its enqueue was refused)'})
-    redis.call('XADD', dead, 'MAXLEN', '~', ARGV[3], '*', 'id', id, 'error', err)
+    task_missing(dead, ARGV[3], id, 'expired, or its enqueue was refused')
     out[i] = {'dead', 'TaskMissing'}
   elseif f[1] ~= 'queued' and f[1] ~= 'running' then
     out[i] = {'done', f[1], f[4], f[2], f[9] or ''}
   elseif f[1] == 'running' and lease > now and not (mine == '1' and f[8] == consumer) then
     out[i] = {'busy', lease - now}
   elseif f[1] == 'running' and tonumber(f[2]) >= tonumber(f[3]) then
-    -- every attempt was started and the last one never finished: it took its worker down
-    local err = cjson.encode({type = 'WorkerLost', message = 'the worker running the last attempt died or lost its lease', traceback = cjson.null})
-    redis.call('HSET', task, 'status', 'failed', 'error', err, 'finished_ms', now)
-    redis.call('EXPIRE', task, ARGV[2])
-    redis.call('XADD', dead, 'MAXLEN', '~', ARGV[3], '*', 'id', id, 'type', f[4], 'attempts', f[2], 'error', err)
-    redis.call('HINCRBY', task, 'terminal_writes', 1)
-    redis.call('SPUBLISH', events, 'failed')
+    local err = worker_lost(task, events, dead, ARGV[2], ARGV[3], id, f[4], f[2], now)
     out[i] = {'dead', 'WorkerLost', f[4], f[2], err}
   else
     local attempt = tonumber(f[2]) + 1

@@ -4,8 +4,7 @@
 -- KEYS[1] delayed zset  KEYS[2] work stream or outbox zset  KEYS[2+i] task hash of ARGV[1+i]
 -- ARGV[1] 'stream' or 'outbox'   ARGV[1+i] task id
 -- Returns the ids moved.
-local t = redis.call('TIME')
-local now = t[1] * 1000 + math.floor(t[2] / 1000)
+local now = now_ms()
 local moved = {}
 for i = 1, #ARGV - 1 do
   local id = ARGV[1 + i]

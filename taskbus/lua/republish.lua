@@ -4,8 +4,7 @@
 -- did land before is harmless: the fenced start runs a task once at a time.
 -- KEYS[1] outbox zset, KEYS[1+i] task hash of ARGV[1+i]   ARGV[1] age ms  ARGV[1+i] task id
 -- Returns the ids to publish again.
-local t = redis.call('TIME')
-local now = t[1] * 1000 + math.floor(t[2] / 1000)
+local now = now_ms()
 local out = {}
 for i = 1, #ARGV - 1 do
   local id = ARGV[1 + i]

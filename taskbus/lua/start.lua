@@ -9,8 +9,7 @@
 --   {'done'}    the task is already terminal (a redelivery): acknowledged, not run again
 --   {'dead', reason}  dead-lettered now: task record missing, or last attempt died with its worker
 local stream, dead, group, consumer = KEYS[1], KEYS[2], ARGV[1], ARGV[2]
-local t = redis.call('TIME')
-local now = t[1] * 1000 + math.floor(t[2] / 1000)
+local now = now_ms()
 local out = {}
 local n = (#KEYS - 2) / 2
 for i = 1, n do
@@ -24,23 +23,16 @@ for i = 1, n do
     if not f[1] then
       redis.call('XACK', stream, group, entry)
       redis.call('XDEL', stream, entry)
-      local err = cjson.encode({type = 'TaskMissing', message = 'task record not found (expired or never written)'})
-      redis.call('XADD', dead, 'MAXLEN', '~', ARGV[4], '*', 'id', id, 'error', err)
+      task_missing(dead, ARGV[4], id, 'expired or never written')
       out[i] = {'dead', 'TaskMissing'}
     elseif f[1] == 'succeeded' or f[1] == 'failed' then
       redis.call('XACK', stream, group, entry)
       redis.call('XDEL', stream, entry)
       out[i] = {'done'}
     elseif tonumber(f[2]) >= tonumber(f[3]) then
-      -- every attempt was started and the last one never finished: it took its worker down
-      local err = cjson.encode({type = 'WorkerLost', message = 'the worker running the last attempt died or lost its lease', traceback = cjson.null})
       redis.call('XACK', stream, group, entry)
       redis.call('XDEL', stream, entry)
-      redis.call('HSET', task, 'status', 'failed', 'error', err, 'finished_ms', now)
-      redis.call('EXPIRE', task, ARGV[3])
-      redis.call('XADD', dead, 'MAXLEN', '~', ARGV[4], '*', 'id', id, 'type', f[4], 'attempts', f[2], 'error', err)
-      redis.call('HINCRBY', task, 'terminal_writes', 1)
-      redis.call('SPUBLISH', events, 'failed')
+      worker_lost(task, events, dead, ARGV[3], ARGV[4], id, f[4], f[2], now)
       out[i] = {'dead', 'WorkerLost'}
     else
       local attempt = tonumber(f[2]) + 1
