@@ -20,7 +20,7 @@ from local.embedded import EmbeddedKafka, EmbeddedServer
 from taskbus.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
-RUN = ROOT / ".run"
+RUN = Path(os.environ.get("LOCAL_RUN_DIR") or ROOT / ".run")  # data of the embedded servers, dev webhook secrets
 
 
 def main() -> int:
