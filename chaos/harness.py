@@ -188,14 +188,15 @@ class Cluster:
             "delay_s": delay_s,
         }
         ids: list[str] = []
-        deadline = time.monotonic() + 120
+        limit_s = 60 + n / 50  # generous: this only stops a load against a server that never comes back
+        deadline = time.monotonic() + limit_s
 
         def post(count: int) -> list[str]:
             got: list[str] = []
             with httpx.Client(timeout=10) as http:
                 while len(got) < count:
                     if time.monotonic() > deadline:
-                        raise InvariantBroken(f"enqueue acknowledged {len(got)} of {count} within 120 s")
+                        raise InvariantBroken(f"enqueue acknowledged {len(got)} of {count} within {limit_s:.0f} s")
                     try:
                         reply = http.post(url, json=body)
                     except httpx.HTTPError:

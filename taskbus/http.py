@@ -9,6 +9,7 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import os
 import socket
 import time
 from collections.abc import Callable
@@ -183,16 +184,21 @@ def _skip_unread_body(request: flask.Request, settings: Settings) -> None:
     request._cached_data = b""
 
 
-def install(app: flask.Flask) -> None:
-    """Answer in JSON the errors the function never sees. Call from a function module while
-    functions-framework loads it (inside the app context), under any launcher: gunicorn with
-    `create_app`, or the plain `functions-framework` CLI, which runs gunicorn in-process.
+def install(app: flask.Flask, threads: int) -> None:
+    """Make any launcher serve the function the same way. Call from a function module while
+    functions-framework loads it (inside the app context): under gunicorn with `create_app`,
+    or under the plain `functions-framework` CLI, which starts gunicorn in-process afterwards.
 
-    - the framework's own 404s (its `/robots.txt` and `/favicon.ico`);
-    - the requests gunicorn refuses itself (request line over its limit, headers too large, a
-      malformed request line or header): gunicorn writes these with `util.write_error`, looked
-      up at call time, so replacing it in this process (one function per process) is enough.
+    - the framework's own 404s (its `/robots.txt` and `/favicon.ico`) answer in JSON;
+    - so do the requests gunicorn refuses itself (request line over its limit, headers too
+      large, a malformed request line or header): gunicorn writes these with
+      `util.write_error`, looked up at call time, so replacing it in this process (one
+      function per process) is enough;
+    - the CLI's gunicorn takes its thread count from `THREADS` (default 4 per CPU), read
+      after this module loads: unless set, it gets the function's own (ENQUEUE_THREADS /
+      STATUS_THREADS), since each long-poll or slow client holds a thread.
     """
+    os.environ.setdefault("THREADS", str(threads))
 
     def framework_error(exc: werkzeug.exceptions.HTTPException) -> flask.Response:
         code = exc.code or 500

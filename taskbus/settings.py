@@ -1,7 +1,9 @@
 """One settings object, read once from the environment at the edge.
 
-`Settings.from_env()` is the only code in taskbus that reads `os.environ`; everything
-else receives a `Settings`. Units are in the names (`_s`, `_ms`, `_bytes`).
+`Settings.from_env()` is the only code in taskbus that reads `os.environ` for its own
+settings; everything else receives a `Settings`. (`http.install` passes the thread count on
+to the functions-framework CLI's gunicorn, which reads its own `THREADS`.)
+Units are in the names (`_s`, `_ms`, `_bytes`).
 """
 
 from __future__ import annotations

@@ -5,6 +5,7 @@ variables (no gunicorn command line of ours, no test handlers)."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import os
 import subprocess
 import sys
@@ -14,8 +15,10 @@ from pathlib import Path
 
 import httpx
 import pytest
+import redis
 
 from local.embedded import EmbeddedServer, die_with_parent, free_port
+from taskbus.keys import Keys
 from tests.support import ROOT, Proc, stop, wait_until
 
 
@@ -32,7 +35,8 @@ def stack(server: EmbeddedServer, tmp_path_factory: pytest.TempPathFactory) -> I
     logs = tmp_path_factory.mktemp("cli")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("FUNCTION_", "PYTEST_", "REDIS", "KEY_PREFIX"))}
     env.update(PYTHONPATH=".", REDIS_URL=server.url, KEY_PREFIX=f"cli-{uuid.uuid4().hex[:8]}")
-    urls: dict[str, str] = {}
+    env.pop("THREADS", None)
+    urls: dict[str, str] = {"prefix": env["KEY_PREFIX"]}
     procs = []
     for name in ("enqueue", "status"):
         port = free_port()
@@ -52,7 +56,7 @@ def stack(server: EmbeddedServer, tmp_path_factory: pytest.TempPathFactory) -> I
             return False
 
     try:
-        for name in urls:
+        for name in ("enqueue", "status"):
             wait_until(lambda n=name: up(n), timeout=30, message=f"{name} /healthz under the CLI")
         yield urls
     finally:
@@ -95,3 +99,30 @@ def test_gunicorn_refusals_under_the_cli_are_json(stack: dict[str, str], name: s
         reply = http.get(stack[name] + "/no/such/path")
         assert reply.status_code == 404
         assert reply.json()["error"]["code"] == "not_found"
+
+
+def test_long_polls_under_the_cli_do_not_starve_other_requests(stack: dict[str, str], server: EmbeddedServer) -> None:
+    """The CLI's gunicorn would run 4 threads per CPU, each long-poll holding one: the status
+    function gives it STATUS_THREADS instead. 24 long-polls wait at once (counted by their
+    subscriptions in Redis), and a health check is still answered."""
+    polls = 24
+    with httpx.Client(timeout=30) as http:
+        reply = http.post(stack["enqueue"] + "/tasks", json={"type": "echo", "delay_s": 60})
+        assert reply.status_code == 202, reply.text
+        task_id = reply.json()["id"]
+    channel = Keys(stack["prefix"]).events(task_id)
+    r = redis.Redis.from_url(server.url, decode_responses=True)
+
+    def waiting() -> int:
+        return int(dict(r.pubsub_shardnumsub(channel)).get(channel, 0))
+
+    def long_poll(_: int) -> str:
+        with httpx.Client(timeout=30) as http:
+            return str(http.get(stack["status"] + f"/tasks/{task_id}", params={"wait": 8}).json()["status"])
+
+    with concurrent.futures.ThreadPoolExecutor(polls) as pool:
+        answers = pool.map(long_poll, range(polls))
+        wait_until(lambda: waiting() == polls, timeout=6, message=f"{polls} long-polls waiting at once")
+        assert httpx.get(stack["status"] + "/healthz", timeout=5).status_code == 200
+        assert list(answers) == ["scheduled"] * polls  # each answered at its timeout with the state
+    r.close()

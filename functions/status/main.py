@@ -12,7 +12,7 @@ from taskbus.settings import Settings
 
 settings = Settings.from_env()  # read at start-up: bad settings refuse to start
 logs.configure(settings.log_level)
-http.install(flask.current_app)  # functions-framework loads this module inside its app context
+http.install(flask.current_app, settings.status_threads)  # functions-framework loads this module in its app context
 service = make_service(settings)
 
 
