@@ -60,7 +60,9 @@ def kill_workers(root: Path, full: bool, channel: str = "redis") -> Figures:
         for _ in range(3):
             c.start_worker()
         c.start_monitor()
-        load = _background(lambda: c.enqueue(n, payload={"ms": ms}))
+        # a Kafka enqueue waits for the broker's ack: more clients keep the load ahead of the kills
+        threads = 32 if channel == "kafka" else 8
+        load = _background(lambda: c.enqueue(n, payload={"ms": ms}, threads=threads))
         for _ in range(kills):
             if channel == "kafka":
                 # kill a worker that holds partitions, once the last kill's rebalance is over:
