@@ -70,6 +70,7 @@ class Cluster:
                 kafka_partitions=6,
                 kafka_produce_timeout_s=5.0,
                 kafka_outbox_age_s=6.0,
+                kafka_redeliver_s=20.0,  # a record the broker lost is published again within the drain wait
                 kafka_max_poll_interval_ms=8000,
                 **changes,
             )

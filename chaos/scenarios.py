@@ -310,7 +310,7 @@ def enqueue_killed(root: Path, full: bool, channel: str = "redis") -> Figures:
             json.loads(line)["tasks"]
             for w in c.workers
             for line in w.output().splitlines()
-            if "re-publishing tasks left unpublished" in line
+            if "re-publishing tasks never published or never started" in line
         )
         return {**figures, "republished_from_outbox": republished} if channel == "kafka" else figures
     finally:

@@ -8,8 +8,10 @@ worker engine is unchanged.
   or running under an expired lease (`lease_ms`, renewed by heartbeats); a record of a task held
   under a live lease waits, uncommitted, and is offered again (`reclaim`) when the lease may end.
 - Retries and delays use the Redis delay schedule and are re-published when due, so a partition
-  is never blocked by a retry. Every publication goes through the outbox zset first, and old
-  outbox entries are re-published (an enqueue that died between recording and producing).
+  is never blocked by a retry. Every publication goes through the outbox zset first, and a task
+  stays there until a worker starts it: entries never acknowledged (an enqueue that died between
+  recording and producing) are re-published after KAFKA_OUTBOX_AGE_S, and acknowledged ones
+  no worker started after KAFKA_REDELIVER_S (a broker that lost the record).
 - At capacity the partitions are paused but the consumer keeps polling, so a slow task never
   gets its worker thrown out of the group.
 """
@@ -26,7 +28,7 @@ from taskbus import codec, kafka
 from taskbus.channel import DEAD_MAXLEN, Channel, Delivery, Job
 from taskbus.errors import Unavailable
 from taskbus.settings import Settings
-from taskbus.store import REDIS_ERRORS
+from taskbus.store import REDIS_ERRORS, mark_published
 from taskbus.task import queue_of
 
 log = logging.getLogger(__name__)
@@ -46,7 +48,7 @@ class KafkaChannel:
         self.publisher = kafka.Publisher(settings)
         self.consumers: dict[str, Any] = {}  # queue -> confluent_kafka.Consumer
         self._queue_of_topic = {kafka.topic(settings, q): q for q in settings.queues}
-        self._lock = threading.Lock()  # guards the offset books below (the writer thread marks outcomes)
+        self._lock = threading.Lock()  # guards the offset books and the waiting list (the writer thread adds to both)
         self._offsets: dict[Partition, dict[int, bool]] = {}  # read offsets -> outcome recorded
         self._committed: dict[Partition, int] = {}
         self._waiting: list[tuple[float, Delivery]] = []  # records whose task another worker holds
@@ -54,6 +56,7 @@ class KafkaChannel:
         self._held: list[Delivery] = []  # read ahead while every slot is busy; returned by the next read
         self._paused = False
         self._next_sweep = 0.0
+        self._assignment: set[Partition] = set()  # kept by the rebalance callbacks
 
     # -- group membership and reading ------------------------------------------------------
 
@@ -125,6 +128,8 @@ class KafkaChannel:
             if m.error():
                 log.warning("kafka consumer error", extra={"fields": {"queue": queue, "error": m.error().str()}})
                 continue
+            if (m.topic(), m.partition()) not in self._assignment:
+                continue  # fetched before a rebalance took its partition away: its new owner reads it
             with self._lock:
                 self._offsets.setdefault((m.topic(), m.partition()), {})[m.offset()] = False
             found.append(_delivery(queue, m))
@@ -133,10 +138,11 @@ class KafkaChannel:
     def reclaim(self, queue: str, limit: int) -> list[Delivery]:
         """Records set aside because another worker held their task, now worth asking again."""
         now = time.monotonic()
-        due = [d for when, d in self._waiting if when <= now and d.queue == queue][:limit]
-        taken = {d.entry for d in due}
-        self._waiting = [(when, d) for when, d in self._waiting if d.entry not in taken]
-        return due
+        with self._lock:  # the writer thread adds refused outcomes
+            due = [d for when, d in self._waiting if when <= now and d.queue == queue][:limit]
+            taken = {d.entry for d in due}
+            self._waiting = [(when, d) for when, d in self._waiting if d.entry not in taken]
+        return [d for d in due if _parse(d.entry)[:2] in self._assignment]
 
     def own_orphans(self, queue: str, known: set[str], limit: int) -> list[Delivery]:
         return []  # a lost start reply puts its records back on the waiting list (see `start`)
@@ -144,7 +150,7 @@ class KafkaChannel:
     # -- fenced transitions ----------------------------------------------------------------
 
     def start(self, queue: str, deliveries: list[Delivery]) -> list[tuple[Delivery, list[Any]]]:
-        keys = [self.keys.dead(queue)]
+        keys = [self.keys.dead(queue), self.keys.outbox(queue)]
         args: list[Any] = [self.consumer, self.settings.result_ttl_s, DEAD_MAXLEN, self.lease_ms]
         for d in deliveries:
             assert d.task_id is not None
@@ -222,7 +228,8 @@ class KafkaChannel:
                 again = self.scripts.republish(keys=keys, args=[age_ms, *old], client=self.client)
                 if again:
                     log.warning(
-                        "re-publishing tasks left unpublished", extra={"fields": {"queue": queue, "tasks": len(again)}}
+                        "re-publishing tasks never published or never started",
+                        extra={"fields": {"queue": queue, "tasks": len(again)}},
                     )
                 self._publish(queue, again)
         return wait_ms
@@ -231,7 +238,7 @@ class KafkaChannel:
         if task_ids:
             self.publisher.ensure([queue])
             self.publisher.publish([kafka.task_record(self.settings, queue, t) for t in task_ids])
-            self.client.zrem(self.keys.outbox(queue), *task_ids)
+            mark_published(self.settings, self.scripts, self.keys, task_ids, self.client)
 
     def drop(self, d: Delivery, reason: str) -> None:
         """A record that names no well-formed task of its queue: to the dead-letter topic, then on."""
@@ -251,7 +258,8 @@ class KafkaChannel:
 
     def _wait(self, deliveries: list[Delivery], delay_s: float) -> None:
         when = time.monotonic() + delay_s
-        self._waiting.extend((when, d) for d in deliveries)
+        with self._lock:
+            self._waiting.extend((when, d) for d in deliveries)
 
     # -- offsets ---------------------------------------------------------------------------
 
@@ -271,8 +279,8 @@ class KafkaChannel:
         with self._lock:
             for tp in partitions if partitions is not None else list(self._offsets):
                 book = self._offsets.get(tp)
-                if not book:
-                    continue
+                if not book or tp not in self._assignment:
+                    continue  # a commit for a partition another member owns would skip its records
                 position = None
                 for offset in sorted(book):
                     if not book[offset]:
@@ -289,6 +297,7 @@ class KafkaChannel:
                 log.warning("offset commit failed", extra={"fields": {"queue": queue, "error": exc.args[0].str()}})
 
     def _assigned(self, consumer: Any, partitions: list[Any]) -> None:
+        self._assignment.update((p.topic, p.partition) for p in partitions)
         log.info("partitions assigned", extra={"fields": {"partitions": [(p.topic, p.partition) for p in partitions]}})
 
     def _revoked(self, consumer: Any, partitions: list[Any]) -> None:
@@ -297,11 +306,13 @@ class KafkaChannel:
         gone = [(p.topic, p.partition) for p in partitions]
         self._commit(gone, sync=True)
         self._forget(gone)
+        self._assignment.difference_update(gone)
         log.info("partitions revoked", extra={"fields": {"partitions": gone}})
 
     def _lost(self, consumer: Any, partitions: list[Any]) -> None:
         gone = [(p.topic, p.partition) for p in partitions]
         self._forget(gone)
+        self._assignment.difference_update(gone)
         log.warning("partitions lost (session timed out)", extra={"fields": {"partitions": gone}})
 
     def _forget(self, gone: list[Partition]) -> None:
@@ -309,7 +320,7 @@ class KafkaChannel:
             for tp in gone:
                 self._offsets.pop(tp, None)
                 self._committed.pop(tp, None)
-        self._waiting = [(w, d) for w, d in self._waiting if _parse(d.entry)[:2] not in gone]
+            self._waiting = [(w, d) for w, d in self._waiting if _parse(d.entry)[:2] not in gone]
         self._held = [d for d in self._held if _parse(d.entry)[:2] not in gone]
 
     def close(self) -> None:

@@ -13,7 +13,7 @@ from taskbus.task import queue_of
 
 SCRIPT_NAMES = (
     *("enqueue", "start", "finish", "heartbeat", "due", "promote", "drop"),
-    *("kstart", "klease", "republish", "abort"),  # the Kafka channel's own
+    *("kstart", "klease", "republish", "abort", "published"),  # the Kafka channel's own
 )
 
 
@@ -40,7 +40,7 @@ class Keys:
         """Sorted set of task ids scored by due time (ms, server clock): delays and backoffs."""
         return f"{self._q(queue)}:delayed"
 
-    def outbox(self, queue: str) -> str:
+    def outbox(self, queue: str) -> str:  # Kafka: ids not yet started, scored by when to (re)publish
         """Kafka channel: sorted set of task ids recorded but not yet acknowledged by the broker,
         scored by when (ms, server clock); the worker's sweep re-publishes old ones."""
         return f"{self._q(queue)}:outbox"

@@ -79,6 +79,7 @@ class Settings:
     kafka_fetch_wait_ms: int = 100  # longest a fetch waits at the broker: a pickup-latency floor on some brokers
     kafka_produce_timeout_s: float = 5.0  # an unacknowledged enqueue becomes a 503 after this long
     kafka_outbox_age_s: float = 30.0  # a task still unpublished after this long is re-published
+    kafka_redeliver_s: float = 300.0  # a published task still not started after this long is published again
     kafka_security_protocol: str = ""
     kafka_sasl_mechanism: str = ""
     kafka_sasl_username: str = ""
@@ -119,6 +120,8 @@ class Settings:
             raise ConfigError("CHANNEL=kafka needs KAFKA_BOOTSTRAP_SERVERS")
         if self.kafka_outbox_age_s <= self.kafka_produce_timeout_s:
             raise ConfigError("KAFKA_OUTBOX_AGE_S must exceed KAFKA_PRODUCE_TIMEOUT_S")
+        if self.kafka_redeliver_s <= self.kafka_outbox_age_s:
+            raise ConfigError("KAFKA_REDELIVER_S must exceed KAFKA_OUTBOX_AGE_S")
         from taskbus.task import check_name  # late import: task imports settings-free helpers
 
         for queue in self.queues:

@@ -184,11 +184,8 @@ class Store:
                 self.scripts.abort(keys=keys, args=[task_id], client=pipe)
             pipe.execute()
             raise
-        pipe = self.client.pipeline(transaction=False)
-        for task_id, _ in tasks:
-            pipe.zrem(self.keys.outbox(queue_of(task_id) or ""), task_id)
-        with contextlib.suppress(*REDIS_ERRORS):  # else the sweep drops them: they are not queued by then
-            pipe.execute()
+        with contextlib.suppress(*REDIS_ERRORS):  # else the sweep publishes them once more: harmless
+            mark_published(self.settings, self.scripts, self.keys, [t for t, _ in tasks], self.client)
 
     def _evalsha_many(self, script: Any, calls: list[tuple[list[str], list[Any]]], fsync: bool = False) -> list[Any]:
         """Pipelined EVALSHA calls in one round trip. (redis-py's pipelined Script objects add a
@@ -280,3 +277,14 @@ def _no_aof(exc: redis.ResponseError) -> Exception:
         return exc
     log.error("ENQUEUE_FSYNC is set but Redis runs without appendonly: every enqueue is refused")
     return Unavailable("ENQUEUE_FSYNC is set but Redis has no append-only file")
+
+
+def mark_published(settings: Settings, scripts: Scripts, keys: Keys, task_ids: list[str], client: redis.Redis) -> None:
+    """Kafka channel: the broker acknowledged these tasks' records. They stay in the outbox until
+    a worker starts them, due again KAFKA_REDELIVER_S from now (see lua/published.lua)."""
+    by_queue: dict[str, list[str]] = {}
+    for task_id in task_ids:
+        by_queue.setdefault(queue_of(task_id) or "", []).append(task_id)
+    later_ms = int((settings.kafka_redeliver_s - settings.kafka_outbox_age_s) * 1000)
+    for queue, ids in by_queue.items():
+        scripts.published(keys=[keys.outbox(queue)], args=[later_ms, *ids], client=client)

@@ -108,7 +108,8 @@ def test_broker_down_is_a_503_and_leaves_no_task_behind(own_broker, base_setting
     keys = Keys("tb")
     tasks = list(r.scan_iter(match=f"tb:{{{queue}}}:task:*"))
     assert tasks == [keys.task(first.json()["id"])], "the refused task's state was undone"
-    assert r.zcard(keys.outbox(queue)) == 0
+    # the outbox holds the acknowledged task until a worker starts it; the refused one left it
+    assert r.zrange(keys.outbox(queue), 0, -1) == [first.json()["id"]]
     assert r.get(keys.idempotency(queue, "k-1")) is None, "a retry with the same key makes a new task"
 
 
@@ -235,6 +236,35 @@ def test_work_resumes_after_the_broker_restarts_empty(own_broker, settings, work
             task_id = wait_until(accepted, timeout=20, interval=0.5, message="enqueue accepted again")
             task = finished(http, functions, task_id, timeout=60)
             assert task["status"] == "succeeded" and task["result"] == {"n": 2}
+    finally:
+        stop(enqueue_fn)
+        stop(status_fn)
+        if restarted is not None:
+            restarted.kill()
+
+
+@pytest.mark.timeout(120)
+def test_an_acknowledged_task_whose_record_the_broker_lost_is_published_again(own_broker, settings, workers,
+                                                                              queue, tmp_path):
+    """The broker acknowledged the record, then lost it (tansu keeps topics in memory: a restart
+    loses them all). The task stays in the outbox until a worker starts it, so after
+    KAFKA_REDELIVER_S a worker publishes it again and it runs, instead of staying queued."""
+    changes = kafka_settings(own_broker, kafka_redeliver_s=5.0)
+    settings = dataclasses.replace(settings, enqueue_port=free_port(), status_port=free_port(), **changes)
+    enqueue_fn, enqueue_url = start_function("enqueue", settings, tmp_path)
+    status_fn, status_url = start_function("status", settings, tmp_path)
+    functions = {"enqueue": enqueue_url, "status": status_url}
+    restarted = None
+    try:
+        with httpx.Client(timeout=30) as http:
+            task_id = enqueue(http, functions, queue, "echo", {"n": 3})  # 202: the broker has the record
+            own_broker.kill()
+            restarted = EmbeddedKafka(own_broker.log_dir, port=own_broker.port)
+            restarted.start()  # empty: the record is gone
+            worker = workers(**changes)
+            task = finished(http, functions, task_id, timeout=60)
+            assert task["status"] == "succeeded" and task["result"] == {"n": 3}
+            assert "re-publishing tasks never published or never started" in worker.output()
     finally:
         stop(enqueue_fn)
         stop(status_fn)

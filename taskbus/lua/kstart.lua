@@ -3,7 +3,9 @@
 -- renewed by the running worker's heartbeat. A record of a task another worker holds under a live
 -- lease (a duplicate record, or a redelivery after a rebalance while its first worker still runs
 -- it) is 'busy': the caller keeps its offset uncommitted and asks again when the lease may end.
--- KEYS[1] dead-letter stream, then per task i: KEYS[2i] task hash, KEYS[2i+1] events channel
+-- Every task but a busy one leaves the outbox, where it waited to be published again if never started.
+-- KEYS[1] dead-letter stream, KEYS[2] outbox zset, then per task i: KEYS[1+2i] task hash,
+--   KEYS[2+2i] events channel
 -- ARGV[1] consumer  ARGV[2] result TTL s  ARGV[3] dead-letter maxlen  ARGV[4] lease ms
 --   then per task i: ARGV[3+2i] task id, ARGV[4+2i] '1' when this consumer may take back a task
 --   recorded as running under its own name (the reply to its start was lost)
@@ -12,11 +14,11 @@
 --   {'busy', ms until the holder's lease ends}
 --   {'done', status, type, attempts, error}  terminal, or owned by the delay schedule: not run
 --   {'dead', reason}  dead-lettered now: task record missing, or last attempt died with its worker
-local dead, consumer = KEYS[1], ARGV[1]
+local dead, outbox, consumer = KEYS[1], KEYS[2], ARGV[1]
 local now = now_ms()
 local out = {}
-for i = 1, (#KEYS - 1) / 2 do
-  local task, events = KEYS[2 * i], KEYS[2 * i + 1]
+for i = 1, (#KEYS - 2) / 2 do
+  local task, events = KEYS[1 + 2 * i], KEYS[2 + 2 * i]
   local id, mine = ARGV[3 + 2 * i], ARGV[4 + 2 * i]
   local f = redis.call('HMGET', task, 'status', 'attempts', 'max_attempts', 'type', 'payload', 'timeout_s',
     'lease_ms', 'consumer', 'error')
@@ -37,5 +39,6 @@ for i = 1, (#KEYS - 1) / 2 do
       'consumer', consumer, 'lease_ms', now + tonumber(ARGV[4]))
     out[i] = {'run', f[4], f[5], attempt, f[3], f[6]}
   end
+  if out[i][1] ~= 'busy' then redis.call('ZREM', outbox, id) end
 end
 return out
