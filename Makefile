@@ -29,7 +29,7 @@ test: venv tools
 # The fault-injection suite at full size (tests/test_chaos.py runs the short versions).
 chaos: venv tools
 	$(BIN)/python -m chaos
-	SCHEMATHESIS_MAX_EXAMPLES=300 SCHEMATHESIS_PHASES=examples,coverage,fuzzing,stateful \
+	SCHEMATHESIS_MAX_EXAMPLES=200 SCHEMATHESIS_PHASES=examples,coverage,fuzzing,stateful \
 	SCHEMATHESIS_KEYED_PHASES=examples,coverage,fuzzing,stateful \
 	$(BIN)/python -m pytest tests/test_openapi.py -k schemathesis --timeout 1800
 

@@ -185,7 +185,7 @@ def redis_restart(root: Path, full: bool) -> Figures:
 
 def network_faults(root: Path, full: bool) -> Figures:
     """Worker<->Redis through a fault proxy: 100 ms latency, a blackhole, connection resets."""
-    n, blackhole_s, lease_s = (4_000, 10.0, 10.0) if full else (200, 2.0, 4.0)
+    n, blackhole_s, lease_s = (2_400, 10.0, 10.0) if full else (200, 2.0, 4.0)
     c = Cluster.start(root, lease_s=lease_s)
     proxy = FaultProxy(c.server.port)
     c.redis_url_for_workers = proxy.url
