@@ -24,7 +24,8 @@ up: venv
 
 test: venv tools
 	$(BIN)/ruff check taskbus worker_fn local functions chaos
-	$(BIN)/python -m pytest -n 3 --dist loadgroup
+	$(BIN)/python -m pytest -n 3 -m "not chaos"
+	$(BIN)/python -m pytest -m chaos  # the fault scenarios one at a time, after the rest: they load the machine
 
 # The fault-injection suite at full size (tests/test_chaos.py runs the short versions).
 chaos: venv tools

@@ -10,7 +10,7 @@ from chaos.scenarios import SCENARIOS
 
 
 @pytest.mark.timeout(180)
-@pytest.mark.xdist_group("chaos")  # one fault scenario at a time: they load the machine
+@pytest.mark.chaos  # `make test` runs these alone, one at a time, after the rest: they load the machine
 @pytest.mark.parametrize("name", list(SCENARIOS))
 def test_scenario_keeps_every_invariant(name: str, tmp_path: Path) -> None:
     figures = SCENARIOS[name](tmp_path, False)
