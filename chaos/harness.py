@@ -149,6 +149,13 @@ class Cluster:
             return None
         return {e["message_id"] for e in entries}
 
+    def kill_function(self, name: str) -> None:
+        """SIGKILL an HTTP function mid-load and start it again, as its platform would."""
+        proc, _ = self.functions[name]
+        self.fault(f"{name} SIGKILL")
+        proc.kill()
+        self.functions[name] = start_function(name, self.settings, self.root)
+
     def close(self) -> None:
         self._stop.set()
         for proc in self.workers:

@@ -24,7 +24,7 @@ import httpx
 
 from chaos.harness import Cluster, InvariantBroken, task_key
 from chaos.proxy import FaultProxy
-from tests.support import start_function, wait_until
+from tests.support import wait_until
 
 Figures = dict[str, Any]
 
@@ -300,10 +300,7 @@ def enqueue_killed(root: Path, full: bool, channel: str = "redis") -> Figures:
         load = _background(lambda: c.enqueue(n, payload={"ms": 1}, threads=8, tolerate_errors=True))
         for _ in range(2):
             time.sleep(random.uniform(0.2, 0.5))
-            proc, _ = c.functions["enqueue"]
-            c.fault("enqueue SIGKILL")
-            proc.kill()
-            c.functions["enqueue"] = start_function("enqueue", c.settings, c.root)
+            c.kill_function("enqueue")
         _join(load)
         figures = c.check()  # on Kafka this waits for the outbox to empty too
         republished = sum(
@@ -348,10 +345,7 @@ def status_killed(root: Path, full: bool) -> Figures:
         pollers = [_background(lambda t=t: long_poll(t)) for t in slow]
         for _ in range(2):
             time.sleep(random.uniform(0.2, 0.5))
-            proc, _ = c.functions["status"]
-            c.fault("status SIGKILL")
-            proc.kill()
-            c.functions["status"] = start_function("status", c.settings, c.root)
+            c.kill_function("status")
         for poller in pollers:
             _join(poller, 90)
         if waited != ["succeeded"] * len(pollers):

@@ -4,6 +4,7 @@ that never pass an unrecorded outcome, polling while tasks run, and the dead-let
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import signal
 import time
@@ -209,38 +210,53 @@ def test_sigkilled_worker_redoes_only_uncommitted_tasks(http, functions, queue, 
     assert r.zcard(Keys("tb").outbox(queue)) == 0
 
 
+@contextlib.contextmanager
+def functions_on(broker: EmbeddedKafka, settings: Settings, log_dir: Path, **changes: Any) -> Iterator[dict[str, str]]:
+    """The enqueue and status functions on a broker of the test's own, stopped after."""
+    settings = dataclasses.replace(settings, enqueue_port=free_port(), status_port=free_port(),
+                                   **kafka_settings(broker, **changes))
+    enqueue_fn, enqueue_url = start_function("enqueue", settings, log_dir)
+    status_fn, status_url = start_function("status", settings, log_dir)
+    try:
+        yield {"enqueue": enqueue_url, "status": status_url}
+    finally:
+        stop(enqueue_fn)
+        stop(status_fn)
+
+
+@contextlib.contextmanager
+def restarted_empty(broker: EmbeddedKafka) -> Iterator[EmbeddedKafka]:
+    """Kill the broker and start it again on its port: tansu keeps topics in memory, so it comes
+    back with none (the worst case of a broker restart)."""
+    broker.kill()
+    again = EmbeddedKafka(broker.log_dir, port=broker.port)
+    try:
+        yield again
+    finally:
+        again.kill()
+
+
 def test_work_resumes_after_the_broker_restarts_empty(own_broker, settings, workers, queue, tmp_path):
     """tansu keeps topics in memory, so a restart is the worst case: every topic is gone. New
     enqueues must re-create them (503 while the broker is down, never a hang) and the running
     worker must find them again."""
-    settings = dataclasses.replace(settings, enqueue_port=free_port(), status_port=free_port(),
-                                   **kafka_settings(own_broker, kafka_produce_timeout_s=1.0))
-    enqueue_fn, enqueue_url = start_function("enqueue", settings, tmp_path)
-    status_fn, status_url = start_function("status", settings, tmp_path)
-    functions = {"enqueue": enqueue_url, "status": status_url}
-    restarted = None
-    try:
-        with httpx.Client(timeout=30) as http:
-            workers(**kafka_settings(own_broker))
-            assert finished(http, functions, enqueue(http, functions, queue, "echo", {"n": 1}))["status"] == "succeeded"
-            own_broker.kill()
-            refused = http.post(enqueue_url + "/tasks", json={"type": "echo", "queue": queue})
+    with functions_on(own_broker, settings, tmp_path, kafka_produce_timeout_s=1.0) as functions, \
+            httpx.Client(timeout=30) as http:
+        workers(**kafka_settings(own_broker))
+        assert finished(http, functions, enqueue(http, functions, queue, "echo", {"n": 1}))["status"] == "succeeded"
+        with restarted_empty(own_broker) as restarted:
+            refused = http.post(functions["enqueue"] + "/tasks", json={"type": "echo", "queue": queue})
             assert refused.status_code == 503
-            restarted = EmbeddedKafka(own_broker.log_dir, port=own_broker.port)
             restarted.start()
 
             def accepted() -> str | None:
-                reply = http.post(enqueue_url + "/tasks", json={"type": "echo", "queue": queue, "payload": {"n": 2}})
+                reply = http.post(functions["enqueue"] + "/tasks",
+                                  json={"type": "echo", "queue": queue, "payload": {"n": 2}})
                 return str(reply.json()["id"]) if reply.status_code == 202 else None
 
             task_id = wait_until(accepted, timeout=20, interval=0.5, message="enqueue accepted again")
             task = finished(http, functions, task_id, timeout=60)
             assert task["status"] == "succeeded" and task["result"] == {"n": 2}
-    finally:
-        stop(enqueue_fn)
-        stop(status_fn)
-        if restarted is not None:
-            restarted.kill()
 
 
 @pytest.mark.timeout(120)
@@ -249,27 +265,15 @@ def test_an_acknowledged_task_whose_record_the_broker_lost_is_published_again(ow
     """The broker acknowledged the record, then lost it (tansu keeps topics in memory: a restart
     loses them all). The task stays in the outbox until a worker starts it, so after
     KAFKA_REDELIVER_S a worker publishes it again and it runs, instead of staying queued."""
-    changes = kafka_settings(own_broker, kafka_redeliver_s=5.0)
-    settings = dataclasses.replace(settings, enqueue_port=free_port(), status_port=free_port(), **changes)
-    enqueue_fn, enqueue_url = start_function("enqueue", settings, tmp_path)
-    status_fn, status_url = start_function("status", settings, tmp_path)
-    functions = {"enqueue": enqueue_url, "status": status_url}
-    restarted = None
-    try:
-        with httpx.Client(timeout=30) as http:
-            task_id = enqueue(http, functions, queue, "echo", {"n": 3})  # 202: the broker has the record
-            own_broker.kill()
-            restarted = EmbeddedKafka(own_broker.log_dir, port=own_broker.port)
+    with functions_on(own_broker, settings, tmp_path, kafka_redeliver_s=5.0) as functions, \
+            httpx.Client(timeout=30) as http:
+        task_id = enqueue(http, functions, queue, "echo", {"n": 3})  # 202: the broker has the record
+        with restarted_empty(own_broker) as restarted:
             restarted.start()  # empty: the record is gone
-            worker = workers(**changes)
+            worker = workers(**kafka_settings(own_broker, kafka_redeliver_s=5.0))
             task = finished(http, functions, task_id, timeout=60)
             assert task["status"] == "succeeded" and task["result"] == {"n": 3}
             assert "re-publishing tasks never published or never started" in worker.output()
-    finally:
-        stop(enqueue_fn)
-        stop(status_fn)
-        if restarted is not None:
-            restarted.kill()
 
 
 def test_a_batch_is_published_and_run(http, functions, queue, workers, kafka):
