@@ -24,6 +24,7 @@ up: venv
 
 test: venv tools
 	$(BIN)/ruff check taskbus worker_fn local functions chaos
+	$(BIN)/mypy --strict taskbus
 	$(BIN)/python -m pytest -n 3 -m "not chaos"
 	$(BIN)/python -m pytest -m chaos  # the fault scenarios one at a time, after the rest: they load the machine
 

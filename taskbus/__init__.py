@@ -1,18 +1,27 @@
-"""taskbus: serverless-style task functions wired together by Redis Streams."""
+"""taskbus: serverless-style task functions wired together by a channel (Redis Streams or Kafka)
+with Redis as the task-state store.
 
-from taskbus.errors import ConfigError, TaskbusError, Unavailable
+The data path, one package each: `http` (the enqueue and status functions) → `enqueue`
+(record a task, hand it to the channel's outlet) → `channel` (Redis Streams or Kafka) →
+`worker` (run handlers, write fenced outcomes) → `state` (Redis: scripts, status reads).
+"""
+
+from taskbus.enqueue import Enqueuer
+from taskbus.errors import ConfigError, DataLost, TaskbusError, Unavailable
 from taskbus.registry import Context, Registry
 from taskbus.settings import Settings
-from taskbus.store import Store
+from taskbus.state.reader import StatusReader
 from taskbus.task import TaskSpec
 from taskbus.worker import Worker
 
 __all__ = [
     "ConfigError",
     "Context",
+    "DataLost",
+    "Enqueuer",
     "Registry",
     "Settings",
-    "Store",
+    "StatusReader",
     "TaskSpec",
     "TaskbusError",
     "Unavailable",

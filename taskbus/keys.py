@@ -1,26 +1,14 @@
-"""Every Redis key name and Lua script taskbus uses, in one place.
+"""Every Redis key name taskbus uses, in one place.
 
-All keys of a queue share the hash tag `{<queue>}`, and scripts receive every key in
-KEYS, so the same scripts run unchanged on Redis Cluster.
+All keys of a queue share the hash tag `{<queue>}`, and scripts receive every key in KEYS:
+a Cluster-ready key layout (the client side does not run on Redis Cluster yet).
 """
 
 from __future__ import annotations
 
 import hashlib
-import importlib.resources
 
 from taskbus.task import queue_of
-
-SCRIPT_NAMES = (
-    *("enqueue", "start", "finish", "heartbeat", "due", "promote", "drop"),
-    *("kstart", "klease", "republish", "abort", "published"),  # the Kafka channel's own
-)
-
-
-def load_script(name: str) -> str:
-    """Script `name`, after the functions every script shares (`lua/lib.lua`)."""
-    lua = importlib.resources.files("taskbus").joinpath("lua")
-    return lua.joinpath("lib.lua").read_text("utf-8") + lua.joinpath(f"{name}.lua").read_text("utf-8")
 
 
 class Keys:
@@ -29,43 +17,43 @@ class Keys:
     def __init__(self, prefix: str) -> None:
         self.prefix = prefix
 
-    def _q(self, queue: str) -> str:
+    def _queue_prefix(self, queue: str) -> str:
         return f"{self.prefix}:{{{queue}}}"
 
     def stream(self, queue: str) -> str:
         """The work stream: one entry per delivery, deleted once acknowledged."""
-        return f"{self._q(queue)}:stream"
+        return f"{self._queue_prefix(queue)}:stream"
 
     def delayed(self, queue: str) -> str:
         """Sorted set of task ids scored by due time (ms, server clock): delays and backoffs."""
-        return f"{self._q(queue)}:delayed"
+        return f"{self._queue_prefix(queue)}:delayed"
 
-    def outbox(self, queue: str) -> str:  # Kafka: ids not yet started, scored by when to (re)publish
-        """Kafka channel: sorted set of task ids recorded but not yet acknowledged by the broker,
-        scored by when (ms, server clock); the worker's sweep re-publishes old ones."""
-        return f"{self._q(queue)}:outbox"
+    def outbox(self, queue: str) -> str:
+        """Kafka channel: sorted set of the ids of tasks recorded and not yet started, scored by
+        when (ms, server clock) the worker's sweep publishes them again if still not started."""
+        return f"{self._queue_prefix(queue)}:outbox"
 
     def dead(self, queue: str) -> str:
         """The dead-letter stream."""
-        return f"{self._q(queue)}:dead"
+        return f"{self._queue_prefix(queue)}:dead"
 
     def task(self, task_id: str) -> str:
         """The task hash. `task_id` must be well formed (see `task.queue_of`)."""
-        return f"{self._q(_queue(task_id))}:task:{task_id.rsplit('~', 1)[1]}"
+        return f"{self._queue_prefix(_queue(task_id))}:task:{task_id.rsplit('~', 1)[1]}"
 
     def events(self, task_id: str) -> str:
         """The task's sharded pub/sub channel (not a key: it holds no memory); a terminal
         status is published on it to wake long-polls."""
-        return f"{self._q(_queue(task_id))}:events:{task_id.rsplit('~', 1)[1]}"
+        return f"{self._queue_prefix(_queue(task_id))}:events:{task_id.rsplit('~', 1)[1]}"
 
     def data_lost(self, queue: str) -> str:
         """Set (for an hour) when a worker found the queue's stream or group gone: /healthz
         answers 503 while it exists. Delete it to acknowledge."""
-        return f"{self._q(queue)}:data-lost"
+        return f"{self._queue_prefix(queue)}:data-lost"
 
     def idempotency(self, queue: str, key: str) -> str:
         digest = hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()
-        return f"{self._q(queue)}:idem:{digest}"
+        return f"{self._queue_prefix(queue)}:idem:{digest}"
 
 
 def _queue(task_id: str) -> str:

@@ -9,7 +9,8 @@ import pytest
 
 from taskbus import codec
 from taskbus.errors import BadRequest, RequestError, ValidationError
-from taskbus.task import (ID_RE, TaskSpec, check_idempotency_key, iso, new_id, parse_spec, queue_of)
+from taskbus.http import status_of
+from taskbus.task import ID_RE, TaskSpec, check_idempotency_key, iso, new_id, parse_spec, queue_of
 
 HEX = "0123456789abcdef" * 2
 
@@ -111,7 +112,7 @@ def test_loads_strict_refuses_with_bad_request(body: bytes) -> None:
         codec.loads_strict(body)
     error = info.value
     assert isinstance(error, RequestError)
-    assert error.status == 400 and error.code == "bad_request"
+    assert status_of(error) == 400 and error.code == "bad_request"
     assert isinstance(error.message, str) and error.message
     assert len(error.message) < 1000  # a reason, not an echo of the body
 
@@ -251,7 +252,7 @@ def test_parse_spec_refuses_and_names_the_field(body: object, field: str) -> Non
     with pytest.raises(ValidationError) as info:
         parse_spec(body)
     error = info.value
-    assert error.status == 422 and error.code == "validation_error"
+    assert status_of(error) == 422 and error.code == "validation_error"
     assert error.field == field
     assert error.message.startswith(f"{field}:")
 

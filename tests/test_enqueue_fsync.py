@@ -16,9 +16,10 @@ import httpx
 import pytest
 
 from local.embedded import EmbeddedServer, free_port
+from taskbus.enqueue import Enqueuer
 from taskbus.errors import Unavailable
 from taskbus.settings import Settings
-from taskbus.store import Store
+from taskbus.state.reader import StatusReader
 from taskbus.task import TaskSpec
 from tests.support import Proc, spawn, stop, wait_until
 
@@ -40,12 +41,12 @@ def plain_server(tmp_path: Path) -> Iterator[EmbeddedServer]:
     yield from _server(tmp_path / "plain", appendonly=False)
 
 
-def _store(server: EmbeddedServer, **changes: object) -> Store:
-    return Store(Settings(redis_url=server.url, key_prefix="fs", enqueue_fsync=True, **changes))  # type: ignore[arg-type]
+def _settings(server: EmbeddedServer, **changes: object) -> Settings:
+    return Settings(redis_url=server.url, key_prefix="fs", enqueue_fsync=True, **changes)  # type: ignore[arg-type]
 
 
 def test_the_202_waits_for_the_fsync(aof_server: EmbeddedServer) -> None:
-    store = _store(aof_server)
+    store, reader = Enqueuer(_settings(aof_server)), StatusReader(_settings(aof_server))
     task_id, status, created = store.enqueue(TaskSpec(type="echo"))
     assert (status, created) == ("queued", True)
     # a Redis that never fsyncs: the enqueue is recorded but cannot be confirmed on disk, so it
@@ -56,18 +57,18 @@ def test_the_202_waits_for_the_fsync(aof_server: EmbeddedServer) -> None:
     store.client.config_set("appendfsync", "always")
     batch = store.enqueue_many([(TaskSpec(type="echo", queue=q), None) for q in ("a", "b", "a")])
     assert [status for _, status, _ in batch] == ["queued"] * 3
-    assert all(store.get(t) for t, _, _ in batch)
-    assert store.get(task_id)["status"] == "queued"  # type: ignore[index]
+    assert all(reader.get(t) for t, _, _ in batch)
+    assert reader.get(task_id)["status"] == "queued"  # type: ignore[index]
 
 
 def test_without_an_append_only_file_enqueue_and_healthz_say_so(plain_server: EmbeddedServer,
                                                                 tmp_path: Path) -> None:
-    store = _store(plain_server)
+    store = Enqueuer(_settings(plain_server))
     with pytest.raises(Unavailable, match="no append-only file"):
         store.enqueue(TaskSpec(type="echo"))
     with pytest.raises(Unavailable, match="no append-only file"):
-        store.ping(channel=True)
-    store.ping()  # the status function's health: reading works
+        store.ping()
+    StatusReader(store.settings).ping()  # the status function's health: reading works
     settings = dataclasses.replace(store.settings, enqueue_port=free_port())
     proc, url = _start_unhealthy(settings, tmp_path)  # its /healthz is 503 from the start
     try:

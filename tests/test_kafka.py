@@ -22,7 +22,7 @@ from taskbus import codec
 from taskbus.errors import ConfigError
 from taskbus.keys import Keys
 from taskbus.settings import Settings
-from taskbus.store import Scripts
+from taskbus.state.scripts import Scripts
 from tests.support import kafka_settings, start_function, stop, wait_until
 from tests.test_worker_e2e import enqueue, executions, finished, status
 

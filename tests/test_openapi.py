@@ -37,7 +37,8 @@ from schemathesis.core.result import Err
 from schemathesis.specs.openapi.definitions import OPENAPI_31_VALIDATOR
 
 from local.embedded import free_port
-from taskbus import api_enqueue, api_status, openapi
+from taskbus import openapi
+from taskbus.http import enqueue_api, status_api
 from taskbus.settings import Settings
 from tests.support import Proc, spawn, wait_until
 
@@ -215,7 +216,7 @@ def test_document_is_valid_openapi_3_1(name: str) -> None:
 
 @pytest.mark.parametrize("name", FUNCTIONS)
 def test_document_has_exactly_the_routes_of_the_function(name: str) -> None:
-    service = (api_enqueue if name == "enqueue" else api_status).make_service(Settings())
+    service = (enqueue_api if name == "enqueue" else status_api).make_service(Settings())
     routed: set[tuple[str, str]] = set()
     for rule in service.routes.iter_rules():
         path = re.sub(r"<(?:\w+:)?(\w+)>", r"{\1}", rule.rule)

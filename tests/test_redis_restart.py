@@ -65,7 +65,7 @@ def test_worker_survives_server_restart_and_keeps_computed_result(own_server, tm
             task = http.get(f"{status_url}/tasks/{slow}").json()
             assert task["attempts"] == 1, "the result computed during the outage was written, not recomputed"
             assert r.hget(key, slow) == "1"
-            assert "redis unavailable" in worker.output()
+            assert "Redis unavailable" in worker.output()
     finally:
         worker.kill()
         stop(enqueue_proc)

@@ -30,9 +30,7 @@ def main() -> int:
     registry = getattr(module, "registry", None)
     if not isinstance(registry, Registry):
         raise SystemExit(f"HANDLERS={settings.handlers}: the module has no `registry = Registry()`")
-    worker = Worker(settings, registry)
-    worker.stopping = stop_requested  # the signal handlers above set it
-    return worker.run()
+    return Worker(settings, registry, stop_event=stop_requested).run()  # the signal handlers above set it
 
 
 if __name__ == "__main__":

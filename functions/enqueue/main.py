@@ -6,13 +6,14 @@ Deploy alone: `functions-framework --source functions/enqueue/main.py --target e
 import flask
 import functions_framework
 
-from taskbus import http, logs
-from taskbus.api_enqueue import make_service
+from taskbus import logs
+from taskbus.http.enqueue_api import make_service
+from taskbus.http.gunicorn import install
 from taskbus.settings import Settings
 
 settings = Settings.from_env()  # read at start-up: bad settings refuse to start
 logs.configure(settings.log_level)
-http.install(flask.current_app, settings.enqueue_threads)  # functions-framework loads this module in its app context
+install(flask.current_app, settings.enqueue_threads)  # functions-framework loads this module in its app context
 service = make_service(settings)
 
 

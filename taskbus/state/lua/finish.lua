@@ -1,42 +1,41 @@
--- Record the outcomes of a batch of attempts. Each write is fenced: only the consumer that
--- started the attempt, for that attempt, while the task is still running, may write. A worker
--- whose lease was reclaimed (the reclaimer's start bumped attempts and took `consumer`) is refused.
+-- Record the outcomes of a batch of attempts (both channels). Each write is fenced: only the
+-- consumer that started the attempt, for that attempt, while the task is still running, may
+-- write. A worker whose lease was reclaimed (the reclaimer's start bumped attempts and took
+-- `consumer`) is refused.
 -- KEYS[1] work stream  KEYS[2] delayed zset  KEYS[3] dead-letter stream
 --   then per item i: KEYS[2+2i] task hash, KEYS[3+2i] events channel (sharded pub/sub)
 -- ARGV[1] group  ARGV[2] consumer  ARGV[3] result TTL s  ARGV[4] pending TTL s  ARGV[5] dead-letter maxlen
---   then per item i (6 each, from ARGV[6i]): entry id, task id, attempt,
+--   then per item i (6 each, from ARGV[6i]): stream entry id to acknowledge ('' for none: the
+--   Kafka channel commits the record's offset instead), task id, attempt,
 --   outcome ('succeeded' | 'retry' | 'failed'), result JSON or error JSON, retry delay ms
 -- Returns per item the status written, or false when fenced off.
 local stream, group, consumer = KEYS[1], ARGV[1], ARGV[2]
 local now = now_ms()
 local out = {}
-local n = (#KEYS - 3) / 2
-for i = 1, n do
+for i = 1, (#KEYS - 3) / 2 do
   local task, events = KEYS[2 + 2 * i], KEYS[3 + 2 * i]
   local a = 6 * i
-  local entry, id, attempt, outcome, body = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4]
+  local entry, id, attempt, outcome, body, delay_ms = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4],
+    tonumber(ARGV[a + 5])
   local f = redis.call('HMGET', task, 'status', 'attempts', 'consumer', 'type')
   if f[2] == attempt and f[3] == consumer and f[1] ~= 'running' and f[1] ~= 'queued' then
     out[i] = f[1]  -- a retried call whose first try landed (its reply was lost): idempotent
   elseif f[1] ~= 'running' or f[2] ~= attempt or f[3] ~= consumer then
     out[i] = false
   else
-    if entry ~= '' then  -- '' on the Kafka channel: the worker commits the record's offset instead
-      redis.call('XACK', stream, group, entry)
-      redis.call('XDEL', stream, entry)
-    end
+    if entry ~= '' then ack(stream, group, entry) end
     if outcome == 'succeeded' then
       redis.call('HSET', task, 'status', 'succeeded', 'result', body, 'finished_ms', now, 'error', '')
       terminal(task, events, 'succeeded', ARGV[3])
       out[i] = 'succeeded'
     elseif outcome == 'retry' then  -- not announced: long-polls wait for terminal states only
       redis.call('HSET', task, 'status', 'scheduled', 'error', body)
-      redis.call('ZADD', KEYS[2], now + tonumber(ARGV[a + 5]), id)
+      redis.call('ZADD', KEYS[2], now + delay_ms, id)
       redis.call('EXPIRE', task, ARGV[4])
       out[i] = 'scheduled'
     else
       redis.call('HSET', task, 'status', 'failed', 'error', body, 'finished_ms', now)
-      redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[5], '*', 'id', id, 'type', f[4], 'attempts', f[2], 'error', body)
+      dead_letter(KEYS[3], ARGV[5], id, f[4], f[2], body)
       terminal(task, events, 'failed', ARGV[3])
       out[i] = 'failed'
     end

@@ -1,6 +1,6 @@
 -- Kafka channel, outbox sweep: take outbox ids older than ARGV[1] ms (their enqueue or promote
 -- died before the broker acknowledged, or before it could say so; or, acknowledged, no worker
--- started them by KAFKA_REDELIVER_S: see published.lua). Each still-queued one is
+-- started them by KAFKA_REDELIVER_S: see kafka_mark_published.lua). Each still-queued one is
 -- re-stamped, so one sweeper publishes it per round; the rest leave the outbox. A record that
 -- did land before is harmless: the fenced start runs a task once at a time.
 -- KEYS[1] outbox zset, KEYS[1+i] task hash of ARGV[1+i]   ARGV[1] age ms  ARGV[1+i] task id

@@ -34,10 +34,7 @@ for i = 1, (#KEYS - 2) / 2 do
     local err = worker_lost(task, events, dead, ARGV[2], ARGV[3], id, f[4], f[2], now)
     out[i] = {'dead', 'WorkerLost', f[4], f[2], err}
   else
-    local attempt = tonumber(f[2]) + 1
-    redis.call('HSET', task, 'status', 'running', 'attempts', attempt, 'started_ms', now,
-      'consumer', consumer, 'lease_ms', now + tonumber(ARGV[4]))
-    out[i] = {'run', f[4], f[5], attempt, f[3], f[6]}
+    out[i] = begin_attempt(task, f, consumer, now, 'lease_ms', now + tonumber(ARGV[4]))
   end
   if out[i][1] ~= 'busy' then redis.call('ZREM', outbox, id) end
 end

@@ -1,5 +1,5 @@
 -- Kafka channel: the broker acknowledged these tasks' records. Each stays in the outbox until
--- a worker starts it (kstart takes it out), stamped so the outbox sweep publishes it again if
+-- a worker starts it (kafka_start takes it out), stamped so the outbox sweep publishes it again if
 -- no worker has started it KAFKA_REDELIVER_S from now: a broker that lost an acknowledged
 -- record (an in-memory broker restarted, say) or a record no consumer reads must not leave a
 -- task queued forever. A duplicate record is harmless: the fenced start runs a task once.

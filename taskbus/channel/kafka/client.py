@@ -1,8 +1,8 @@
-"""Kafka as the channel (CHANNEL=kafka): client configuration, topic names, topic creation and a
-publisher that waits for the broker's acknowledgement.
+"""Kafka clients: configuration, topic names, topic creation, and a publisher that waits for the
+broker's acknowledgement.
 
-Only this module and `kafka_channel` import `confluent_kafka`. Redis stays the task-state store;
-Kafka carries one small record per publication, `{"id": <task id>}` keyed by the task id.
+Only `taskbus.channel.kafka` imports `confluent_kafka`. Redis stays the task-state store; Kafka
+carries one small record per publication, `{"id": <task id>}` keyed by the task id.
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ def ensure_topics(settings: Settings, queues: tuple[str, ...] | list[str], clien
     """Create each queue's work and dead-letter topics when missing (KAFKA_PARTITIONS partitions).
     `client`, a producer or consumer already connected, saves making an admin client just to look."""
     from confluent_kafka import KafkaError, KafkaException
-    from confluent_kafka.admin import AdminClient, NewTopic
+    from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
     names = [name for q in queues for name in (topic(settings, q), dead_topic(settings, q))]
     timeout = settings.kafka_produce_timeout_s

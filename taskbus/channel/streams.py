@@ -1,0 +1,236 @@
+"""Redis Streams as the channel: one stream per queue, read in one consumer group; an entry
+stays pending (its lease) until its outcome is written. The default channel.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Collection, Iterator
+from typing import Any
+
+import redis
+
+from taskbus import codec
+from taskbus.channel import DEAD_MAXLEN, Delivery, Job, Outcome, Recorded, Skip, Target, Verdict, run_verdict
+from taskbus.channel.fences import Fences
+from taskbus.errors import DataLost, Unavailable
+from taskbus.keys import Keys
+from taskbus.settings import Settings
+from taskbus.state.client import REDIS_ERRORS, connect
+from taskbus.state.scripts import Scripts
+from taskbus.task import queue_of
+
+log = logging.getLogger(__name__)
+
+PROMOTE_BATCH = 500
+PRUNE_EVERY_S = 600.0  # how often a worker looks for long-dead consumers in its groups
+PRUNE_IDLE_S = 3600.0  # a consumer idle this long, with nothing pending, is forgotten
+DATA_LOST_FLAG_S = 3600  # how long /healthz reports a lost group (delete the flag to acknowledge)
+SPARE_CONNECTIONS = 8  # beyond one per runner: the control loop, the writer, heartbeats
+
+
+class StreamsOutlet:
+    """Enqueue XADDs the entry in the same script that writes the task: nothing else to do."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.keys = Keys(settings.key_prefix)
+
+    def target(self, queue: str) -> Target:
+        return Target("stream", self.keys.stream(queue))
+
+    def prepare(self, queues: list[str]) -> None:
+        """Streams are created by the first XADD."""
+
+    def recorded(self, tasks: list[Recorded]) -> None:
+        """The entry was added with the task's state: already published."""
+
+    def ping(self) -> None:
+        """The stream lives in the state store, whose ping the caller does."""
+
+
+class StreamsChannel:
+    def __init__(self, settings: Settings, consumer: str) -> None:
+        self.settings = settings
+        self.consumer = consumer
+        self.group = settings.consumer_group
+        self.keys = Keys(settings.key_prefix)
+        self.client = connect(settings, max_connections=settings.concurrency + SPARE_CONNECTIONS)
+        self.scripts = Scripts(self.client)
+        self.fences = Fences(settings, consumer, self.client, self.scripts)
+        self.outlet = StreamsOutlet(settings)
+        self.lease_ms = int(settings.lease_s * 1000)
+        self._group_lost = False  # a command found a group missing: `open` recreates it, flagged
+        self._orphans_possible: set[str] = set()  # queues where a lost reply may have delivered to us
+        self._next_prune = time.monotonic() + PRUNE_EVERY_S
+
+    @contextlib.contextmanager
+    def _redis(self) -> Iterator[None]:
+        """Redis errors leave as ours: an outage is `Unavailable`, a vanished group `DataLost`."""
+        try:
+            yield
+        except REDIS_ERRORS as exc:
+            self._orphans_possible.update(self.settings.queues)
+            raise Unavailable(f"Redis unavailable: {type(exc).__name__}: {str(exc)[:200]}") from exc
+        except redis.ResponseError as exc:
+            if "NOGROUP" not in str(exc):
+                raise
+            self._group_lost = True
+            raise DataLost("consumer group or stream missing (Redis lost its data?)") from exc
+
+    def open(self) -> None:
+        """Create each queue's group at id 0, so tasks enqueued before any worker ran are read.
+        After a loss (the group vanished under a running worker) the group is recreated so new
+        work flows, and the loss is flagged for /healthz to report."""
+        with self._redis():
+            for queue in self.settings.queues:
+                try:
+                    self.client.xgroup_create(self.keys.stream(queue), self.group, id="0", mkstream=True)
+                except redis.ResponseError as exc:
+                    if "BUSYGROUP" not in str(exc):
+                        raise
+                    continue
+                self._created(queue)
+        self._group_lost = False
+
+    def _created(self, queue: str) -> None:
+        if not self._group_lost:
+            log.info("created consumer group", extra={"fields": {"queue": queue}})
+            return
+        flag = f"consumer group recreated by {self.consumer}"
+        self.client.set(self.keys.data_lost(queue), flag, ex=DATA_LOST_FLAG_S)
+        log.error(
+            "consumer group was lost and has been recreated: tasks queued before are gone",
+            extra={"fields": {"queue": queue}},
+        )
+
+    def read(self, count: int, block_ms: int) -> list[Delivery]:
+        streams: Any = {self.keys.stream(q): ">" for q in self.settings.queues}
+        with self._redis():
+            reply: Any = self.client.xreadgroup(self.group, self.consumer, streams, count=count, block=block_ms)
+        by_stream = {self.keys.stream(q): q for q in self.settings.queues}
+        return [
+            _delivery(by_stream[name], entry, fields) for name, entries in (reply or []) for entry, fields in entries
+        ]
+
+    def pause(self) -> None:
+        """A Redis consumer needs no polling to stay in its group."""
+
+    def reclaim(self, queue: str, limit: int, running: Collection[str]) -> list[Delivery]:
+        """Our own orphans first (entries pending for this very consumer that it does not run:
+        delivered by a read whose reply was lost), taken at once instead of after a lease; then
+        entries whose lease expired."""
+        with self._redis():
+            found = self._own_orphans(queue, running, limit) if queue in self._orphans_possible else []
+            self._orphans_possible.discard(queue)
+            return found + self._expired(queue, limit - len(found))
+
+    def _own_orphans(self, queue: str, running: Collection[str], limit: int) -> list[Delivery]:
+        stream = self.keys.stream(queue)
+        pending: Any = self.client.xpending_range(stream, self.group, "-", "+", limit + len(running), self.consumer)
+        orphans = [p["message_id"] for p in pending if p["message_id"] not in running][:limit]
+        if not orphans:
+            return []
+        claimed: Any = self.client.xclaim(stream, self.group, self.consumer, 0, orphans)
+        return [_delivery(queue, entry, fields) for entry, fields in claimed if fields is not None]
+
+    def _expired(self, queue: str, limit: int) -> list[Delivery]:
+        """One at a time: a poison entry that killed its worker must not drag innocent entries
+        along with it."""
+        found: list[Delivery] = []
+        cursor = "0-0"
+        while len(found) < limit:
+            cursor, claimed, _deleted = self.client.xautoclaim(
+                self.keys.stream(queue), self.group, self.consumer, self.lease_ms, cursor, count=1
+            )
+            found.extend(_delivery(queue, entry, fields) for entry, fields in claimed if fields is not None)
+            if cursor == "0-0":
+                break
+        return found
+
+    def start(self, queue: str, deliveries: list[Delivery]) -> list[Verdict]:
+        keys = [self.keys.stream(queue), self.keys.dead(queue)]
+        args: list[Any] = [self.group, self.consumer, self.settings.result_ttl_s, DEAD_MAXLEN]
+        for d in deliveries:
+            assert d.task_id is not None
+            keys += [self.keys.task(d.task_id), self.keys.events(d.task_id)]
+            args += [d.entry, d.task_id]
+        with self._redis():
+            replies = self.scripts.start(keys=keys, args=args, client=self.client)
+        return [_verdict(d, reply) for d, reply in zip(deliveries, replies)]
+
+    def finish(self, queue: str, outcomes: list[Outcome]) -> list[str | None]:
+        with self._redis():
+            return self.fences.finish(queue, outcomes, [o.job.entry for o in outcomes])
+
+    def heartbeat(self, queue: str, jobs: list[Job]) -> list[str]:
+        entries = [job.entry for job in jobs]
+        with self._redis():
+            lost: list[str] = self.scripts.heartbeat(
+                keys=[self.keys.stream(queue)], args=[self.group, self.consumer, *entries], client=self.client
+            )
+        return lost
+
+    def release(self, queue: str, jobs: list[Job]) -> None:
+        """Mark the entries long idle, so the next reclaim by any worker takes them at once
+        instead of after a full lease."""
+        with self._redis():
+            for job in jobs:
+                self.client.xclaim(
+                    self.keys.stream(queue), self.group, self.consumer, 0, [job.entry], idle=self.lease_ms * 10,
+                    justid=True,
+                )
+
+    def reject(self, delivery: Delivery, reason: str) -> None:
+        error = codec.dumps({"type": "MalformedEntry", "message": reason, "traceback": None})
+        keys = [self.keys.stream(delivery.queue), self.keys.dead(delivery.queue)]
+        args: list[Any] = [self.group, self.consumer, delivery.entry, error, codec.dumps(delivery.fields), DEAD_MAXLEN]
+        with self._redis():
+            self.scripts.dead_letter_malformed(keys=keys, args=args, client=self.client)
+
+    def promote_due(self, queue: str) -> int:
+        with self._redis():
+            return self.fences.promote(queue, PROMOTE_BATCH, self.outlet.target(queue))[1]
+
+    def maintain(self) -> None:
+        """Forget long-dead consumers now and then, so each group's consumer list stays bounded."""
+        if time.monotonic() < self._next_prune:
+            return
+        self._next_prune = time.monotonic() + PRUNE_EVERY_S
+        with self._redis():
+            for queue in self.settings.queues:
+                self._prune(queue, myself=False)
+
+    def _prune(self, queue: str, myself: bool) -> list[str]:
+        """Remove consumers (ours, or long idle ones) that hold no pending entry. Deleting a
+        consumer drops its pending entries, so only empty ones go; a live worker's XREADGROUP
+        recreates it."""
+        stream, removed = self.keys.stream(queue), []
+        for consumer in self.client.xinfo_consumers(stream, self.group):
+            mine = consumer["name"] == self.consumer
+            if consumer["pending"] == 0 and (myself if mine else consumer["idle"] > PRUNE_IDLE_S * 1000):
+                self.client.xgroup_delconsumer(stream, self.group, consumer["name"])
+                removed.append(consumer["name"])
+        return removed
+
+    def close(self, drained: bool) -> None:
+        """Drained: forget our consumer too (nothing is lost if Redis does not answer: an empty
+        consumer entry stays until a later prune)."""
+        if drained:
+            with contextlib.suppress(redis.RedisError):
+                for queue in self.settings.queues:
+                    self._prune(queue, myself=True)
+        self.client.close()
+
+
+def _delivery(queue: str, entry: str, fields: dict[str, str]) -> Delivery:
+    task_id = fields.get("id", "")
+    ok = queue_of(task_id) == queue
+    return Delivery(queue, entry, task_id if ok else None, fields)
+
+
+def _verdict(d: Delivery, reply: list[Any]) -> Verdict:
+    if reply[0] == "run":
+        return run_verdict(d, reply)
+    return Skip(d, reply[0], reply[1] if len(reply) > 1 else "")

@@ -1,0 +1,110 @@
+"""The producer side: record new tasks and hand them to the channel's outlet, in one round trip."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from taskbus import codec
+from taskbus.channel import Outlet, Recorded, open_outlet
+from taskbus.keys import Keys
+from taskbus.settings import Settings
+from taskbus.state.client import connect, unavailable_on_redis_errors
+from taskbus.state.scripts import Scripts
+from taskbus.task import QUEUED, TaskSpec, new_id
+
+# WAITAOF waits this fraction of the socket timeout, so Redis answers before the socket gives up.
+FSYNC_WAIT_SHARE = 0.75
+
+Item = tuple[TaskSpec, str | None]  # a task and its idempotency key
+Result = tuple[str, str, bool]  # id, status, created (False: an idempotent replay)
+
+
+class Enqueuer:
+    def __init__(self, settings: Settings, outlet: Outlet | None = None) -> None:
+        self.settings = settings
+        self.keys = Keys(settings.key_prefix)
+        self.client = connect(settings)
+        self.scripts = Scripts(self.client)
+        self.outlet = outlet or open_outlet(settings, self.scripts)
+
+    def enqueue(
+        self, spec: TaskSpec, idempotency_key: str | None = None, idempotency_ttl_s: int | None = None
+    ) -> Result:
+        """Record and publish a task; returns (id, status, created). A replayed `idempotency_key`
+        returns the first task instead (created is False)."""
+        return self.enqueue_many([(spec, idempotency_key)], idempotency_ttl_s)[0]
+
+    def enqueue_many(self, items: list[Item], idempotency_ttl_s: int | None = None) -> list[Result]:
+        """Enqueue each (spec, idempotency key) atomically: one script call per queue in the
+        batch (all keys of a call share the queue's hash slot), pipelined in one round trip."""
+        by_queue: dict[str, list[int]] = {}
+        for index, (spec, _) in enumerate(items):
+            by_queue.setdefault(spec.queue, []).append(index)
+        self.outlet.prepare(list(by_queue))  # before any write: a 503 here leaves no state behind
+        calls = [self._call(q, [items[i] for i in indexes], idempotency_ttl_s) for q, indexes in by_queue.items()]
+        with unavailable_on_redis_errors():
+            replies = self._run(calls)
+            results: list[Result] = [("", "", False)] * len(items)
+            for indexes, reply in zip(by_queue.values(), replies):
+                for index, (found, created, status) in zip(indexes, reply):
+                    results[index] = (found, status, bool(created))
+            self.outlet.recorded(
+                [
+                    Recorded(found, self._dedupe_key(spec.queue, key, found))
+                    for (found, status, created), (spec, key) in zip(results, items)
+                    if created and status == QUEUED
+                ]
+            )
+            return self._with_current_status(results)
+
+    def _call(self, queue: str, items: list[Item], idempotency_ttl_s: int | None) -> tuple[list[str], list[Any]]:
+        """KEYS and ARGV of one enqueue.lua call for the tasks of one queue."""
+        target = self.outlet.target(queue)
+        keys: list[str] = []
+        args: list[Any] = [target.kind]
+        for spec, key in items:
+            task_id = new_id(queue)
+            dedupe = self._dedupe_key(queue, key, task_id)
+            keys += [self.keys.task(task_id), target.key, self.keys.delayed(queue), dedupe]
+            args += [
+                task_id,
+                spec.type,
+                queue,
+                codec.dumps(spec.payload),
+                spec.max_attempts,
+                repr(spec.timeout_s),
+                int(spec.delay_s * 1000),
+                self.settings.pending_ttl_s,
+                (idempotency_ttl_s or self.settings.idempotency_ttl_s) if key is not None else "",
+            ]
+        return keys, args
+
+    def _run(self, calls: list[tuple[list[str], list[Any]]]) -> list[Any]:
+        fsync = self.settings.enqueue_fsync
+        if len(calls) == 1 and not fsync:
+            keys, args = calls[0]
+            return [self.scripts.enqueue(keys=keys, args=args, client=self.client)]
+        wait_ms = int(self.settings.redis_socket_timeout_s * 1000 * FSYNC_WAIT_SHARE)
+        return self.scripts.run_many(self.scripts.enqueue, calls, fsync=fsync, wait_ms=wait_ms)
+
+    def _dedupe_key(self, queue: str, idempotency_key: str | None, task_id: str) -> str:
+        return self.keys.idempotency(queue, idempotency_key) if idempotency_key is not None else self.keys.task(task_id)
+
+    def _with_current_status(self, results: list[Result]) -> list[Result]:
+        """A replay reports the first task's current status: one more read."""
+        replayed = [found for found, _, created in results if not created]
+        if not replayed:
+            return results
+        pipe = self.client.pipeline(transaction=False)
+        for found in replayed:
+            pipe.hget(self.keys.task(found), "status")
+        current = dict(zip(replayed, pipe.execute()))
+        return [(found, status if created else current.get(found) or "unknown", created)
+                for found, status, created in results]
+
+    def ping(self) -> None:
+        """The outlet answers, and with ENQUEUE_FSYNC, Redis has an append-only file."""
+        self.outlet.ping()
+        if self.settings.enqueue_fsync:
+            with unavailable_on_redis_errors():
+                self.scripts.check_aof()

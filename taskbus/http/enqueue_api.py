@@ -1,0 +1,157 @@
+"""Endpoints of the enqueue function: validate, record and publish, answer 202 at once."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping
+from typing import Any, cast
+
+import flask
+
+from taskbus import openapi, webhooks
+from taskbus.enqueue import Enqueuer
+from taskbus.errors import NotFound, RequestError, ValidationError
+from taskbus.http import Service, json_response, status_url
+from taskbus.http.body import read_body, read_json
+from taskbus.settings import Settings
+from taskbus.state.reader import StatusReader
+from taskbus.task import TaskSpec, check_idempotency_key, iso, parse_spec
+
+log = logging.getLogger(__name__)
+
+Shape = Callable[[str, str], dict[str, Any]]  # (id, status) -> the 202 body
+MAX_BATCH = 1000
+
+
+class EnqueueAPI:
+    routes: tuple[tuple[str, str, str], ...] = (
+        ("/tasks", "POST", "create"),
+        ("/tasks/batch", "POST", "create_batch"),
+        ("/enqueue", "POST", "enqueue_legacy"),
+        ("/hooks/<source>", "POST", "hook"),
+        ("/healthz", "GET", "healthz"),
+        ("/openapi.json", "GET", "openapi"),
+    )
+    keyed = frozenset({"create", "create_batch", "enqueue_legacy"})
+
+    def __init__(self, settings: Settings, enqueuer: Enqueuer | None = None) -> None:
+        self.settings = settings
+        self.enqueuer = enqueuer or Enqueuer(settings)
+        self.reader = StatusReader(settings)  # for /healthz: the queues' data-loss flags
+        self.sources = {source.name: source for source in settings.webhooks}
+        if self.sources:
+            schemes = {s.name: s.scheme for s in self.sources.values()}
+            log.info("webhook sources enabled", extra={"fields": {"sources": schemes}})
+
+    def _spec(self, obj: object, extra: frozenset[str] = frozenset()) -> TaskSpec:
+        return parse_spec(
+            obj,
+            default_max_attempts=self.settings.default_max_attempts,
+            default_timeout_s=self.settings.default_timeout_s,
+            extra=extra,
+        )
+
+    def create(self, request: flask.Request) -> flask.Response:
+        spec = self._spec(read_json(request, self.settings))
+        return self._submit(request, spec, lambda task_id, status: {"id": task_id, "status": status})
+
+    def create_batch(self, request: flask.Request) -> flask.Response:
+        """`{"tasks": [...]}`, up to MAX_BATCH: each item enqueued atomically or refused alone
+        (like SQS SendMessageBatch); results in request order, all in one pipelined round trip."""
+        body = read_json(request, self.settings)
+        if not isinstance(body, dict) or set(body) != {"tasks"}:
+            raise ValidationError("body", 'must be {"tasks": [...]}')
+        items = body["tasks"]
+        if not isinstance(items, list) or not 1 <= len(items) <= MAX_BATCH:
+            raise ValidationError("tasks", f"must be a list of 1 to {MAX_BATCH} tasks")
+        results: list[dict[str, Any]] = []
+        accepted: list[tuple[int, TaskSpec, str | None]] = []
+        for index, item in enumerate(items):
+            try:
+                spec = self._spec(item, extra=frozenset({"idempotency_key"}))
+                key = item.get("idempotency_key")
+                if key is not None:
+                    check_idempotency_key("idempotency_key", key)
+                accepted.append((index, spec, key))
+                results.append({})
+            except RequestError as exc:
+                results.append({"error": {"code": exc.code, "message": f"tasks[{index}].{exc.message}"}})
+        if accepted:
+            done = self.enqueuer.enqueue_many([(spec, key) for _, spec, key in accepted])
+            for (index, _, _), (task_id, status, _) in zip(accepted, done):
+                results[index] = {"id": task_id, "status": status, "status_url": status_url(self.settings, task_id)}
+        return json_response({"results": results}, 200)
+
+    def enqueue_legacy(self, request: flask.Request) -> flask.Response:
+        """The blog design's route: any JSON object becomes the payload of a `default` task."""
+        body = read_json(request, self.settings)
+        if not isinstance(body, dict):
+            raise ValidationError("body", "must be a JSON object")
+        spec = TaskSpec(
+            type="default",
+            payload=body,
+            max_attempts=self.settings.default_max_attempts,
+            timeout_s=self.settings.default_timeout_s,
+        )
+        return self._submit(
+            request,
+            spec,
+            lambda task_id, status: {"message": "Task published", "task_id": task_id, "id": task_id, "status": status},
+        )
+
+    def _submit(self, request: flask.Request, spec: TaskSpec, shape: Shape) -> flask.Response:
+        key = request.headers.get("Idempotency-Key")
+        if key is not None:
+            check_idempotency_key("Idempotency-Key", key)
+        return self._accepted(spec, key, None, shape)
+
+    def hook(self, request: flask.Request, source: str) -> flask.Response:
+        """A signed webhook: verify the raw body, answer what must be answered now, else enqueue."""
+        src = self.sources.get(source)
+        if src is None:
+            raise NotFound(f"no webhook source named {source[:64]!r} is configured")
+        body = read_body(request, self.settings)
+        received = time.time()
+        headers = cast(Mapping[str, str], request.headers)  # werkzeug's: case-insensitive, str to str
+        verified = webhooks.verify(src, headers, body, request.mimetype, received, self.settings.webhook_tolerance_s)
+        if verified.reply is not None:
+            return json_response(verified.reply)
+        meta = {
+            "source": src.name,
+            "event": verified.event,
+            "delivery_id": verified.delivery_id,
+            "received_at": iso(str(int(received * 1000))),
+            "headers": verified.headers,
+        }
+        spec = TaskSpec(
+            type=webhooks.task_type(src.name, verified.event),
+            payload={"body": verified.body, "webhook": meta},
+            queue=src.queue,
+            max_attempts=self.settings.default_max_attempts,
+            timeout_s=self.settings.default_timeout_s,
+        )
+        dedupe = f"webhook:{src.name}:{verified.delivery_id}" if verified.delivery_id else None
+        return self._accepted(
+            spec, dedupe, self.settings.webhook_dedupe_ttl_s, lambda task_id, status: {"id": task_id, "status": status}
+        )
+
+    def _accepted(self, spec: TaskSpec, key: str | None, ttl_s: int | None, shape: Shape) -> flask.Response:
+        task_id, status, created = self.enqueuer.enqueue(spec, key, ttl_s)
+        url = status_url(self.settings, task_id)
+        body = shape(task_id, status)
+        body["status_url"] = url
+        return json_response(body, 202 if created else 200, {"Location": url})
+
+    def openapi(self, request: flask.Request) -> flask.Response:
+        return openapi.response("enqueue", self.settings)
+
+    def healthz(self, request: flask.Request) -> flask.Response:
+        """Redis, and with CHANNEL=kafka the broker, answer; no queue lost its data."""
+        self.enqueuer.ping()
+        self.reader.ping()
+        return json_response({"status": "ok"})
+
+
+def make_service(settings: Settings) -> Service:
+    return Service(settings, EnqueueAPI(settings))

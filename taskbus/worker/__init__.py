@@ -1,0 +1,192 @@
+"""The worker engine: read deliveries from a channel, run handlers, write fenced outcomes.
+
+Three kinds of threads, each with one job:
+- the control loop (`Worker.run`) talks to the channel: read, start, heartbeat, reclaim,
+  promote, time-outs, upkeep;
+- `concurrency` runner threads execute handlers (`runners.RunnerPool`);
+- one writer thread records outcomes in batches (`writer.OutcomeWriter`).
+What is in flight between them is kept in one place (`inflight.InFlight`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import socket
+import threading
+import time
+from collections import defaultdict
+
+from taskbus.channel import Channel, Delivery, Job, OutcomeKind, Run, Skip, open_channel
+from taskbus.errors import DataLost, Unavailable
+from taskbus.registry import Registry
+from taskbus.settings import Settings
+from taskbus.worker.inflight import InFlight, Running
+from taskbus.worker.runners import RunnerPool, log_fields
+from taskbus.worker.writer import OutcomeWriter
+
+log = logging.getLogger(__name__)
+
+PROMOTE_AT_LEAST_EVERY_S = 1.0
+RECLAIM_AT_MOST_EVERY_S = 5.0
+LOOP_RETRY_MAX_S = 2.0
+
+
+class Worker:
+    def __init__(
+        self,
+        settings: Settings,
+        registry: Registry,
+        consumer: str = "",
+        channel: Channel | None = None,
+        stop_event: threading.Event | None = None,
+    ) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.consumer = (
+            consumer or settings.consumer_name or f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+        )
+        self.channel = channel or open_channel(settings, self.consumer)
+        self.stopping = stop_event or threading.Event()
+        self.inflight = InFlight(settings.concurrency)
+        self.writer = OutcomeWriter(settings, self.channel, self.inflight, on_scheduled=self._promote_by)
+        self.runners = RunnerPool(registry, self.inflight, settle=self._settled)
+        self._next_promote = self._next_heartbeat = self._next_reclaim = 0.0
+        self._opened = False
+
+    def stop(self) -> None:
+        """Ask the worker to stop reading and drain (safe from a signal handler)."""
+        self.stopping.set()
+
+    def run(self) -> int:
+        """Run until `stop()`; returns the process exit code."""
+        fields = {
+            "consumer": self.consumer,
+            "queues": list(self.settings.queues),
+            "concurrency": self.settings.concurrency,
+            "handlers": self.registry.types(),
+        }
+        log.info("worker starting", extra={"fields": fields})
+        self.runners.start(self.settings.concurrency)
+        self.writer.start()
+        backoff = 0.1
+        while not self.stopping.is_set():
+            try:
+                if not self._opened:
+                    self.channel.open()
+                    self._opened = True
+                self._tick()
+                backoff = 0.1
+                continue
+            except DataLost as exc:
+                log.error("%s: recreating it", exc, extra={"fields": {"queues": list(self.settings.queues)}})
+                self._opened = False
+                continue
+            except Unavailable as exc:
+                self._next_reclaim = 0.0  # a lost reply may have delivered entries to us: look soon
+                fields = {"error": str(exc)[:200], "retry_in_s": backoff}
+                log.warning("store or channel unavailable, retrying", extra={"fields": fields})
+            except Exception:  # noqa: BLE001 - the loop must outlive any single failure
+                log.exception("worker loop error, retrying")
+            self.stopping.wait(backoff)
+            backoff = min(backoff * 2, LOOP_RETRY_MAX_S)
+        return self._drain()
+
+    # -- control loop -------------------------------------------------------------------
+
+    def _tick(self) -> None:
+        now = time.monotonic()
+        queues = self.settings.queues
+        if now >= self._next_promote:
+            waits = [self.channel.promote_due(q) for q in queues]
+            self._next_promote = now + min([w / 1000 for w in waits if w >= 0] + [PROMOTE_AT_LEAST_EVERY_S])
+        self.runners.expire(now)
+        if now >= self._next_heartbeat:
+            self._heartbeat()
+            self._next_heartbeat = now + self.settings.lease_s / 3
+        if self.inflight.free() > 0 and now >= self._next_reclaim:
+            for queue in queues:
+                self._dispatch(self.channel.reclaim(queue, self.inflight.free(), self.inflight.entries()))
+            self._next_reclaim = now + min(self.settings.lease_s / 2, RECLAIM_AT_MOST_EVERY_S)
+        self.channel.maintain()
+        next_duty = min(self._next_promote, self._next_heartbeat, self.inflight.next_deadline())
+        wait_ms = max(1, min(self.settings.block_ms, int((next_duty - time.monotonic()) * 1000)))
+        free = self.inflight.free()
+        if free <= 0:
+            self.channel.pause()
+            self.inflight.wait(lambda: self.inflight.free() > 0 or self.stopping.is_set(), timeout=wait_ms / 1000)
+            return
+        self._dispatch(self.channel.read(free, wait_ms))
+
+    def _dispatch(self, deliveries: list[Delivery]) -> None:
+        by_queue: dict[str, list[Delivery]] = defaultdict(list)
+        for d in deliveries:
+            if d.task_id is None:
+                log.error("malformed entry dead-lettered", extra={"fields": {"queue": d.queue, "entry": d.entry}})
+                self.channel.reject(d, "the entry names no well-formed task id of its queue")
+            else:
+                by_queue[d.queue].append(d)
+        for queue, batch in by_queue.items():
+            started: list[Running] = []
+            now = time.monotonic()
+            for verdict in self.channel.start(queue, batch):
+                if isinstance(verdict, Run):
+                    started.append(self.inflight.add(verdict.job, now))
+                else:
+                    _log_skip(verdict)
+            if started:
+                lines = [("task running", log_fields(r.job, status="running")) for r in started]
+                log.info("task running", extra={"batch": lines})
+                for running in started:
+                    self.runners.submit(running)
+
+    def _settled(self, running: Running, kind: OutcomeKind, body: bytes) -> None:
+        self.writer.put(running, kind, body)
+
+    def _promote_by(self, when: float) -> None:
+        self._next_promote = min(self._next_promote, when)
+
+    def _heartbeat(self) -> None:
+        by_queue: dict[str, list[Job]] = defaultdict(list)
+        for job in self.inflight.jobs():
+            by_queue[job.queue].append(job)
+        for queue, batch in by_queue.items():
+            for entry in self.channel.heartbeat(queue, batch):
+                if self.inflight.is_running(entry):  # else it just finished: its outcome acknowledged the entry
+                    log.warning(
+                        "lease lost (reclaimed by another worker?)", extra={"fields": {"queue": queue, "entry": entry}}
+                    )
+
+    # -- shutdown -------------------------------------------------------------------------
+
+    def _drain(self) -> int:
+        self.writer.give_up_at = time.monotonic() + self.settings.grace_s
+        fields = {"in_flight": len(self.inflight), "grace_s": self.settings.grace_s}
+        log.info("worker stopping: draining", extra={"fields": fields})
+        self.inflight.wait(lambda: len(self.inflight) == 0, timeout=self.settings.grace_s)
+        left = self.inflight.unsettled()
+        for job in left:
+            try:
+                self.channel.release(job.queue, [job])
+            except Unavailable:
+                pass  # the lease expires on its own; another worker reclaims it then
+        try:
+            self.channel.close(drained=not left)
+        except Exception:  # noqa: BLE001 - uncommitted work is redone by the next owner, fenced
+            log.exception("could not close the channel cleanly")
+        log.info("worker stopped", extra={"fields": {"handed_back": len(left)}})
+        return 0
+
+
+def _log_skip(verdict: Skip) -> None:
+    d = verdict.delivery
+    if verdict.kind == "dead":
+        fields = {"task_id": d.task_id, "queue": d.queue, "status": "failed", "reason": verdict.reason}
+        log.error("task dead-lettered", extra={"fields": fields})
+    elif verdict.kind == "done":
+        log.info("redelivery of a finished task acknowledged", extra={"fields": {"task_id": d.task_id}})
+    elif verdict.kind == "busy":
+        log.debug("task held by another worker; asking again later", extra={"fields": {"task_id": d.task_id}})
+    else:
+        log.warning("delivery no longer ours", extra={"fields": {"task_id": d.task_id, "entry": d.entry}})

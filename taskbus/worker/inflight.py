@@ -1,0 +1,100 @@
+"""The attempts a worker has in flight, from start until their outcome is written: one lock
+(a Condition) for the control loop, the runners and the writer."""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from collections.abc import Callable
+
+from taskbus.channel import Job
+
+MAX_UNWRITTEN = 1024  # outcomes waiting for the writer before reading pauses
+
+
+@dataclasses.dataclass
+class Running:
+    job: Job
+    deadline: float
+    started: float
+    settled: bool = False  # an outcome was produced (by the runner, or by the watchdog on time-out)
+    abandoned: bool = False  # timed out: its runner thread retires once the handler returns
+
+
+class InFlight:
+    def __init__(self, concurrency: int) -> None:
+        self.concurrency = concurrency
+        self.cond = threading.Condition()
+        self._running: dict[str, Running] = {}  # by entry, until the outcome is written
+        self._busy = 0  # handlers running now (started and not yet settled)
+        self.abandoned = 0  # threads left running a timed-out handler
+
+    def __len__(self) -> int:
+        return len(self._running)
+
+    def add(self, job: Job, now: float) -> Running:
+        """A started attempt: it holds a slot until its handler returns."""
+        running = Running(job, deadline=now + job.timeout_s, started=now)
+        with self.cond:
+            self._running[job.entry] = running
+            self._busy += 1
+        return running
+
+    def settle(self, running: Running) -> bool:
+        """The handler returned. False when the watchdog already counted it as timed out (the
+        thread then retires: a replacement took its place)."""
+        with self.cond:
+            if running.settled:
+                self.abandoned -= 1
+                return False
+            running.settled = True
+            self._busy -= 1
+            self.cond.notify_all()
+            return True
+
+    def expire(self, now: float) -> list[Running]:
+        """Settle, as abandoned, the attempts past their deadline."""
+        with self.cond:
+            late = [r for r in self._running.values() if not r.settled and r.deadline <= now]
+            for r in late:
+                r.settled = r.abandoned = True
+                self.abandoned += 1
+                self._busy -= 1
+        return late
+
+    def free(self) -> int:
+        """Slots for new deliveries: a slot frees when its handler returns, not when the outcome
+        is written, so reading overlaps the writer's round trip; unwritten outcomes are capped."""
+        return min(self.concurrency - self._busy, MAX_UNWRITTEN - len(self._running))
+
+    def next_deadline(self) -> float:
+        with self.cond:
+            return min((r.deadline for r in self._running.values() if not r.settled), default=float("inf"))
+
+    def entries(self) -> set[str]:
+        with self.cond:
+            return set(self._running)
+
+    def jobs(self) -> list[Job]:
+        """Every job not yet written, settled ones too (their outcome may still be waiting)."""
+        with self.cond:
+            return [r.job for r in self._running.values()]
+
+    def is_running(self, entry: str) -> bool:
+        with self.cond:
+            running = self._running.get(entry)
+            return running is not None and not running.settled
+
+    def written(self, entries: list[str]) -> None:
+        with self.cond:
+            for entry in entries:
+                self._running.pop(entry, None)
+            self.cond.notify_all()
+
+    def wait(self, predicate: Callable[[], bool], timeout: float) -> None:
+        with self.cond:
+            self.cond.wait_for(predicate, timeout=timeout)
+
+    def unsettled(self) -> list[Job]:
+        with self.cond:
+            return [r.job for r in self._running.values() if not r.settled]

@@ -1,0 +1,112 @@
+"""The writer thread: records outcomes in batches (one fenced script call per queue for all
+that are ready), retrying through outages so a computed result is not dropped."""
+
+from __future__ import annotations
+
+import logging
+import queue as queues
+import random
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from typing import Any
+
+from taskbus.channel import Channel, Outcome, OutcomeKind
+from taskbus.errors import Unavailable
+from taskbus.settings import Settings
+from taskbus.worker.inflight import InFlight, Running
+from taskbus.worker.runners import log_fields
+
+log = logging.getLogger(__name__)
+
+WRITE_BATCH = 256
+RETRY_MAX_S = 2.0
+
+Item = tuple[Running, OutcomeKind, bytes]
+
+
+class OutcomeWriter:
+    def __init__(self, settings: Settings, channel: Channel, inflight: InFlight,
+                 on_scheduled: Callable[[float], None]) -> None:
+        self.settings = settings
+        self.channel = channel
+        self.inflight = inflight
+        self.on_scheduled = on_scheduled  # a retry is due at this monotonic time: promote then
+        self.give_up_at = float("inf")  # set at shutdown: stop retrying after the grace period
+        self._outcomes: queues.SimpleQueue[Item] = queues.SimpleQueue()
+
+    def put(self, running: Running, kind: OutcomeKind, body: bytes) -> None:
+        self._outcomes.put((running, kind, body))
+
+    def start(self) -> None:
+        threading.Thread(target=self._loop, daemon=True, name="writer").start()
+
+    def _loop(self) -> None:
+        while True:
+            batch = [self._outcomes.get()]
+            while len(batch) < WRITE_BATCH:
+                try:
+                    batch.append(self._outcomes.get_nowait())
+                except queues.Empty:
+                    break
+            by_queue: dict[str, list[Item]] = defaultdict(list)
+            for item in batch:
+                by_queue[item[0].job.queue].append(item)
+            for queue, items in by_queue.items():
+                try:
+                    self._write(queue, items)
+                except Exception:  # noqa: BLE001 - the writer must outlive any one batch
+                    log.exception(
+                        "could not record outcomes; their tasks will be reclaimed",
+                        extra={"fields": {"queue": queue, "tasks": len(items)}},
+                    )
+
+    def _write(self, queue: str, items: list[Item]) -> None:
+        outcomes = [Outcome(r.job, kind, body, self.delay_ms(r.job.attempt, kind)) for r, kind, body in items]
+        try:
+            written = self._finish(queue, outcomes)
+        finally:
+            self.inflight.written([r.job.entry for r, _, _ in items])
+        if written is not None:
+            self._log(items, outcomes, written)
+
+    def _finish(self, queue: str, outcomes: list[Outcome]) -> list[str | None] | None:
+        """`channel.finish`, retried through outages; None when given up at shutdown."""
+        backoff = 0.05
+        while True:
+            try:
+                return self.channel.finish(queue, outcomes)
+            except Unavailable as exc:
+                fields = {"queue": queue, "tasks": len(outcomes), "error": str(exc)[:200]}
+                if time.monotonic() > self.give_up_at:
+                    log.error("giving up writing outcomes at shutdown; the tasks will be reclaimed",
+                              extra={"fields": fields})
+                    return None
+                log.warning("store or channel unavailable writing outcomes, retrying", extra={"fields": fields})
+                time.sleep(backoff)  # this thread only waits for the store; nothing to synchronise with
+                backoff = min(backoff * 2, RETRY_MAX_S)
+
+    def _log(self, items: list[Item], outcomes: list[Outcome], written: list[str | None]) -> None:
+        now = time.monotonic()
+        lines: list[tuple[str, dict[str, Any]]] = []
+        for (r, kind, _), outcome, status in zip(items, outcomes, written):
+            fields = log_fields(r.job, duration_ms=round((now - r.started) * 1000, 1))
+            if status is None:
+                log.warning(
+                    "lease lost: outcome refused, another worker owns the task",
+                    extra={"fields": {**fields, "outcome": kind}},
+                )
+                continue
+            if status == "scheduled":
+                self.on_scheduled(now + outcome.delay_ms / 1000)
+            lines.append((f"task {status}", {**fields, "status": status}))
+        if lines:
+            log.info("task outcomes", extra={"batch": lines})
+
+    def delay_ms(self, attempt: int, kind: OutcomeKind) -> int:
+        """Retry backoff: exponential with full jitter, capped."""
+        if kind != "retry":
+            return 0
+        cap = min(self.settings.backoff_max_s, self.settings.backoff_base_s * 2 ** (attempt - 1))
+        return int(random.uniform(0, cap) * 1000)
