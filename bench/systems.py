@@ -49,6 +49,7 @@ def drain_systems(stack: Stack, cfg: Config) -> list[System]:
 
 
 def taskbus_systems(stack: Stack, cfg: Config) -> list[System]:
+    """taskbus on Redis Streams, 1 and 2 worker processes at each CONCURRENCY."""
     return [
         System(
             key=f"taskbus/{p}p/c{c}",
@@ -88,6 +89,8 @@ def kafka_systems(stack: Stack, cfg: Config) -> list[System]:
 
 
 def peer_systems(stack: Stack, cfg: Config) -> list[System]:
+    """The peer queues on the same Redis with the same per-task work (one INCR), at their quietest
+    log level; the slow ones drain fewer tasks (cfg.n_slow) to fit the time budget."""
     n, slow = cfg.n, cfg.n_slow
     dramatiq = [str(BIN / "dramatiq"), "bench.peers.dramatiq_app", "--threads", "8", "--processes"]
     huey = [str(BIN / "huey_consumer"), "bench.peers.huey_app.huey", "-n", "-q", "-k"]
