@@ -21,12 +21,12 @@ import psutil
 import redis
 
 from bench import procs
+from bench.config import COUNTER, PREFIX, QUEUE, RESULTS
 from bench.procs import ROOT, Proc
-from bench.run import COUNTER, PREFIX, QUEUE, RESULTS
+from bench.stack import Store
 from local.commands import argv as service_argv
 from local.embedded import EmbeddedServer
 from taskbus.settings import Settings
-from taskbus.store import Store
 from taskbus.task import TaskSpec
 
 BACKLOG = 20_000

@@ -1,0 +1,170 @@
+"""Section 2, enqueue: Python Store.enqueue one at a time and batched, then HTTP POST /tasks on the
+real enqueue function against the blog design's app, at several connection counts."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import http.client
+import json
+import time
+import urllib.parse
+from collections.abc import Callable
+from typing import Any
+
+from bench import procs
+from bench.config import BODY, HTTP_LEVELS, QUEUE, Config
+from bench.drain import prequeue
+from bench.load import Load
+from bench.metrics import Metrics
+from bench.procs import BIN, Proc
+from bench.stack import Stack, Store, free_port
+from bench.systems import taskbus_one
+from taskbus.task import TaskSpec
+
+
+def run_enqueue(stack: Stack, cfg: Config, m: Metrics, load: Load | None) -> None:
+    python_batched(stack, cfg, m)
+    assert load is not None
+    run_http(stack, cfg, m, load)
+
+
+def python_batched(stack: Stack, cfg: Config, m: Metrics) -> None:
+    """Store's batch API, if it has one, at cfg.batch tasks per call (and one at a time too when
+    no drain ran: the drains' pre-queues measure that otherwise)."""
+    store = Store(stack.settings())
+    if "drain" not in cfg.only:
+        for _ in range(cfg.rounds):
+            stack.flush()
+            rate = prequeue(functools.partial(taskbus_one, stack), None, cfg.enqueue_sample, cfg.enqueue_sample)
+            m.add("enqueue/python1/taskbus", rate, "tasks/s")
+    key = "enqueue/python_batch/taskbus"
+    found = batch_method(store, cfg.batch)
+    if found is None:
+        m.na(key, "tasks/s", "Store has no batch API (enqueue_many/enqueue_batch)")
+        return
+    method, batch = found
+    calls = cfg.batched_total // cfg.batch
+    for _ in range(cfg.rounds):
+        stack.flush()
+        t = time.perf_counter()
+        for _ in range(calls):
+            method(batch)
+        m.add(key, calls * len(batch) / (time.perf_counter() - t), "tasks/s")
+        queued = stack.r.xlen(store.keys.stream(QUEUE))
+        if queued != calls * len(batch):
+            m.errors.append(f"Store.{method.__name__}: {queued} stream entries after {calls * len(batch)} tasks")
+    store.client.close()
+    stack.flush()
+
+
+def batch_method(store: Store, size: int) -> tuple[Callable[[list[Any]], Any], list[Any]] | None:
+    """Store's batch enqueue and a batch of `size` echo tasks it accepts (called once to find out:
+    a list of specs, or of (spec, idempotency key) pairs); None if Store has no batch API."""
+    method = next((getattr(store, name) for name in ("enqueue_many", "enqueue_batch") if hasattr(store, name)), None)
+    if method is None:
+        return None
+    spec = TaskSpec(type="echo", payload={"n": 1}, queue=QUEUE)
+    batch: list[Any] = [spec] * size
+    try:
+        method(batch)
+    except (TypeError, ValueError):
+        batch = [(spec, None)] * size
+        method(batch)
+    return method, batch
+
+
+def start_blog_app(stack: Stack) -> tuple[Proc, str]:
+    """The blog design's enqueue app (FastAPI on uvicorn × 2 workers); returns it and its base URL."""
+    port = free_port()
+    argv = [str(BIN / "uvicorn"), "bench.peers.blog_app:app", "--host", "127.0.0.1", "--port", str(port)]
+    argv += ["--workers", "2", "--loop", "uvloop", "--http", "httptools", "--no-access-log", "--log-level", "warning"]
+    return stack.spawn("blog-app", argv), f"http://127.0.0.1:{port}"
+
+
+def run_http(stack: Stack, cfg: Config, m: Metrics, load: Load) -> None:
+    """Every connection level against both servers, every round; the batch route at c=16 if it exists."""
+    enqueue, enqueue_base, _ = stack.taskbus_function("enqueue")
+    blog, blog_base = start_blog_app(stack)
+    try:
+        stack.wait_http(blog, blog_base)
+        batch = probe_batch(enqueue_base, cfg.batch, m)
+        targets = [
+            ("taskbus", enqueue_base + "/tasks", BODY, enqueue),
+            ("blog", blog_base + "/enqueue/", BODY, blog),
+        ]
+        for _, url, body, _ in targets:  # warm both servers (imports, pools, JIT-less caches)
+            load.run(url, body, 16, 1)
+        stack.flush()
+        level = HttpLevels(cfg, m, load).run
+        for rnd in range(cfg.rounds):
+            for conns in HTTP_LEVELS:
+                for name, url, body, server in targets:
+                    level(f"http/{name}/c{conns}", url, body, conns, rnd, 1, server)
+            if batch is not None:
+                level("http/taskbus_batch/c16", enqueue_base + "/tasks/batch", batch, 16, rnd, cfg.batch, enqueue)
+            stack.flush()
+        if batch is None:
+            m.na("http/taskbus_batch/c16", "tasks/s", "POST /tasks/batch answers 404")
+    finally:
+        enqueue.stop()
+        blog.stop()
+
+
+@dataclasses.dataclass
+class HttpLevels:
+    """Runs load levels against one server at a time and records what each measured."""
+
+    cfg: Config
+    m: Metrics
+    load: Load
+
+    def run(self, key: str, url: str, body: str, conns: int, rnd: int, per_request: int, server: Proc) -> None:
+        """One level: throughput, latency and the server's CPU per request (its whole process tree)."""
+        m = self.m
+        print(f"  http round {rnd + 1}/{self.cfg.rounds}: {url} c={conns}", flush=True)
+        tree = server.tree()
+        cpu0 = procs.cpu_seconds(tree)
+        r = self.load.run(url, body, conns, self.cfg.http_s)
+        cpu1 = procs.cpu_seconds(tree)
+        cpu_ms = (sum(cpu1.values()) - sum(cpu0.get(pid, 0.0) for pid in cpu1)) * 1000
+        m.add(key + "/server_cpu_ms", cpu_ms / max(1, r["requests"]), "ms/request")
+        if r["status_errors"] or r["socket_errors"]:
+            m.errors.append(
+                f"{key} round {rnd + 1}: {r['status_errors']} non-2xx, "
+                f"{r['socket_errors']} socket errors of {r['requests']} requests"
+            )
+        print(
+            f"    {r['rps']:.0f} req/s, p50 {r['p50_us'] / 1000:.2f} ms, p99 {r['p99_us'] / 1000:.2f} ms, "
+            f"server CPU {cpu_ms / max(1, r['requests']):.3f} ms/request",
+            flush=True,
+        )
+        m.add(key, r["rps"] * per_request, "tasks/s")
+        m.add(key + "/p50_ms", r["p50_us"] / 1000, "ms")
+        m.add(key + "/p99_ms", r["p99_us"] / 1000, "ms")
+
+
+def probe_batch(base: str, size: int, m: Metrics) -> str | None:
+    """The body shape POST /tasks/batch accepts, or None when the route does not exist."""
+    item = json.loads(BODY)
+    parts = urllib.parse.urlsplit(base)
+    for shape in ({"tasks": [item] * size}, [item] * size):
+        body = json.dumps(shape, separators=(",", ":"))
+        c = http.client.HTTPConnection(parts.hostname, parts.port, timeout=5)
+        c.request("POST", "/tasks/batch", body, {"Content-Type": "application/json"})
+        resp = c.getresponse()
+        text = resp.read()
+        c.close()
+        if resp.status == 404:
+            print("  POST /tasks/batch: 404, n/a", flush=True)
+            return None
+        if 200 <= resp.status < 300:
+            results = json.loads(text).get("results") if text.startswith(b"{") else None
+            if isinstance(results, list) and any("id" not in x for x in results):
+                last = f"{resp.status} with refused items: {text[:200]!r}"
+                continue
+            print(f"  POST /tasks/batch accepts {type(shape).__name__} bodies", flush=True)
+            return body
+        last = f"{resp.status} {text[:200]!r}"
+    m.errors.append(f"POST /tasks/batch exists but refused both body shapes: {last}")
+    return None

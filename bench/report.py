@@ -1,0 +1,359 @@
+"""The report printed from a run's result (medians [min–max], ratios taskbus ÷ peer from the same
+run, never across runs), and the lead's targets met or not."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from bench.config import FSYNC_CLIENTS, FSYNC_SAMPLE, HTTP_LEVELS, MEMORY_BATCH, Config
+
+
+def fmt(summary: dict[str, Any], key: str, digits: int = 0) -> str:
+    m = summary.get(key)
+    if not m:
+        return "—"
+    if m.get("na") and m["median"] is None:
+        return "n/a"
+    if m["median"] is None:
+        return "failed"
+    f = f"{{:,.{digits}f}}"
+    text = f.format(m["median"])
+    if m["rounds"] > 1:
+        text += f" [{f.format(m['min'])}–{f.format(m['max'])}]"
+    return text
+
+
+def other_cores(summary: dict[str, Any], base: str) -> str:
+    m = summary.get(base + "/host_other_cores")
+    return f"{m['median']:.2f}" if m and m["median"] is not None else ""
+
+
+def ratio(summary: dict[str, Any], a: str, b: str) -> float | None:
+    ma, mb = summary.get(a, {}).get("median"), summary.get(b, {}).get("median")
+    return ma / mb if ma and mb else None
+
+
+def rfmt(x: float | None) -> str:
+    return "—" if x is None else f"{x:.2f}×"
+
+
+def best_key(summary: dict[str, Any], keys: list[str]) -> str | None:
+    have = [k for k in keys if summary.get(k, {}).get("median")]
+    return max(have, key=lambda k: summary[k]["median"]) if have else None
+
+
+def table(result: dict[str, Any]) -> str:
+    s = result["metrics"]
+    cfg = result["config"]
+    lines: list[str] = []
+    w = lines.append
+    rounds = f"median [min–max] of {cfg['rounds']} round(s)"
+    w(f"taskbus bench {result['started']}  ({rounds}; ratios are taskbus ÷ peer from this run)")
+    kafka = result["host"].get("kafka")
+    w(
+        f"host: {result['host']['cpus']} cpu, Python {result['host']['python']}, Valkey {result['host']['valkey']}"
+        + (f", Kafka broker {kafka}" if kafka else "")
+        + f"; HTTP load: {result['host']['load']}"
+    )
+    other = result.get("host_other_load", {})
+    if other:
+        w(
+            "CPU used by processes outside this bench (other work on the host), mean/max cores: "
+            + ", ".join(f"{k} {v['mean_cores']:.2f}/{v['max_cores']:.2f}" for k, v in other.items())
+        )
+        if max(v["mean_cores"] for v in other.values()) > 0.2:
+            w("WARNING: the host was busy with other work during this run: the figures below are perturbed")
+    if any(k.startswith("drain/") for k in s):
+        drain_table(w, s, cfg)
+    if any(k.startswith(("enqueue/", "http/")) for k in s):
+        enqueue_table(w, s, cfg)
+    if any(k.startswith("latency/") for k in s):
+        latency_table(w, s, cfg)
+    if any(k.startswith("fsync/") for k in s):
+        fsync_table(w, s)
+    if any(k.startswith("memory/") for k in s):
+        memory_table(w, s)
+    # targets
+    w("")
+    w("TARGETS (lead's)")
+    for t in result["targets"]:
+        w(f"  {t['name']:<58} {t['value']:<22} {t['verdict']}")
+    if result["errors"]:
+        w("")
+        w("ERRORS")
+        for e in result["errors"]:
+            w("  " + e.splitlines()[0][:300])
+    if result["notes"]:
+        w("")
+        for n in result["notes"]:
+            w("note: " + n)
+    return "\n".join(lines)
+
+
+DRAIN_PEERS = [("dramatiq/1p", 1), ("dramatiq/2p", 2), ("huey/thread", 1), ("huey/process", 2)]
+DRAIN_PEERS += [("rq/simple", 1), ("celery/prefork", 2)]
+
+
+def drain_table(w: Callable[[str], None], s: dict[str, Any], cfg: dict[str, Any]) -> None:
+    w("")
+    w(
+        "1/4. DRAIN  N tasks queued first (one INCR each), then the workers start; tasks/s from first to last "
+        "completion; CPU from /proc (worker process trees) and INFO cpu (Redis); other = cores busy outside the bench"
+    )
+    if any(k.startswith("drain/taskbus-kafka/") for k in s):
+        w(
+            "taskbus on Kafka: CHANNEL=kafka, same task and N, a fresh queue (topic + consumer group) per round on "
+            "the embedded tansu broker (in memory, KAFKA_PARTITIONS=6, replication 1); timed from the first "
+            "completion, so the group join is not counted; Redis CPU = task state; tansu CPU in the last column"
+        )
+    hdr = (
+        f"{'system':<44} {'N':>6} {'tasks/s':>22} {'worker CPU ms/task':>22} {'Redis CPU µs/task':>20} "
+        f"{'other':>5}  {'taskbus ÷ peer (tasks/s)'}"
+    )
+    w(hdr)
+    w("-" * len(hdr))
+    tb_best = best_per_procs(s, "taskbus", cfg["concurrencies"])
+    kafka_best = best_per_procs(s, "taskbus-kafka", cfg["concurrencies"])
+    rows = [(f"taskbus/{p}p/c{c}", p) for p in (1, 2) for c in cfg["concurrencies"]]
+    rows += [(f"taskbus-kafka/{p}p/c{c}", p) for p in (1, 2) for c in cfg["concurrencies"]]
+    for key, p in rows + DRAIN_PEERS:
+        base = f"drain/{key}"
+        if base + "/tasks_s" not in s:
+            continue
+        label = s[base + "/tasks_s"]["label"]
+        n = int(s.get(base + "/n", {}).get("median") or 0)
+        if key.startswith("taskbus/"):
+            vs = "best" if tb_best.get(p) == base else ""
+        elif key.startswith("taskbus-kafka/"):
+            vs = kafka_vs(s, base, p, tb_best.get(p), kafka_best.get(p) == base)
+        else:
+            tb = tb_best.get(p)
+            vs = f"{rfmt(ratio(s, tb + '/tasks_s', base + '/tasks_s'))} vs taskbus {p} proc(s)" if tb else "—"
+        w(
+            f"{label:<44} {n:>6} {fmt(s, base + '/tasks_s'):>22} {fmt(s, base + '/worker_cpu_ms', 3):>22} "
+            f"{fmt(s, base + '/redis_cpu_us', 1):>20} {other_cores(s, base):>5}  {vs}"
+        )
+
+
+def best_per_procs(s: dict[str, Any], family: str, concurrencies: list[int]) -> dict[int, str]:
+    """The fastest CONCURRENCY's metric base (drain/<family>/<p>p/c<c>) per process count."""
+    best: dict[int, str] = {}
+    for p in (1, 2):
+        k = best_key(s, [f"drain/{family}/{p}p/c{c}/tasks_s" for c in concurrencies])
+        if k:
+            best[p] = k.removesuffix("/tasks_s")
+    return best
+
+
+def kafka_vs(s: dict[str, Any], base: str, p: int, tb: str | None, best: bool) -> str:
+    """The last column of a Kafka row: Kafka ÷ Redis on the best rows, the broker's CPU, rebalances."""
+    vs = ""
+    if best and tb:
+        vs = f"best: {rfmt(ratio(s, base + '/tasks_s', tb + '/tasks_s'))} Kafka ÷ Redis {p} proc(s); "
+    elif best:
+        vs = "best; "
+    vs += f"tansu CPU {fmt(s, base + '/broker_cpu_us', 1)} µs/task"
+    rebalances = s.get(base + "/rebalances", {}).get("max")
+    if rebalances:
+        vs += f"; {rebalances:.0f} rebalance(s) in a round"
+    return vs
+
+
+PYTHON_ROWS = [
+    ("taskbus", "taskbus Store.enqueue"),
+    ("taskbus-kafka", "taskbus Store.enqueue, Kafka (acked)"),
+    ("dramatiq", "Dramatiq actor.send()"),
+    ("huey", "Huey task()"),
+    ("rq", "RQ Queue.enqueue()"),
+    ("celery", "Celery task.delay()"),
+]
+HTTP_ROWS = [("taskbus", "taskbus POST /tasks (gunicorn gthread)"), ("blog", "blog app POST /enqueue/ (uvicorn ×2)")]
+
+
+def enqueue_table(w: Callable[[str], None], s: dict[str, Any], cfg: dict[str, Any]) -> None:
+    w("")
+    w("2. ENQUEUE")
+    hdr = f"{'what':<58} {'tasks/s':>22} {'p50 ms':>18} {'p99 ms':>22} {'srv CPU ms/req':>20}  taskbus ÷ peer"
+    w(hdr)
+    w("-" * len(hdr))
+    py = "enqueue/python1/"
+    for fam, label in PYTHON_ROWS:
+        if py + fam not in s:
+            continue
+        if fam == "taskbus-kafka":
+            r = ratio(s, py + fam, py + "taskbus")
+            vs = f"{rfmt(r)} Kafka ÷ Redis" if r else ""
+        else:
+            r = ratio(s, py + "taskbus", py + fam) if fam != "taskbus" else None
+            vs = rfmt(r) if r else ""
+        w(f"{'Python 1 at a time: ' + label:<58} {fmt(s, py + fam):>22} {'':>18} {'':>22} {'':>20}  {vs}")
+    key = "enqueue/python_batch/taskbus"
+    if key in s:
+        label = f"Python batched ({cfg['batch']}/call): taskbus Store.enqueue_many"
+        w(f"{label:<58} {fmt(s, key):>22}" + (f"   ({s[key]['na']})" if s[key].get("na") else ""))
+    http_rows(w, s, cfg)
+
+
+def http_rows(w: Callable[[str], None], s: dict[str, Any], cfg: dict[str, Any]) -> None:
+    """HTTP POST /tasks vs the blog app at each connection count, then the batch route."""
+    for conns in HTTP_LEVELS:
+        for name, label in HTTP_ROWS:
+            key = f"http/{name}/c{conns}"
+            if key not in s:
+                continue
+            r = ratio(s, f"http/taskbus/c{conns}", key) if name == "blog" else None
+            w(
+                f"{f'HTTP c={conns:<3}{label}':<58} {fmt(s, key):>22} {fmt(s, key + '/p50_ms', 2):>18} "
+                f"{fmt(s, key + '/p99_ms', 2):>22} {fmt(s, key + '/server_cpu_ms', 3):>20}  {rfmt(r) if r else ''}"
+            )
+    key = "http/taskbus_batch/c16"
+    if key in s:
+        label = f"HTTP c=16 POST /tasks/batch ({cfg['batch']}/request)"
+        w(
+            f"{label:<58} {fmt(s, key):>22} {fmt(s, key + '/p50_ms', 2):>18} {fmt(s, key + '/p99_ms', 2):>22} "
+            f"{fmt(s, key + '/server_cpu_ms', 3):>20}" + (f"   ({s[key]['na']})" if s[key].get("na") else "")
+        )
+
+
+def latency_table(w: Callable[[str], None], s: dict[str, Any], cfg: dict[str, Any]) -> None:
+    w("")
+    w(
+        f"3. LATENCY  one idle warmed worker; {cfg['latency_tasks']} echo tasks one at a time at {cfg['rate']:.0f}/s "
+        f"per round; task-hash times (Redis TIME, 1 ms resolution)"
+    )
+    kafka = "latency/kafka_enqueue_start/p50" in s
+    hdr = f"{'what (ms)':<58} {'p50':>16} {'p99':>16} {'max':>16}" + ("  Kafka ÷ Redis p50/p99/max" if kafka else "")
+    w(hdr)
+    w("-" * len(hdr))
+    w(
+        "(long-poll wake-up = client receive time − finished_ms; finished_ms is floored to the ms, so it reads "
+        "0–1 ms high)"
+    )
+    if kafka:
+        w(
+            "(Kafka: the same worker and tasks on CHANNEL=kafka, a fresh queue per round, run right after the Redis "
+            "round; created_ms precedes the produce, so → start includes the producer's wait for the broker's ack; "
+            "a ratio over a 0 ms Redis figure shows —)"
+        )
+        w(
+            "(on tansu a consumer's fetch is answered when librdkafka's fetch.wait.max.ms runs out "
+            "(KAFKA_FETCH_WAIT_MS, 100 ms by default) rather than when a record arrives, so the Kafka rows "
+            "are mostly that wait: a broker artefact, see bench/README.md)"
+        )
+    for name, label, d in (
+        ("enqueue_start", "enqueue → start", 0),
+        ("kafka_enqueue_start", "enqueue → start, taskbus on Kafka", 0),
+        ("enqueue_finish", "enqueue → finish", 0),
+        ("kafka_enqueue_finish", "enqueue → finish, taskbus on Kafka", 0),
+        ("longpoll_wake", f"status long-poll wake-up ({cfg['longpolls']}/round)", 2),
+    ):
+        base = f"latency/{name}"
+        if base + "/p50" in s:
+            p50, p99, top = (fmt(s, f"{base}/{q}", d) for q in ("p50", "p99", "max"))
+            vs = ""
+            if name.startswith("kafka_"):
+                redis_base = "latency/" + name.removeprefix("kafka_")
+                vs = "  " + "/".join(rfmt(ratio(s, f"{base}/{q}", f"{redis_base}/{q}")) for q in ("p50", "p99", "max"))
+            w(f"{label:<58} {p50:>16} {p99:>16} {top:>16}{vs}")
+
+
+def fsync_table(w: Callable[[str], None], s: dict[str, Any]) -> None:
+    w("")
+    w(f"4b. ENQUEUE_FSYNC  Store.enqueue on a Valkey with an append-only file: {FSYNC_SAMPLE} one at a time "
+      f"(latency), then {FSYNC_CLIENTS} threads (throughput); ratios against no fsync wait, same run")
+    hdr = f"{'mode':<44} {'p50 ms':>22} {'p99 ms':>22} {f'c{FSYNC_CLIENTS} tasks/s':>22} {'÷ off':>7}"
+    w(hdr)
+    w("-" * len(hdr))
+    labels = {
+        "off": "ENQUEUE_FSYNC=false (appendfsync everysec)",
+        "everysec": "ENQUEUE_FSYNC=true, appendfsync everysec",
+        "always": "ENQUEUE_FSYNC=true, appendfsync always",
+    }
+    for name, label in labels.items():
+        tput = f"fsync/{name}/c{FSYNC_CLIENTS}"
+        w(f"{label:<44} {fmt(s, f'fsync/{name}/p50', 2):>22} {fmt(s, f'fsync/{name}/p99', 2):>22} "
+          f"{fmt(s, tput):>22} {rfmt(ratio(s, tput, f'fsync/off/c{FSYNC_CLIENTS}')):>7}")
+
+
+def memory_table(w: Callable[[str], None], s: dict[str, Any]) -> None:
+    def v(key: str) -> float | None:
+        return s.get(key, {}).get("median")
+
+    n, ttl = int(v("memory/tasks") or 0), int(v("memory/result_ttl_s") or 0)
+    w("")
+    w(
+        f"5. MEMORY  Redis INFO used_memory (allocator bytes in use, not RSS) on a fresh Valkey of its own; {n:,} echo "
+        f"tasks by Store.enqueue_many ({MEMORY_BATCH}/call), drained by 2 workers started with RESULT_TTL_S={ttl} s "
+        "(short so the test is quick; default 1 day)"
+    )
+    hdr = f"{'state':<58} {'used_memory B':>16} {'Δ baseline B':>16} {'B/task':>10} {'RSS B':>16}"
+    w(hdr)
+    w("-" * len(hdr))
+    base = v("memory/baseline")
+    drain, gone = v("memory/drain_s"), v("memory/expired_after_s")
+    rows = (
+        ("baseline", "baseline: stream + consumer group, scripts loaded, no task"),
+        ("queued", f"{n:,} tasks queued (hash + stream entry each)"),
+        ("finished", f"{n:,} tasks succeeded, workers stopped" + (f" ({drain:.0f} s drain)" if drain else "")),
+        ("after_ttl", "after RESULT_TTL_S: task keys expired" + (f" ({gone:.0f} s after the drain)" if gone else "")),
+        # raw: holds the statistics gathered since the previous reading's reset
+        ("after_ttl_reset", "  same, slow log and command stats reset like the rest"),
+    )
+    for key, label in rows:
+        used = v(f"memory/{key}")
+        if used is None:
+            continue
+        delta = f"{used - base:+,.0f}" if base is not None and key != "baseline" else ""
+        per = v(f"memory/{key}/per_task")
+        rss = v(f"memory/{key}/rss")
+        w(
+            f"{label:<58} {used:>16,.0f} {delta:>16} {'' if per is None else f'{per:,.0f}':>10} "
+            f"{'' if rss is None else f'{rss:,.0f}':>16}"
+        )
+    slow = int(v("memory/slowlog_len") or 0)
+    w(
+        "(every reading but the raw 'after RESULT_TTL_S' one follows SLOWLOG RESET + CONFIG RESETSTAT: the slow log "
+        f"({slow} entries cleared in all, mostly 1000-task enqueue calls over 10 ms) and the per-command latency "
+        "histograms (~16 KB per command name) hold memory, bounded, not per task)"
+    )
+    w("(RSS for reference only: the allocator may keep freed pages; used_memory is what Redis holds)")
+
+
+def targets(s: dict[str, Any], cfg: Config) -> list[dict[str, Any]]:
+    out = []
+
+    def add(name: str, value: float | None, ok: Callable[[float], bool], unit: str) -> None:
+        out.append(
+            {
+                "name": name,
+                "value": "—" if value is None else f"{value:.2f}{unit}",
+                "raw": value,
+                "verdict": "n/a" if value is None else ("MET" if ok(value) else "NOT MET"),
+            }
+        )
+
+    tb2 = best_key(s, [f"drain/taskbus/2p/c{c}/tasks_s" for c in cfg.concurrencies])
+    dq = best_key(s, ["drain/dramatiq/1p/tasks_s", "drain/dramatiq/2p/tasks_s"])
+    add("drain, taskbus 2 procs ≥ 4× Dramatiq's best", ratio(s, tb2, dq) if tb2 and dq else None, lambda v: v >= 4, "×")
+    p99 = s.get("latency/enqueue_start/p99", {}).get("median")
+    add("enqueue→start p99 ≤ 2 ms", p99, lambda v: v <= 2, " ms")
+    tbh = best_key(s, [f"http/taskbus/c{c}" for c in HTTP_LEVELS])
+    blog = best_key(s, [f"http/blog/c{c}" for c in HTTP_LEVELS])
+    add(
+        "HTTP single enqueue ≥ 1.2× blog app (each at its best c)",
+        ratio(s, tbh, blog) if tbh and blog else None,
+        lambda v: v >= 1.2,
+        "×",
+    )
+    wake = s.get("latency/longpoll_wake/p99", {}).get("median")
+    add("long-poll wake-up p99 ≤ 5 ms", wake, lambda v: v <= 5, " ms")
+    if "memory" in cfg.only:
+        grown = s.get("memory/finished", {}).get("median")
+        base = s.get("memory/baseline", {}).get("median")
+        delta = s.get("memory/after_ttl_reset/delta", {}).get("median")
+        share = delta / (grown - base) * 100 if None not in (grown, base, delta) and grown != base else None
+        add("Redis memory after RESULT_TTL_S ≤ baseline + 1% of growth", share, lambda v: v <= 1, "%")
+    return out
+
+
