@@ -51,7 +51,6 @@ def run_latency(stack: Stack, cfg: Config, m: Metrics) -> None:
                     print(f"    FAILED: {exc}", flush=True)
     finally:
         store.client.close()
-        store.blocking.close()
         worker.stop()
         status.stop()
 

@@ -76,7 +76,6 @@ class MemorySection:
             ids += [task_id for task_id, _, _ in store.enqueue_many([(spec, None)] * min(batch, n - i))]
         enqueue_s = time.perf_counter() - t
         store.client.connection_pool.disconnect()  # its big query buffers must not count
-        store.blocking.connection_pool.disconnect()
         if r.xlen(self.stream) != n or r.dbsize() != self.base_keys + n:
             raise RuntimeError(f"after enqueue: {r.xlen(self.stream)} stream entries, {r.dbsize()} keys (want {n})")
         queued = self.readings["queued"] = settled_memory(r, reset=True)

@@ -22,9 +22,11 @@ from bench.config import KAFKA, KAFKA_QUEUE, PREFIX, QUEUE
 from bench.procs import ROOT, Proc, wait_for
 from local.commands import argv as service_argv
 from local.embedded import EmbeddedKafka, EmbeddedServer, free_port
-from taskbus.keys import SCRIPT_NAMES, Keys, load_script  # taskbus internal
+from taskbus.channel.kafka.outbox import KafkaOutlet  # taskbus internal
+from taskbus.enqueue import Enqueuer as Store  # taskbus's Python producer, named as the bench tables say
+from taskbus.keys import Keys
 from taskbus.settings import Settings
-from taskbus.store import Store  # taskbus internal
+from taskbus.state.scripts import Scripts, load_script  # taskbus internal
 
 __all__ = ["KEYS", "Stack", "Store", "close_store", "free_port", "kafka_rebalances", "load_scripts"]
 
@@ -33,16 +35,15 @@ KEYS = Keys(PREFIX)  # key names of every queue the bench uses
 
 def load_scripts(r: redis.Redis) -> None:
     """Load every taskbus Lua script into `r`'s script cache, as a worker's first start does."""
-    for name in SCRIPT_NAMES:
+    for name in Scripts.NAMES:
         r.script_load(load_script(name))
 
 
 def close_store(store: Store) -> None:
     """Flush and stop the store's Kafka producer, if it made one, then close its connections."""
-    if store._publisher is not None:
-        store._publisher.close()
+    if isinstance(store.outlet, KafkaOutlet):
+        store.outlet.close()
     store.client.close()
-    store.blocking.close()
 
 
 def kafka_rebalances(workers: list[Proc]) -> int:
