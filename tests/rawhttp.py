@@ -6,9 +6,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import socket
+import threading
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
+
+T = TypeVar("T")
 
 
 @dataclasses.dataclass
@@ -93,3 +97,28 @@ def assert_error(response: Any, status: int, code: str | None = None) -> dict[st
     if code is not None:
         assert error["code"] == code, body
     return dict(error)
+
+
+def at_once(count: int, call: Callable[[], T], timeout: float = 20.0) -> list[T | BaseException]:
+    """Run `call` in `count` threads released together by a barrier; returns what each
+    returned or raised, once all have finished (fails if one is still running at `timeout`)."""
+    barrier = threading.Barrier(count)
+    results: list[T | BaseException] = []
+    lock = threading.Lock()
+
+    def run() -> None:
+        try:
+            barrier.wait(timeout=10)
+            result: T | BaseException = call()
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller
+            result = exc
+        with lock:
+            results.append(result)
+
+    threads = [threading.Thread(target=run) for _ in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout)
+    assert len(results) == count, f"{count - len(results)} of {count} calls still running after {timeout} s"
+    return results

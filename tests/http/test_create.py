@@ -16,7 +16,7 @@ import pytest
 import redis
 
 from tests.http.conftest import STATUS_BASE, Api
-from tests.http.helpers import JSON, KEYS, MiB, VIEW_KEYS, create, create_id, padded_body, padded_object, post_raw
+from tests.http.helpers import JSON, KEYS, VIEW_KEYS, MiB, create, create_id, padded_body, padded_object, post_raw
 
 # --------------------------------------------------------------------------- POST /tasks
 
