@@ -17,11 +17,11 @@ from local.embedded import free_port
 from taskbus.settings import Settings
 from tests.http.hooks import (
     ALL_SECRETS,
-    MAX_BODY,
     ORPHAN_GH_SECRET,
     QUEUES,
     SOURCES,
     delivery,
+    hook_settings,
     signature_header,
     stream_len,
     webhook_env,
@@ -40,7 +40,7 @@ def fresh_settings(base_settings: Settings, **changes: object) -> Settings:
 def hooks(base_settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Proc]]:
     """The enqueue function with the six webhook sources under gunicorn: its URL and process."""
     log_dir = tmp_path_factory.mktemp("webhook-functions")
-    proc, url = start_function("enqueue", fresh_settings(base_settings, max_body_bytes=MAX_BODY), log_dir,
+    proc, url = start_function("enqueue", hook_settings(fresh_settings(base_settings)), log_dir,
                                **webhook_env(log_dir))
     yield url, proc
     stop(proc)

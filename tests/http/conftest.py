@@ -45,7 +45,7 @@ class Built:
 def build_app(function: str, settings: Settings, **extra_env: str) -> Built:
     """`create_app` for functions/<function>/main.py with `Settings.from_env()` returning
     `settings` (plus `extra_env`: API_KEYS, WEBHOOK_*), leaving the process as it was."""
-    environ = dict(os.environ)
+    environ, main = dict(os.environ), sys.modules.get("main")
     root = logging.getLogger()
     handlers, level = list(root.handlers), root.level
     log_globals = logging.logThreads, logging.logMultiprocessing, logging._srcfile  # type: ignore[attr-defined]
@@ -62,19 +62,24 @@ def build_app(function: str, settings: Settings, **extra_env: str) -> Built:
                     del os.environ[name]
             os.environ.update(env_of(settings, **extra_env))
             mp.setattr(sys, "path", list(sys.path))
-            mp.delitem(sys.modules, "main", raising=False)  # restored (or removed again) on exit
             mp.setattr(gunicorn.util, "write_error", gunicorn.util.write_error)
             app = functions_framework.create_app(target=function, source=str(ROOT / "functions" / function / "main.py"))
             module = sys.modules["main"]
     finally:
         os.environ.clear()
         os.environ.update(environ)
+        if main is None:
+            sys.modules.pop("main", None)
+        else:
+            sys.modules["main"] = main
         for collector in collectors:
             taskbus_log.removeHandler(collector)
         root.handlers[:] = handlers
         root.setLevel(level)
         logging.logThreads, logging.logMultiprocessing, logging._srcfile = log_globals  # type: ignore[attr-defined]
-    assert module.settings.redis_url == settings.redis_url, "the function read other settings"
+    plain = {"api_keys": (), "webhooks": ()}  # the ones extra_env sets
+    assert dataclasses.replace(module.settings, **plain) == dataclasses.replace(settings, **plain), \
+        "the function read other settings than it was given"
     return Built(app, module)
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import redis
 
+from taskbus.settings import Settings
 from tests.http.helpers import KEYS
 from tests.test_webhooks import (
     STANDARD_SECRET,
@@ -49,8 +50,15 @@ SIGNATURE_HEADERS = {"x-hub-signature-256", "x-hub-signature", "stripe-signature
 ID_RE = re.compile(r"(?P<queue>[A-Za-z0-9_.:-]+)~(?P<hex>[0-9a-f]{32})")
 
 
+def hook_settings(settings: Settings) -> Settings:
+    """`settings` with the webhook tolerance, dedupe window and body limit these tests observe."""
+    return dataclasses.replace(settings, max_body_bytes=MAX_BODY, webhook_tolerance_s=TOLERANCE_S,
+                               webhook_dedupe_ttl_s=DEDUPE_TTL_S)
+
+
 def webhook_env(secret_dir: Path) -> dict[str, str]:
-    """WEBHOOK_* for the six sources (Slack's secret from a file), MAX_BODY aside."""
+    """WEBHOOK_* for the six sources (Slack's secret from a file); the other webhook settings
+    are Settings fields (`hook_settings`)."""
     slack_file = secret_dir / "slack.secret"
     slack_file.write_text(SLACK_SECRET + "\n", "utf-8")
     env = {
@@ -68,8 +76,6 @@ def webhook_env(secret_dir: Path) -> dict[str, str]:
         "WEBHOOK_ACME_ALGORITHM": "sha256",
         "WEBHOOK_ACME_EVENT_HEADER": "X-Acme-Event",
         "WEBHOOK_ACME_ID_HEADER": "X-Acme-Delivery",
-        "WEBHOOK_TOLERANCE_S": str(TOLERANCE_S),
-        "WEBHOOK_DEDUPE_TTL_S": str(DEDUPE_TTL_S),
     }
     env.update({f"WEBHOOK_{name.upper()}_QUEUE": queue for name, queue in QUEUES.items()})
     return env

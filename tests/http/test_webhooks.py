@@ -41,6 +41,7 @@ from tests.http.hooks import (
     SLACK_SECRET,
     SOURCES,
     delivery,
+    hook_settings,
     keyed_env,
     parse_iso,
     signature_header,
@@ -67,7 +68,7 @@ from tests.test_webhooks import (
 def hooks(make_api: Callable[..., Api], base_settings: Settings, log_lines: LogLines,
           tmp_path_factory: pytest.TempPathFactory) -> Api:
     """Enqueue (with the six webhook sources) and status, no API keys."""
-    settings = dataclasses.replace(base_settings, max_body_bytes=MAX_BODY, status_base_url=STATUS_BASE)
+    settings = hook_settings(dataclasses.replace(base_settings, status_base_url=STATUS_BASE))
     return make_api(settings, **webhook_env(tmp_path_factory.mktemp("webhook-secrets")))
 
 
