@@ -1,0 +1,263 @@
+"""What only a real server shows: the functions under gunicorn (conftest's `functions`), driven
+over real sockets. 413 before the body is read, chunked bodies, gunicorn's own 400/414/431,
+request targets sent byte for byte, the 408 body deadline, slow-loris, concurrency, and what a
+process writes to its log. Everything else about the HTTP contract runs in process
+(tests/http/).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import hmac
+import json
+import socket
+import statistics
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import redis
+
+from local.embedded import free_port
+from taskbus.settings import Settings
+from tests.http.helpers import JSON, KEYS, MiB, padded_body, queue_keys
+from tests.rawhttp import RawResponse, assert_error, at_once, raw_request
+from tests.support import start_function, stop
+
+GITHUB_SECRET = "gh-secret-8c1f9e2d7a"
+API_KEY = "api-key-5d3b1a9f0e"
+
+
+@pytest.fixture(scope="module")
+def guarded(base_settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, object]]:
+    """An enqueue function at LOG_LEVEL=DEBUG with a webhook secret, an API key and a 1 s body deadline."""
+    log_dir = tmp_path_factory.mktemp("guarded")
+    settings = dataclasses.replace(base_settings, enqueue_port=free_port(), body_timeout_s=1.0, log_level="DEBUG")
+    proc, url = start_function("enqueue", settings, log_dir, WEBHOOK_SOURCES="github",
+                               WEBHOOK_GITHUB_SECRET=GITHUB_SECRET, API_KEYS=API_KEY)
+    yield {"url": url, "port": settings.enqueue_port, "proc": proc}
+    stop(proc)
+
+
+def port_of(url: str) -> int:
+    return int(url.rsplit(":", 1)[1])
+
+
+def _raw(port: int, data: bytes) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", port))
+    sock.sendall(data)
+    return sock
+
+
+def post_with_key(functions: dict[str, str], queue: str, path: str, key: str) -> RawResponse:
+    body = json.dumps({"type": "t", "queue": queue}).encode()
+    return raw_request(functions["enqueue"], "POST", path,
+                       {"Content-Type": "application/json", "Idempotency-Key": key}, body)
+
+
+# --------------------------------------------------------------------------- bodies
+
+
+def test_chunked_body_accepted(http: httpx.Client, functions: dict[str, str], queue: str, r: redis.Redis) -> None:
+    body = json.dumps({"type": "t", "queue": queue, "payload": {"k": "v" * 1000}}).encode()
+    response = http.post(functions["enqueue"] + "/tasks", content=iter([body[:10], body[10:]]), headers=JSON)
+    assert response.status_code == 202, response.text
+    assert json.loads(r.hget(KEYS.task(response.json()["id"]), "payload")) == {"k": "v" * 1000}
+
+
+@pytest.mark.parametrize("path", ["/tasks", "/enqueue"])
+@pytest.mark.parametrize("shape", ["cut mid-json", "valid json then whitespace"])
+def test_chunked_body_over_the_limit_is_413(http: httpx.Client, functions: dict[str, str], queue: str,
+                                            r: redis.Redis, path: str, shape: str) -> None:
+    if shape == "cut mid-json":
+        body = padded_body(queue, MiB + 1)
+    else:
+        body = json.dumps({"type": "t", "queue": queue} if path == "/tasks" else {"q": queue}).encode()
+        body += b" " * (MiB + 1 - len(body))
+    assert len(body) == MiB + 1
+    chunks = iter([body[i:i + 65536] for i in range(0, len(body), 65536)])
+    response = http.post(functions["enqueue"] + path, content=chunks, headers=JSON)
+    stored = r.xlen(KEYS.stream(queue))
+    assert response.status_code == 413, (response.status_code, response.text[:200], f"stream entries: {stored}")
+    assert_error(response, 413, "payload_too_large")
+    assert queue_keys(r, queue) == set()
+
+
+@pytest.mark.parametrize("path", ["/tasks", "/enqueue"])
+def test_announced_huge_body_gets_413_without_being_sent(functions: dict[str, str], path: str) -> None:
+    start = time.monotonic()
+    response = raw_request(functions["enqueue"], "POST", path,
+                           {"Content-Type": "application/json", "Content-Length": str(50_000_000)},
+                           body=b"", timeout=2.0, send_body=False)
+    assert time.monotonic() - start < 2
+    assert_error(response, 413, "payload_too_large")
+
+
+def test_body_that_never_finishes_gets_408(guarded: dict[str, object]) -> None:
+    sock = _raw(int(guarded["port"]), b"POST /tasks HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"  # type: ignore[call-overload]
+                                      + f"Authorization: Bearer {API_KEY}\r\n".encode()
+                                      + b"Content-Length: 100\r\n\r\n{\"ty")
+    sock.settimeout(5)
+    began = time.monotonic()
+    reply = b""
+    while b"}}" not in reply and (chunk := sock.recv(4096)):
+        reply += chunk
+    sock.close()
+    assert reply.startswith(b"HTTP/1.1 408"), reply[:200]
+    assert b'"request_timeout"' in reply
+    assert time.monotonic() - began < 3
+
+
+def test_slow_loris_connections_do_not_starve_normal_requests(functions: dict[str, str]) -> None:
+    """README: normal requests are still answered within 1 s. Held to that at the median of 5;
+    each one within 2 s (a starved one would wait for BODY_TIMEOUT_S, 10 s)."""
+    port = port_of(functions["enqueue"])
+    held = [_raw(port, b"POST /tasks HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                       b"Content-Length: 100\r\n\r\n{\"ty") for _ in range(25)]
+    held += [_raw(port, b"POST /tasks HTTP/1.1\r\nHost: x\r\n") for _ in range(25)]  # headers never end
+    took = []
+    try:
+        with httpx.Client(timeout=5) as http:
+            for _ in range(5):
+                began = time.monotonic()
+                reply = http.post(functions["enqueue"] + "/tasks", json={"type": "echo", "queue": "loris"})
+                took.append(time.monotonic() - began)
+                assert reply.status_code == 202
+    finally:
+        for sock in held:
+            sock.close()
+    assert max(took) < 2.0 and statistics.median(took) < 1.0, took
+
+
+# --------------------------------------------------------------------------- concurrency
+
+
+def test_idempotency_key_under_20_concurrent_requests(functions: dict[str, str], queue: str,
+                                                      r: redis.Redis) -> None:
+    key = f"concurrent-{uuid.uuid4()}"
+    with httpx.Client(timeout=10, limits=httpx.Limits(max_connections=20)) as client:
+        results = at_once(20, lambda: client.post(functions["enqueue"] + "/tasks", json={"type": "t", "queue": queue},
+                                                  headers={"Idempotency-Key": key}))
+    errors = [x for x in results if isinstance(x, BaseException)]
+    assert not errors, errors
+    responses = [x for x in results if isinstance(x, httpx.Response)]
+    statuses = sorted(x.status_code for x in responses)
+    assert statuses == [200] * 19 + [202], [(x.status_code, x.text) for x in responses]
+    assert len({x.json()["id"] for x in responses}) == 1
+    assert len({x.headers["location"] for x in responses}) == 1
+    assert r.xlen(KEYS.stream(queue)) == 1
+
+
+# --------------------------------------------------------------------------- gunicorn's own refusals
+
+
+CONTROL_KEYS = {"inner \\x01": "a\x01b", "only \\x01": "\x01", "DEL": "a\x7fb", "escape": "a\x1bb"}
+
+
+@pytest.mark.parametrize("key", CONTROL_KEYS.values(), ids=CONTROL_KEYS.keys())
+@pytest.mark.parametrize("path", ["/tasks", "/enqueue"])
+def test_control_characters_in_idempotency_key_are_refused(functions: dict[str, str], queue: str,
+                                                           r: redis.Redis, key: str, path: str) -> None:
+    """gunicorn refuses the header before the function runs: a JSON 400, nothing enqueued."""
+    before = set(r.keys("*"))
+    assert_error(post_with_key(functions, queue, path, key), 400, "bad_request")
+    assert set(r.keys("*")) - before == set()
+
+
+@pytest.mark.parametrize("path", ["/tasks", "/enqueue"])
+def test_latin_1_idempotency_key_over_the_wire_is_422(functions: dict[str, str], queue: str, r: redis.Redis,
+                                                      path: str) -> None:
+    """The byte 0xE9 on the wire reaches the function (as "é") and is refused there; the other
+    invalid keys are in tests/http/test_refusals.py."""
+    before = set(r.keys("*"))
+    error = assert_error(post_with_key(functions, queue, path, "é"), 422, "validation_error")
+    assert "Idempotency-Key" in error["message"]
+    assert set(r.keys("*")) - before == set()
+
+
+@pytest.mark.parametrize("name", ["enqueue", "status"])
+def test_requests_over_gunicorns_limits_get_the_json_error_too(functions: dict[str, str], name: str) -> None:
+    """gunicorn answers these itself, before the function: the same JSON shape, not its HTML page."""
+    with httpx.Client(timeout=10) as http:
+        assert_error(http.get(functions[name] + "/tasks/" + "a" * 5000), 414, "uri_too_long")
+        assert_error(http.get(functions[name] + "/healthz", headers={"X-Big": "b" * 9000}), 431, "headers_too_large")
+        many = {f"X-H{i}": "1" for i in range(120)}
+        assert_error(http.get(functions[name] + "/healthz", headers=many), 431, "headers_too_large")
+        # a malformed header; gunicorn quotes the client's bytes, which stay inside the JSON string
+        assert_error(http.get(functions[name] + "/healthz", headers={"X-Bad": 'a\x01"}<b>'}), 400, "bad_request")
+
+
+# --------------------------------------------------------------------------- raw request targets
+
+
+# Ids whose bytes a client library would rewrite (dot segments, escapes): sent raw; the
+# others are in tests/http/test_status.py.
+RAW_TARGETS = {
+    "dotdot": "/tasks/..",
+    "encoded dotdot": "/tasks/%2e%2e",
+    "encoded dotdot upper": "/tasks/%2E%2E",
+    "nul": "/tasks/%00",
+    "encoded slash": "/tasks/default%2F" + "x~" + "a" * 32,
+    "invalid utf-8": "/tasks/%ff%fe",
+    "braces": "/tasks/%7Bdefault%7D~" + "a" * 32,
+    "legacy route nul": "/task/%00",
+}
+
+
+@pytest.mark.parametrize("target", RAW_TARGETS.values(), ids=RAW_TARGETS.keys())
+def test_malformed_id_is_404_and_touches_no_key(functions: dict[str, str], r: redis.Redis, target: str) -> None:
+    before = set(r.keys("*"))
+    start = time.monotonic()
+    response = raw_request(functions["status"], "GET", target)
+    assert_error(response, 404, "not_found")
+    assert time.monotonic() - start < 2  # never waits
+    assert set(r.keys("*")) - before == set()
+    assert r.keys("*nope*") == []
+
+
+@pytest.mark.parametrize("function", ["enqueue", "status"])
+def test_nul_path_is_404_json(functions: dict[str, str], function: str) -> None:
+    for method in ("GET", "POST"):
+        response = raw_request(functions[function], method, "/%00", JSON if method == "POST" else None,
+                               b"{}" if method == "POST" else b"")
+        assert_error(response, 404, "not_found")
+
+
+def test_header_injection_through_the_path_is_inert(functions: dict[str, str]) -> None:
+    sock = _raw(port_of(functions["status"]),
+                b"GET /tasks/abuse~%0d%0aSet-Cookie:%20x=1 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    sock.settimeout(5)
+    reply = b""
+    while chunk := sock.recv(65536):
+        reply += chunk
+    sock.close()
+    head = reply.split(b"\r\n\r\n", 1)[0]
+    assert head.startswith(b"HTTP/1.1 404")
+    assert b"set-cookie" not in head.lower()
+
+
+# --------------------------------------------------------------------------- the process's log
+
+
+def test_no_secret_or_signature_ever_reaches_the_logs(guarded: dict[str, object]) -> None:
+    url = str(guarded["url"])
+    body = json.dumps({"ref": "refs/heads/main", "commits": []}).encode()
+    good = "sha256=" + hmac.new(GITHUB_SECRET.encode(), body, hashlib.sha256).hexdigest()
+    bad = "sha256=" + "ab" * 32
+    with httpx.Client(timeout=5) as http:
+        for signature in (good, bad):
+            http.post(url + "/hooks/github", content=body, headers={
+                "Content-Type": "application/json", "X-GitHub-Event": "push",
+                "X-GitHub-Delivery": signature[-12:], "X-Hub-Signature-256": signature})
+        for key in (API_KEY, "wrong-" + API_KEY):
+            http.post(url + "/tasks", json={"type": "echo", "queue": "abuse"},
+                      headers={"Authorization": f"Bearer {key}"})
+    proc = guarded["proc"]
+    log = Path(proc.log).read_text()  # type: ignore[attr-defined]
+    assert '"level":"debug"' in log or '"level":"info"' in log or "Booting worker" in log  # logging is on
+    for secret in (GITHUB_SECRET, API_KEY, good[7:], bad[7:]):
+        assert secret not in log

@@ -1,0 +1,157 @@
+"""The test_client tier: the real enqueue and status functions, built in this process by
+functions-framework's `create_app(target, source)` and driven through Flask's test client,
+against the session's real Valkey. No gunicorn, no sockets between test and function.
+
+A function module reads `Settings.from_env()` when it loads, so `build_app` sets the
+environment for exactly that moment and puts everything back afterwards: the env (including
+the `FUNCTION_TARGET` / `FUNCTION_SIGNATURE_TYPE` that `create_app` writes and the `THREADS`
+that `http.install` writes), `sys.modules["main"]` and `sys.path` (each source loads as
+module `main`), the root logger (`logs.configure` replaces its handlers), and gunicorn's
+`util.write_error` (`http.install` replaces it). An app keeps the settings it was built with,
+so apps can live for a whole module or session, and several, of both functions, side by side.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import flask
+import functions_framework
+import gunicorn.util
+import pytest
+from flask.testing import FlaskClient
+
+from taskbus.logs import JsonFormatter
+from taskbus.settings import Settings
+from tests.support import env_of
+
+ROOT = Path(__file__).resolve().parents[2]
+STATUS_BASE = "http://status.test"  # the status_base_url of the apps built here
+LOCAL_ENV = ("FUNCTION_", "WEBHOOK_", "API_KEYS")  # read by create_app or Settings.from_env, never inherited
+
+
+@dataclasses.dataclass
+class Built:
+    app: flask.Flask
+    module: Any  # the function's module (`main`), holding `settings` and `service`
+
+
+def build_app(function: str, settings: Settings, **extra_env: str) -> Built:
+    """`create_app` for functions/<function>/main.py with `Settings.from_env()` returning
+    `settings` (plus `extra_env`: API_KEYS, WEBHOOK_*), leaving the process as it was."""
+    environ, main = dict(os.environ), sys.modules.get("main")
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    log_globals = logging.logThreads, logging.logMultiprocessing, logging._srcfile  # type: ignore[attr-defined]
+    # logs.configure drops the root's handlers while the module loads: a LogLines collector
+    # hears the start-up lines through the taskbus logger meanwhile
+    collectors = [h for h in handlers if isinstance(h, LogLines)]
+    taskbus_log = logging.getLogger("taskbus")
+    for collector in collectors:
+        taskbus_log.addHandler(collector)
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            for name in list(os.environ):
+                if name.startswith(LOCAL_ENV) or name == "THREADS":
+                    del os.environ[name]
+            os.environ.update(env_of(settings, **extra_env))
+            mp.setattr(sys, "path", list(sys.path))
+            mp.setattr(gunicorn.util, "write_error", gunicorn.util.write_error)
+            app = functions_framework.create_app(target=function, source=str(ROOT / "functions" / function / "main.py"))
+            module = sys.modules["main"]
+    finally:
+        os.environ.clear()
+        os.environ.update(environ)
+        if main is None:
+            sys.modules.pop("main", None)
+        else:
+            sys.modules["main"] = main
+        for collector in collectors:
+            taskbus_log.removeHandler(collector)
+        root.handlers[:] = handlers
+        root.setLevel(level)
+        logging.logThreads, logging.logMultiprocessing, logging._srcfile = log_globals  # type: ignore[attr-defined]
+    plain = {"api_keys": (), "webhooks": ()}  # the ones extra_env sets
+    assert dataclasses.replace(module.settings, **plain) == dataclasses.replace(settings, **plain), \
+        "the function read other settings than it was given"
+    return Built(app, module)
+
+
+def close(built: Built) -> None:
+    store = built.module.service.store
+    for client in (store.client, store.blocking):
+        client.connection_pool.disconnect()
+
+
+@dataclasses.dataclass
+class Api:
+    """Test clients of one enqueue and one status function built from the same settings."""
+
+    enqueue: FlaskClient
+    status: FlaskClient
+    settings: Settings
+
+    def path(self, status_url: str) -> str:
+        """The status function's path of a `status_url` the enqueue function returned."""
+        assert status_url.startswith(STATUS_BASE + "/"), status_url
+        return status_url.removeprefix(STATUS_BASE)
+
+
+@pytest.fixture(scope="session")
+def make_api(base_settings: Settings) -> Iterator[Callable[..., Api]]:
+    """`make_api(settings=None, status_env=None, **enqueue_env)`: both functions built from
+    `settings` (default: the session's, with STATUS_BASE as status_base_url); `enqueue_env`
+    is extra env for the enqueue function, `status_env` for the status function."""
+    built: list[Built] = []
+
+    def make(settings: Settings | None = None, status_env: dict[str, str] | None = None, **enqueue_env: str) -> Api:
+        settings = settings or dataclasses.replace(base_settings, status_base_url=STATUS_BASE)
+        pair = build_app("enqueue", settings, **enqueue_env), build_app("status", settings, **(status_env or {}))
+        built.extend(pair)
+        return Api(pair[0].app.test_client(), pair[1].app.test_client(), settings)
+
+    yield make
+    for one in built:
+        close(one)
+
+
+@pytest.fixture(scope="session")
+def api(make_api: Callable[..., Api]) -> Api:
+    """Both functions on the session's settings (the conftest's gunicorn pair, in process)."""
+    return make_api()
+
+
+class LogLines(logging.Handler):
+    """Every log record of the process while installed, formatted as the functions write them."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.setFormatter(JsonFormatter())
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(self.format(record))
+
+    @property
+    def text(self) -> str:
+        return "\n".join(self.lines)
+
+
+@pytest.fixture(scope="module")
+def log_lines() -> Iterator[LogLines]:
+    """Collect every log line of this module's tests, the functions' start-up included (use
+    it before building the apps): the root logger at DEBUG for the module, then restored."""
+    root = logging.getLogger()
+    level = root.level
+    handler = LogLines()
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG)
+    yield handler
+    root.removeHandler(handler)
+    root.setLevel(level)
