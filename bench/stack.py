@@ -22,7 +22,6 @@ from bench.config import KAFKA, KAFKA_QUEUE, PREFIX, QUEUE
 from bench.procs import ROOT, Proc, wait_for
 from local.commands import argv as service_argv
 from local.embedded import EmbeddedKafka, EmbeddedServer, free_port
-from taskbus.channel.kafka.outbox import KafkaOutlet  # taskbus internal
 from taskbus.enqueue import Enqueuer as Store  # taskbus's Python producer, named as the bench tables say
 from taskbus.keys import Keys
 from taskbus.settings import Settings
@@ -41,9 +40,7 @@ def load_scripts(r: redis.Redis) -> None:
 
 def close_store(store: Store) -> None:
     """Flush and stop the store's Kafka producer, if it made one, then close its connections."""
-    if isinstance(store.outlet, KafkaOutlet):
-        store.outlet.close()
-    store.client.close()
+    store.close()
 
 
 def kafka_rebalances(workers: list[Proc]) -> int:

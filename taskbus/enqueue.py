@@ -102,6 +102,10 @@ class Enqueuer:
         return [(found, status if created else current.get(found) or "unknown", created)
                 for found, status, created in results]
 
+    def close(self) -> None:
+        self.outlet.close()
+        self.client.close()
+
     def ping(self) -> None:
         """The outlet answers, and with ENQUEUE_FSYNC, Redis has an append-only file."""
         self.outlet.ping()

@@ -174,6 +174,9 @@ class Outlet(Protocol):
     def ping(self) -> None:
         """Raise `Unavailable` unless the channel answers."""
 
+    def close(self) -> None:
+        """Flush what is in flight and let go of connections."""
+
 
 def open_channel(settings: Settings, consumer: str) -> Channel:
     """The consumer half of CHANNEL for a worker named `consumer`."""

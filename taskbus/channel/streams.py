@@ -49,6 +49,9 @@ class StreamsOutlet:
     def ping(self) -> None:
         """The stream lives in the state store, whose ping the caller does."""
 
+    def close(self) -> None:
+        """Nothing of its own to close."""
+
 
 class StreamsChannel:
     def __init__(self, settings: Settings, consumer: str) -> None:

@@ -68,6 +68,9 @@ class API(Protocol):
     routes: tuple[tuple[str, str, str], ...]
     keyed: frozenset[str]
 
+    def close(self) -> None:
+        """Let go of connections."""
+
 
 def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> flask.Response:
     return flask.Response(codec.dumps(body), status=status, headers=headers, mimetype="application/json")
@@ -121,6 +124,9 @@ class Service:
         except Exception:
             log.exception("unexpected error")
             return error_response(500, "internal", "internal error")
+
+    def close(self) -> None:
+        self.api.close()
 
     def _authenticate(self, request: flask.Request) -> None:
         """Constant-time check of `Authorization: Bearer <key>` against every configured key."""

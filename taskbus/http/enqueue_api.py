@@ -146,6 +146,10 @@ class EnqueueAPI:
     def openapi(self, request: flask.Request) -> flask.Response:
         return openapi.response("enqueue", self.settings)
 
+    def close(self) -> None:
+        self.enqueuer.close()
+        self.reader.close()
+
     def healthz(self, request: flask.Request) -> flask.Response:
         """Redis, and with CHANNEL=kafka the broker, answer; no queue lost its data."""
         self.enqueuer.ping()

@@ -39,6 +39,9 @@ class StatusAPI:
     def openapi(self, request: flask.Request) -> flask.Response:
         return openapi.response("status", self.settings)
 
+    def close(self) -> None:
+        self.reader.close()
+
     def healthz(self, request: flask.Request) -> flask.Response:
         self.reader.ping()
         return json_response({"status": "ok"})

@@ -61,6 +61,10 @@ class StatusReader:
             finally:
                 pubsub.close()
 
+    def close(self) -> None:
+        self.client.close()
+        self.blocking.close()
+
     def ping(self) -> None:
         """Redis answers, and no worker has flagged a lost consumer group on QUEUES."""
         queues = self.settings.queues

@@ -84,9 +84,7 @@ def build_app(function: str, settings: Settings, **extra_env: str) -> Built:
 
 
 def close(built: Built) -> None:
-    store = built.module.service.store
-    for client in (store.client, store.blocking):
-        client.connection_pool.disconnect()
+    built.module.service.close()
 
 
 @dataclasses.dataclass
