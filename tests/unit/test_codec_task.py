@@ -9,7 +9,7 @@ import pytest
 
 from taskbus import codec
 from taskbus.errors import BadRequest, RequestError, ValidationError
-from taskbus.task import (ID_RE, TaskSpec, check_idempotency_key, iso, new_id, parse_spec, queue_of)
+from taskbus.task import ID_RE, TaskSpec, check_idempotency_key, iso, new_id, parse_spec, queue_of
 
 HEX = "0123456789abcdef" * 2
 
