@@ -15,6 +15,7 @@ import sys
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 from local.embedded import free_port
 from taskbus.settings import Settings
@@ -65,6 +66,9 @@ class FunctionPair:
 
     settings: Settings
     procs: dict[str, Proc]
+    log_dir: Path
+    env: dict[str, dict[str, str]] = dataclasses.field(default_factory=dict)  # each function's own, for restart()
+    options: dict[str, Any] = dataclasses.field(default_factory=dict)  # start_function's, for restart()
 
     @property
     def urls(self) -> dict[str, str]:
@@ -79,10 +83,15 @@ class FunctionPair:
     def status(self) -> str:
         return url_of("status", self.settings)
 
+    def start(self, name: str) -> None:
+        """Start function `name` (again) on its port, with the environment and options it had."""
+        self.procs[name], _ = start_function(name, self.settings, self.log_dir, env=self.env.get(name),
+                                             **self.options)
+
     def restart(self, name: str) -> None:
-        """Start function `name` again on its port (after a kill), as its platform would."""
+        """SIGKILL function `name` and start it again on its port, as its platform would."""
         self.procs[name].kill()
-        self.procs[name], _ = start_function(name, self.settings, self.procs[name].log.parent)
+        self.start(name)
 
     def stop(self, timeout: float = 15.0) -> None:
         for proc in self.procs.values():
@@ -95,11 +104,12 @@ def start_functions(settings: Settings, log_dir: Path, env: Mapping[str, str] | 
     """Start the enqueue and status functions for `settings` on fresh ports and wait until both
     are up (see `start_function`). `env` goes to both, `enqueue_env` to enqueue only (webhook
     sources, say). The caller stops them: `FunctionPair.stop()`, or use `function_pair`."""
-    pair = FunctionPair(fresh_ports(settings), {})
+    pair = FunctionPair(fresh_ports(settings), {}, log_dir,
+                        env={"enqueue": {**(env or {}), **(enqueue_env or {})}, "status": dict(env or {})},
+                        options=dict(wrapper=wrapper, healthz=healthz, cli=cli))
     try:
         for name in NAMES:
-            extra = {**(env or {}), **((enqueue_env or {}) if name == "enqueue" else {})}
-            pair.procs[name], _ = start_function(name, pair.settings, log_dir, wrapper, extra, healthz, cli)
+            pair.start(name)
     except BaseException:
         pair.stop()
         raise
