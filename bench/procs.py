@@ -1,12 +1,11 @@
-"""Every process a bench run starts, in its own process group, killed on any exit path."""
+"""Every process a bench run starts, in its own process group, killed on any exit path
+(`testkit.procs` underneath, as for the tests and the chaos suite)."""
 
 from __future__ import annotations
 
 import atexit
 import contextlib
-import os
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -16,37 +15,17 @@ from typing import Any
 
 import psutil
 
-from local.embedded import die_with_parent
+import testkit.procs
+from testkit.env import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
+__all__ = ["BIN", "ROOT", "HostLoad", "Proc", "cleanup_on_exit", "cpu_seconds", "running", "stop_all", "wait_for"]
+
 BIN = Path(sys.executable).parent
 
-_live: list[Proc] = []
 
-
-class Proc:
-    """One child started with `start_new_session`, so it and everything it forks (gunicorn,
-    uvicorn, prefork pools) share a process group that `stop()` signals as a whole."""
-
-    def __init__(self, name: str, argv: Sequence[str], env: dict[str, str], log: Path) -> None:
-        self.name = name
-        self.log = log
-        with open(log, "ab") as out:
-            self.popen = subprocess.Popen(
-                list(argv),
-                cwd=ROOT,
-                env=env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-                preexec_fn=die_with_parent,
-            )
-        self.pid = self.popen.pid
-        _live.append(self)
-
-    def alive(self) -> bool:
-        return self.popen.poll() is None
+class Proc(testkit.procs.Proc):
+    """A testkit process (its own process group, killed with the run) with what only the bench
+    measures: its process tree, for CPU and RSS figures."""
 
     def tree(self) -> list[psutil.Process]:
         """This process and all its descendants now alive."""
@@ -58,33 +37,12 @@ class Proc:
 
     def stop(self, timeout: float = 10.0) -> None:
         """SIGTERM the group, SIGKILL it after `timeout`; also reaps the leader."""
-        if self in _live:
-            _live.remove(self)
-        _signal_group(self.pid, signal.SIGTERM)
-        try:
-            self.popen.wait(timeout)
-        except subprocess.TimeoutExpired:
-            pass
-        _signal_group(self.pid, signal.SIGKILL)  # stragglers of the group (pool children)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.popen.wait(5)
-
-    def tail(self, lines: int = 20) -> str:
-        try:
-            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
-
-
-
-
-def _signal_group(pid: int, signum: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, signum)
+        super().stop(timeout)
 
 
 def stop_all() -> None:
-    for proc in list(reversed(_live)):
+    """Stop every process still running, newest first."""
+    for proc in reversed(testkit.procs.live()):
         proc.stop(timeout=5)
 
 
@@ -129,18 +87,11 @@ def cpu_seconds(procs: Sequence[psutil.Process]) -> dict[int, float]:
 def wait_for(
     predicate: Callable[[], Any], timeout: float, what: str, proc: Proc | None = None, interval: float = 0.02
 ) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if proc is not None and not proc.alive():
-            raise RuntimeError(
-                f"{proc.name} exited with {proc.popen.returncode} while waiting for {what}:\n{proc.tail()}"
-            )
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(interval)
+    """`testkit.procs.wait_until`, failing with a RuntimeError: a bench run reports it and goes on."""
+    try:
+        return testkit.procs.wait_until(predicate, timeout, interval, what, proc)
+    except testkit.procs.WaitTimedOut as exc:
+        raise RuntimeError(str(exc)) from None
 
 
 class HostLoad:

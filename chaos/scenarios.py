@@ -1,6 +1,6 @@
 """The fault scenarios. Each takes a scratch directory and `full` (the `make chaos` size;
 otherwise the short version `make test` runs), injects its faults while work flows, checks
-the invariants (`Cluster.check`) and returns one line of figures.
+the invariants (`Oracle.check`, through `Cluster.check`) and returns one line of figures.
 
 Sleeps here schedule faults (kill a worker 0.5-1.5 s from now); they never stand in for
 synchronisation, which goes through `wait_until` and the oracle."""
@@ -8,8 +8,6 @@ synchronisation, which goes through `wait_until` and the oracle."""
 from __future__ import annotations
 
 import functools
-import hashlib
-import hmac
 import json
 import random
 import shutil
@@ -22,9 +20,11 @@ from typing import Any
 
 import httpx
 
-from chaos.harness import Cluster, InvariantBroken, task_key
+from chaos.cluster import Cluster
+from chaos.oracle import InvariantBroken, task_key
 from chaos.proxy import FaultProxy
-from tests.support import wait_until
+from testkit.procs import wait_until
+from testkit.signing import sign_stripe
 
 Figures = dict[str, Any]
 
@@ -59,7 +59,7 @@ def kill_workers(root: Path, full: bool, channel: str = "redis") -> Figures:
     try:
         for _ in range(3):
             c.start_worker()
-        c.start_monitor()
+        c.oracle.start_monitor()
         # a Kafka enqueue waits for the broker's ack: more clients keep the load ahead of the kills
         threads = 32 if channel == "kafka" else 8
         load = _background(lambda: c.enqueue(n, payload={"ms": ms}, threads=threads))
@@ -89,7 +89,7 @@ def rolling_sigterm(root: Path, full: bool, channel: str = "redis") -> Figures:
     try:
         for _ in range(3):
             c.start_worker()
-        c.start_monitor()
+        c.oracle.start_monitor()
         load = _background(lambda: c.enqueue(n, payload={"ms": ms}, threads=4))
         # Kafka's short version does one round: each membership change costs a rebalance of seconds
         for _ in range(3 if full or channel == "redis" else 1):
@@ -150,7 +150,7 @@ def redis_restart(root: Path, full: bool) -> Figures:
     try:
         for _ in range(2):
             c.start_worker()
-        c.start_monitor()
+        c.oracle.start_monitor()
         # each 202 waits for Redis's next fsync (about 0.1 s): many clients share each one
         load = _background(lambda: c.enqueue(n, payload={"ms": ms}, threads=32, tolerate_errors=True))
         for _ in range(2):
@@ -167,7 +167,7 @@ def redis_restart(root: Path, full: bool) -> Figures:
     try:
         worker = control.start_worker()
         control.enqueue(20, payload={"ms": 1})
-        control.wait_all_terminal(30)
+        control.oracle.wait_all_terminal(30)
         control.server.kill()
         control.server.start()
         wait_until(
@@ -175,7 +175,7 @@ def redis_restart(root: Path, full: bool) -> Figures:
             timeout=20,
             message="the worker reporting the lost consumer group",
         )
-        health = httpx.get(control.functions["enqueue"][1] + "/healthz")
+        health = httpx.get(control.functions.enqueue + "/healthz")
         if health.status_code != 503 or health.json()["error"]["code"] != "data_lost":
             raise InvariantBroken(f"/healthz did not report the lost group: {health.status_code} {health.text}")
     finally:
@@ -192,10 +192,10 @@ def network_faults(root: Path, full: bool) -> Figures:
     try:
         for _ in range(2):
             c.start_worker()
-        c.start_monitor()
+        c.oracle.start_monitor()
         proxy.latency_s = 0.1
         c.enqueue(n // 2, payload={"ms": 5})
-        wait_until(lambda: c.backlog() == (0, 0), timeout=120, message="drained under latency")
+        wait_until(lambda: c.oracle.backlog() == (0, 0), timeout=120, message="drained under latency")
         proxy.latency_s = 0.0
         c.fault("blackhole")
         proxy.blackhole = True
@@ -203,8 +203,8 @@ def network_faults(root: Path, full: bool) -> Figures:
         time.sleep(blackhole_s)
         proxy.blackhole = False
         healed = time.monotonic()
-        before = _terminal_count(c)
-        wait_until(lambda: _terminal_count(c) > before, timeout=10, message="work resuming after the blackhole")
+        before = c.oracle.terminal_count()
+        wait_until(lambda: c.oracle.terminal_count() > before, timeout=10, message="work resuming after the blackhole")
         resume_s = time.monotonic() - healed
         for _ in range(3):
             c.fault("reset")
@@ -229,13 +229,6 @@ def network_faults(root: Path, full: bool) -> Figures:
         c.close()
 
 
-def _terminal_count(c: Cluster) -> int:
-    pipe = c.r.pipeline(transaction=False)
-    for task_id in list(c.acked):
-        pipe.hget(task_key(c.settings, task_id), "status")
-    return sum(1 for status in pipe.execute() if status in ("succeeded", "failed"))
-
-
 def slow_and_paused(root: Path, full: bool) -> Figures:
     """Tasks 3x the lease with a second worker waiting: one execution each (heartbeats).
     Then a worker SIGSTOPped past its lease: its late write is refused, the reclaimer's stands."""
@@ -244,17 +237,17 @@ def slow_and_paused(root: Path, full: bool) -> Figures:
     try:
         first = c.start_worker()
         c.start_worker()
-        c.start_monitor()
+        c.oracle.start_monitor()
         c.enqueue(8 if full else 4, payload={"ms": 3 * lease * 1000})
-        c.wait_all_terminal(60)
+        c.oracle.wait_all_terminal(60)
         paused = first
         ids = c.enqueue(1, payload={"ms": 1500})
-        wait_until(lambda: ids[0] in c.executions()[0], timeout=10, message="slow task started")
+        wait_until(lambda: ids[0] in c.oracle.executions()[0], timeout=10, message="slow task started")
         owner = paused if paused.log.read_text().count(ids[0]) else c.workers[1]
         c.fault("SIGSTOP")
         owner.signal(signal.SIGSTOP)
-        wait_until(lambda: c.executions()[0][ids[0]] >= 2, timeout=20, message="reclaimer started the task")
-        c.wait_all_terminal(30)
+        wait_until(lambda: c.oracle.executions()[0][ids[0]] >= 2, timeout=20, message="reclaimer started the task")
+        c.oracle.wait_all_terminal(30)
         owner.signal(signal.SIGCONT)
         wait_until(lambda: "outcome refused" in owner.output(), timeout=20, message="late write refused")
         return {**c.check(), "late_write": "refused"}
@@ -270,7 +263,7 @@ def poison(root: Path, full: bool) -> Figures:
     try:
         for _ in range(2):
             c.start_worker()
-        c.start_monitor()
+        c.oracle.start_monitor()
         bad = set(c.enqueue(3, type_="poison.exit", max_attempts=2))
         bad |= set(c.enqueue(2, type_="poison.hang", max_attempts=2))
         c.enqueue(n, payload={"ms": 2})
@@ -281,7 +274,7 @@ def poison(root: Path, full: bool) -> Figures:
                     w.replaced = True  # type: ignore[attr-defined]
                     c.fault("worker died")
                     c.start_worker()
-            return c.backlog() == (0, 0) and len(c.live_workers()) > 0
+            return c.oracle.backlog() == (0, 0) and len(c.live_workers()) > 0
 
         wait_until(supervise, timeout=120, interval=0.1, message="all delivered, poison dead-lettered")
         return c.check(poison=bad, recovery_limit_s=60)
@@ -296,7 +289,7 @@ def enqueue_killed(root: Path, full: bool, channel: str = "redis") -> Figures:
     c = Cluster.start(root, channel=channel)
     try:
         c.start_worker()
-        c.start_monitor()
+        c.oracle.start_monitor()
         load = _background(lambda: c.enqueue(n, payload={"ms": 1}, threads=8, tolerate_errors=True))
         for _ in range(2):
             time.sleep(random.uniform(0.2, 0.5))
@@ -321,7 +314,7 @@ def status_killed(root: Path, full: bool) -> Figures:
     c = Cluster.start(root)
     try:
         c.start_worker()
-        c.start_monitor()
+        c.oracle.start_monitor()
         c.enqueue(n, payload={"ms": 2}, threads=8)
         slow = c.enqueue(16, payload={"ms": 2000}, threads=4)  # long-polls still waiting when it dies
         waited: list[str] = []
@@ -332,7 +325,7 @@ def status_killed(root: Path, full: bool) -> Figures:
             deadline = time.monotonic() + 60
             while time.monotonic() < deadline:
                 try:
-                    url = c.functions["status"][1] + f"/tasks/{task_id}"
+                    url = c.functions.status + f"/tasks/{task_id}"
                     task = httpx.get(url, params={"wait": 5}, timeout=10).json()
                     if task["status"] in ("succeeded", "failed"):
                         waited.append(task["status"])
@@ -370,11 +363,11 @@ def clock_skew(root: Path, full: bool) -> Figures:
         function_wrapper=("faketime", "-f", "-600s"),
         function_env={"WEBHOOK_SOURCES": "stripe", "WEBHOOK_STRIPE_SECRET": secret, "WEBHOOK_STRIPE_QUEUE": "chaos"},
     )
-    c.worker_skew_ms = 600_000  # the workers' execution logs are stamped by their skewed clock
+    c.oracle.worker_skew_ms = 600_000  # the workers' execution logs are stamped by their skewed clock
     try:
         for _ in range(2):
             c.start_worker(wrapper=("faketime", "-f", "+600s"))
-        c.start_monitor()
+        c.oracle.start_monitor()
         began = time.time()
         delayed = c.enqueue(20, payload={"ms": 1, "delay": True}, threads=2, delay_s=1.0)
         c.enqueue(n, payload={"ms": 2})
@@ -383,20 +376,18 @@ def clock_skew(root: Path, full: bool) -> Figures:
         early = [ms for ms in created if ms / 1000 < began + 0.9]
         if early:
             raise InvariantBroken(f"{len(early)} delayed tasks started before their 1 s delay")
-        url = c.functions["enqueue"][1] + "/hooks/stripe"
+        url = c.functions.enqueue + "/hooks/stripe"
         for skew, expected in ((0, 401), (-600, 202)):
-            stamp = str(int(time.time()) + skew)
             body = json.dumps({"id": f"evt_{skew}", "type": "invoice.paid"}).encode()
-            mac = hmac.new(secret.encode(), stamp.encode() + b"." + body, hashlib.sha256).hexdigest()
             reply = httpx.post(
                 url,
                 content=body,
-                headers={"Content-Type": "application/json", "Stripe-Signature": f"t={stamp},v1={mac}"},
+                headers={"Content-Type": "application/json", **sign_stripe(secret, body, int(time.time()) + skew)},
             )
             if reply.status_code != expected:
                 raise InvariantBroken(f"stripe delivery stamped {skew:+} s: {reply.status_code}, expected {expected}")
             if expected == 202:
-                c.acked.add(reply.json()["id"])
+                c.oracle.ack(reply.json()["id"])
         return {**c.check(), "skew_s": 600, "stale_signature": "refused"}
     finally:
         c.close()

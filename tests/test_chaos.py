@@ -13,6 +13,6 @@ from chaos.scenarios import SCENARIOS
 @pytest.mark.chaos  # `make test` runs these alone, one at a time, after the rest: they load the machine
 @pytest.mark.parametrize("name", list(SCENARIOS))
 def test_scenario_keeps_every_invariant(name: str, tmp_path: Path) -> None:
+    """A broken invariant (a lost task among them) raises `InvariantBroken` from the scenario."""
     figures = SCENARIOS[name](tmp_path, False)
-    assert figures["lost"] == 0
-    assert figures["tasks"] > 0
+    assert figures["tasks"] > 0, "the scenario ran no load: it tested nothing"

@@ -40,7 +40,7 @@ from local.embedded import free_port
 from taskbus import openapi
 from taskbus.http import enqueue_api, status_api
 from taskbus.settings import Settings
-from tests.support import Proc, spawn, wait_until
+from testkit.procs import Proc, spawn, wait_until
 
 FUNCTIONS = ("enqueue", "status")
 MAX_EXAMPLES = int(os.environ.get("SCHEMATHESIS_MAX_EXAMPLES", "25"))

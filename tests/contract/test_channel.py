@@ -20,7 +20,7 @@ from taskbus.keys import Keys
 from taskbus.settings import Settings
 from taskbus.state.scripts import Scripts
 from taskbus.task import parse_spec
-from tests.test_kafka import read_topic
+from testkit.client import read_topic
 
 Make = Callable[[], Channel]
 

@@ -24,9 +24,10 @@ import redis
 
 from local.embedded import free_port
 from taskbus.settings import Settings
+from testkit.functions import start_function
+from testkit.procs import stop
 from tests.http.helpers import JSON, KEYS, MiB, padded_body, queue_keys
 from tests.rawhttp import RawResponse, assert_error, at_once, raw_request
-from tests.support import start_function, stop
 
 GITHUB_SECRET = "gh-secret-8c1f9e2d7a"
 API_KEY = "api-key-5d3b1a9f0e"
@@ -37,8 +38,8 @@ def guarded(base_settings: Settings, tmp_path_factory: pytest.TempPathFactory) -
     """An enqueue function at LOG_LEVEL=DEBUG with a webhook secret, an API key and a 1 s body deadline."""
     log_dir = tmp_path_factory.mktemp("guarded")
     settings = dataclasses.replace(base_settings, enqueue_port=free_port(), body_timeout_s=1.0, log_level="DEBUG")
-    proc, url = start_function("enqueue", settings, log_dir, WEBHOOK_SOURCES="github",
-                               WEBHOOK_GITHUB_SECRET=GITHUB_SECRET, API_KEYS=API_KEY)
+    proc, url = start_function("enqueue", settings, log_dir, env=dict(
+        WEBHOOK_SOURCES="github", WEBHOOK_GITHUB_SECRET=GITHUB_SECRET, API_KEYS=API_KEY))
     yield {"url": url, "port": settings.enqueue_port, "proc": proc}
     stop(proc)
 

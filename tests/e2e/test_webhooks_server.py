@@ -15,6 +15,8 @@ import redis
 
 from local.embedded import free_port
 from taskbus.settings import Settings
+from testkit.functions import start_function
+from testkit.procs import Proc, spawn, stop, wait_until
 from tests.http.hooks import (
     ALL_SECRETS,
     ORPHAN_GH_SECRET,
@@ -27,7 +29,6 @@ from tests.http.hooks import (
     webhook_env,
 )
 from tests.rawhttp import at_once
-from tests.support import Proc, spawn, start_function, stop, wait_until
 
 
 def fresh_settings(base_settings: Settings, **changes: object) -> Settings:
@@ -41,7 +42,7 @@ def hooks(base_settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> 
     """The enqueue function with the six webhook sources under gunicorn: its URL and process."""
     log_dir = tmp_path_factory.mktemp("webhook-functions")
     proc, url = start_function("enqueue", hook_settings(fresh_settings(base_settings)), log_dir,
-                               **webhook_env(log_dir))
+                               env=webhook_env(log_dir))
     yield url, proc
     stop(proc)
 

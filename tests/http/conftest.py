@@ -29,7 +29,7 @@ from flask.testing import FlaskClient
 
 from taskbus.logs import JsonFormatter
 from taskbus.settings import Settings
-from tests.support import env_of
+from testkit.env import env_of
 
 ROOT = Path(__file__).resolve().parents[2]
 STATUS_BASE = "http://status.test"  # the status_base_url of the apps built here

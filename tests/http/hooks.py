@@ -14,8 +14,7 @@ from pathlib import Path
 import redis
 
 from taskbus.settings import Settings
-from tests.http.helpers import KEYS
-from tests.test_webhooks import (
+from testkit.signing import (
     STANDARD_SECRET,
     sign_acme,
     sign_github,
@@ -24,6 +23,7 @@ from tests.test_webhooks import (
     sign_standard,
     sign_stripe,
 )
+from tests.http.helpers import KEYS
 
 RUN = uuid.uuid4().hex[:8]
 SOURCES = ("github", "stripe", "standard", "slack", "shopify", "acme")

@@ -14,10 +14,10 @@ import uuid
 import pytest
 import redis
 
+from testkit.procs import wait_until
 from tests.http.conftest import Api
 from tests.http.helpers import ISO_Z, KEYS, VIEW_KEYS, create_id, queue_keys
 from tests.rawhttp import assert_error
-from tests.support import wait_until
 
 # "Answers at once" is asserted against a wait the request asked for and must not do: with
 # ?wait=5 (or an out-of-range wait), any answer within 2 s shows it did not wait.

@@ -24,6 +24,17 @@ from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
 from taskbus.settings import Settings
+from testkit.procs import Proc
+from testkit.signing import (
+    SLACK_DOC_BODY,
+    hex_mac,
+    sign_acme,
+    sign_github,
+    sign_shopify,
+    sign_slack,
+    sign_standard,
+    sign_stripe,
+)
 from tests.http.conftest import STATUS_BASE, Api, LogLines
 from tests.http.hooks import (
     ALL_SECRETS,
@@ -51,17 +62,6 @@ from tests.http.hooks import (
     webhook_env,
 )
 from tests.rawhttp import assert_error
-from tests.support import Proc
-from tests.test_webhooks import (
-    SLACK_DOC_BODY,
-    hex_mac,
-    sign_acme,
-    sign_github,
-    sign_shopify,
-    sign_slack,
-    sign_standard,
-    sign_stripe,
-)
 
 
 @pytest.fixture(scope="module")

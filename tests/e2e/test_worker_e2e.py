@@ -6,13 +6,13 @@ from __future__ import annotations
 import signal
 import time
 import uuid
-from typing import Any
 
-import httpx
 import pytest
 import redis
 
-from tests.support import wait_until
+from taskbus.keys import Keys
+from testkit.client import enqueue, executions, finished, status
+from testkit.procs import wait_until
 
 
 @pytest.fixture(params=["redis", "kafka"])
@@ -20,47 +20,20 @@ def channel(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
-def enqueue(http: httpx.Client, functions: dict[str, str], queue: str, type_: str, payload: Any = None,
-            **options: Any) -> str:
-    body = {"type": type_, "queue": queue, "payload": payload if payload is not None else {}, **options}
-    response = http.post(functions["enqueue"] + "/tasks", json=body)
-    assert response.status_code == 202, response.text
-    return str(response.json()["id"])
+def stream_len(r: redis.Redis, keys: Keys, queue: str) -> int:
+    return int(r.xlen(keys.stream(queue)))
 
 
-def status(http: httpx.Client, functions: dict[str, str], task_id: str, wait: float = 0) -> dict[str, Any]:
-    response = http.get(f"{functions['status']}/tasks/{task_id}", params={"wait": wait} if wait else None)
-    assert response.status_code == 200, response.text
-    return dict(response.json())
+def pending(r: redis.Redis, keys: Keys, queue: str) -> int:
+    return int(r.xpending(keys.stream(queue), "taskbus")["pending"])
 
 
-def finished(http: httpx.Client, functions: dict[str, str], task_id: str, timeout: float = 20) -> dict[str, Any]:
-    """Long-poll until terminal (each wait blocks server-side; no client-side polling)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        task = status(http, functions, task_id, wait=min(10, max(1, deadline - time.monotonic())))
-        if task["status"] in ("succeeded", "failed") or time.monotonic() > deadline:
-            return task
-
-
-def executions(r: redis.Redis, key: str) -> dict[str, int]:
-    return {k: int(v) for k, v in r.hgetall(key).items()}
-
-
-def stream_len(r: redis.Redis, queue: str) -> int:
-    return int(r.xlen(f"tb:{{{queue}}}:stream"))
-
-
-def pending(r: redis.Redis, queue: str) -> int:
-    return int(r.xpending(f"tb:{{{queue}}}:stream", "taskbus")["pending"])
-
-
-def drained(r: redis.Redis, queue: str, channel: str) -> bool:
+def drained(r: redis.Redis, keys: Keys, queue: str, channel: str) -> bool:
     """Nothing left to deliver: Redis, no stream entry pending or kept; Kafka, nothing waiting
     in the outbox (offsets are checked by the Kafka tests)."""
     if channel == "kafka":
-        return int(r.zcard(f"tb:{{{queue}}}:outbox")) == 0
-    return pending(r, queue) == 0 and stream_len(r, queue) == 0
+        return int(r.zcard(keys.outbox(queue))) == 0
+    return pending(r, keys, queue) == 0 and stream_len(r, keys, queue) == 0
 
 
 def test_enqueue_then_long_poll_returns_result(http, functions, queue, workers):
@@ -83,12 +56,12 @@ def test_long_poll_wakes_when_task_finishes(http, functions, queue, workers):
     assert elapsed < 10, "the long-poll must answer when the task finishes, not at the 30 s timeout"
 
 
-def test_task_enqueued_with_no_worker_runs_when_one_starts(http, functions, queue, workers, r, channel):
+def test_task_enqueued_with_no_worker_runs_when_one_starts(http, functions, queue, workers, r, keys, channel):
     ids = [enqueue(http, functions, queue, "echo", {"n": n}) for n in range(5)]
     assert all(status(http, functions, i)["status"] == "queued" for i in ids)
     workers()
     assert [finished(http, functions, i)["result"] for i in ids] == [{"n": n} for n in range(5)]
-    wait_until(lambda: drained(r, queue, channel), message="acknowledged entries deleted")
+    wait_until(lambda: drained(r, keys, queue, channel), message="acknowledged entries deleted")
 
 
 def test_retry_with_backoff_then_success(http, functions, queue, workers):
@@ -101,7 +74,7 @@ def test_retry_with_backoff_then_success(http, functions, queue, workers):
     assert task["error"] is None
 
 
-def test_dead_letter_after_max_attempts(http, functions, queue, workers, r):
+def test_dead_letter_after_max_attempts(http, functions, queue, workers, r, keys):
     workers()
     task_id = enqueue(http, functions, queue, "fail", {}, max_attempts=2)
     task = finished(http, functions, task_id)
@@ -110,7 +83,7 @@ def test_dead_letter_after_max_attempts(http, functions, queue, workers, r):
     assert task["error"]["type"] == "RuntimeError"
     assert "failing on purpose" in task["error"]["message"]
     assert "Traceback" in task["error"]["traceback"]
-    dead = r.xrange(f"tb:{{{queue}}}:dead")
+    dead = r.xrange(keys.dead(queue))
     assert [fields["id"] for _, fields in dead] == [task_id]
 
 
@@ -152,7 +125,7 @@ def test_delayed_task_waits_then_runs(http, functions, queue, workers):
     assert time.monotonic() - began >= 1.0
 
 
-def test_worker_sigkilled_mid_task_is_reclaimed_and_succeeds_once(http, functions, queue, workers, r, channel):
+def test_worker_sigkilled_mid_task_is_reclaimed_and_succeeds_once(http, functions, queue, workers, r, keys, channel):
     key = f"exec-{uuid.uuid4().hex}"
     victim = workers()
     task_id = enqueue(http, functions, queue, "record", {"key": key, "seconds": 1.5})
@@ -163,10 +136,10 @@ def test_worker_sigkilled_mid_task_is_reclaimed_and_succeeds_once(http, function
     assert task["status"] == "succeeded"
     assert task["attempts"] == 2
     assert executions(r, key) == {task_id: 1}, "the killed attempt never finished; the reclaimer ran it once"
-    wait_until(lambda: drained(r, queue, channel), message="stream drained")
+    wait_until(lambda: drained(r, keys, queue, channel), message="stream drained")
 
 
-def test_paused_worker_cannot_overwrite_reclaimers_result(http, functions, queue, workers, r):
+def test_paused_worker_cannot_overwrite_reclaimers_result(http, functions, queue, workers, r, keys):
     key = f"exec-{uuid.uuid4().hex}"
     paused = workers()
     task_id = enqueue(http, functions, queue, "record", {"key": key, "seconds": 1.0})
@@ -176,16 +149,16 @@ def test_paused_worker_cannot_overwrite_reclaimers_result(http, functions, queue
         workers()
         task = finished(http, functions, task_id)
         assert task["status"] == "succeeded" and task["attempts"] == 2
-        first = r.hgetall(f"tb:{{{queue}}}:task:{task_id.split('~')[1]}")
+        first = r.hgetall(keys.task(task_id))
     finally:
         paused.signal(signal.SIGCONT)
     # The paused attempt now finishes its handler and tries to write: it must be refused.
     wait_until(lambda: executions(r, key).get(task_id) == 2, message="paused attempt's handler finished")
     wait_until(lambda: "outcome refused" in paused.output(), message="paused worker's write refused")
-    assert r.hgetall(f"tb:{{{queue}}}:task:{task_id.split('~')[1]}") == first
+    assert r.hgetall(keys.task(task_id)) == first
 
 
-def test_poison_task_that_kills_its_worker_is_dead_lettered_alone(http, functions, queue, workers, r):
+def test_poison_task_that_kills_its_worker_is_dead_lettered_alone(http, functions, queue, workers, r, keys):
     key = f"exec-{uuid.uuid4().hex}"
     poison = enqueue(http, functions, queue, "crash", {"key": key}, max_attempts=2)
     innocents = [enqueue(http, functions, queue, "echo", {"n": n}) for n in range(6)]
@@ -204,11 +177,11 @@ def test_poison_task_that_kills_its_worker_is_dead_lettered_alone(http, function
     assert all(finished(http, functions, i)["status"] == "succeeded" for i in innocents)
     assert status(http, functions, poison)["error"]["type"] == "WorkerLost"
     assert executions(r, key) == {poison: 2}
-    dead = r.xrange(f"tb:{{{queue}}}:dead")
+    dead = r.xrange(keys.dead(queue))
     assert [fields["id"] for _, fields in dead] == [poison]
 
 
-def test_sigterm_drains_in_flight_tasks_and_exits_zero(http, functions, queue, workers, r, channel):
+def test_sigterm_drains_in_flight_tasks_and_exits_zero(http, functions, queue, workers, r, keys, channel):
     key = f"exec-{uuid.uuid4().hex}"
     worker = workers(concurrency=4)
     ids = [enqueue(http, functions, queue, "record", {"key": key, "seconds": 1.0}) for _ in range(4)]
@@ -217,7 +190,7 @@ def test_sigterm_drains_in_flight_tasks_and_exits_zero(http, functions, queue, w
     assert worker.wait(15) == 0
     assert [status(http, functions, i)["status"] for i in ids] == ["succeeded"] * 4
     assert executions(r, key) == {i: 1 for i in ids}
-    assert drained(r, queue, channel)
+    assert drained(r, keys, queue, channel)
 
 
 def test_sigterm_hands_back_unfinished_tasks_for_another_worker(http, functions, queue, workers, r):
@@ -234,7 +207,7 @@ def test_sigterm_hands_back_unfinished_tasks_for_another_worker(http, functions,
     assert time.monotonic() - began < 15
 
 
-def test_many_tasks_two_workers_each_runs_exactly_once(http, functions, queue, workers, r, channel):
+def test_many_tasks_two_workers_each_runs_exactly_once(http, functions, queue, workers, r, keys, channel):
     key = f"exec-{uuid.uuid4().hex}"
     workers()
     workers()
@@ -242,14 +215,14 @@ def test_many_tasks_two_workers_each_runs_exactly_once(http, functions, queue, w
     wait_until(lambda: len(executions(r, key)) == 200, timeout=30, message="all 200 executed")
     assert all(status(http, functions, i)["status"] == "succeeded" for i in ids)
     assert set(executions(r, key).values()) == {1}
-    wait_until(lambda: drained(r, queue, channel), message="stream drained")
+    wait_until(lambda: drained(r, keys, queue, channel), message="stream drained")
 
 
 @pytest.mark.parametrize("channel", ["redis"])  # Redis Streams only: Kafka forgets members itself
-def test_a_clean_stop_removes_the_workers_consumer_entry(http, functions, queue, workers, r):
+def test_a_clean_stop_removes_the_workers_consumer_entry(http, functions, queue, workers, r, keys):
     worker = workers()
     finished(http, functions, enqueue(http, functions, queue, "echo", {}))
-    stream = f"tb:{{{queue}}}:stream"
+    stream = keys.stream(queue)
     assert len(r.xinfo_consumers(stream, "taskbus")) == 1
     worker.signal(signal.SIGTERM)
     assert worker.wait(15) == 0

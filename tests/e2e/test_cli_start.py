@@ -6,62 +6,33 @@ variables (no gunicorn command line of ours, no test handlers)."""
 from __future__ import annotations
 
 import concurrent.futures
-import os
-import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
 import redis
 
-from local.embedded import EmbeddedServer, die_with_parent, free_port
+from local.embedded import EmbeddedServer
 from taskbus.keys import Keys
-from tests.support import ROOT, Proc, stop, wait_until
-
-
-def _start(args: list[str], env: dict[str, str], log: Path) -> Proc:
-    with open(log, "wb") as out:
-        popen = subprocess.Popen([sys.executable, *args], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                 preexec_fn=die_with_parent, start_new_session=True)
-    return Proc(log.stem, popen, log)
+from taskbus.settings import Settings
+from testkit.env import env_of
+from testkit.functions import function_pair
+from testkit.procs import spawn, wait_until
 
 
 @pytest.fixture(scope="module")
 def stack(server: EmbeddedServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
-    """enqueue, status and one worker, each as its own CLI process on the session's Valkey."""
+    """enqueue, status and one worker, each as its own CLI process on the session's Valkey,
+    given nothing but the variables a user would set (those that differ from the defaults)."""
     logs = tmp_path_factory.mktemp("cli")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("FUNCTION_", "PYTEST_", "REDIS", "KEY_PREFIX"))}
-    env.update(PYTHONPATH=".", REDIS_URL=server.url, KEY_PREFIX=f"cli-{uuid.uuid4().hex[:8]}")
-    env.pop("THREADS", None)
-    urls: dict[str, str] = {"prefix": env["KEY_PREFIX"]}
-    procs = []
-    for name in ("enqueue", "status"):
-        port = free_port()
-        source = f"functions/{name}/main.py"
-        procs.append(_start(["-m", "functions_framework", "--source", source, "--target", name, "--port", str(port)],
-                            env, logs / f"{name}.log"))
-        urls[name] = f"http://127.0.0.1:{port}"
-    procs.append(_start(["-m", "worker_fn"], env, logs / "worker.log"))
-
-    def up(name: str) -> bool:
-        for proc in procs:
-            if proc.popen.poll() is not None:
-                raise AssertionError(f"{proc.name} exited early:\n{proc.output()}")
-        try:
-            return httpx.get(urls[name] + "/healthz", timeout=1).status_code == 200
-        except httpx.HTTPError:
-            return False
-
+    settings = Settings(redis_url=server.url, key_prefix=f"cli-{uuid.uuid4().hex[:8]}")
+    worker = spawn("worker", settings, logs, env=env_of(settings, changed_only=True))  # python -m worker_fn
     try:
-        for name in ("enqueue", "status"):
-            wait_until(lambda n=name: up(n), timeout=30, message=f"{name} /healthz under the CLI")
-        yield urls
+        with function_pair(settings, logs, cli=True) as pair:
+            yield {**pair.urls, "prefix": settings.key_prefix}
     finally:
-        for proc in procs:
-            stop(proc)
+        worker.stop()
 
 
 def test_a_task_enqueued_through_the_cli_functions_runs_on_the_worker(stack: dict[str, str]) -> None:

@@ -1,38 +1,29 @@
-"""The worker and the functions ride out a Redis restart (AOF everysec, kill -9)."""
+"""The worker and the functions ride out a Redis restart (kill -9). The server fsyncs every
+write (`appendfsync always`), so the state the test saw before the crash is the state Redis
+restarts with: no waiting for a background fsync."""
 
 from __future__ import annotations
 
-import dataclasses
 import time
 import uuid
-from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
 import redis
 
-from local.embedded import EmbeddedServer, free_port
 from taskbus.settings import Settings
-from tests.conftest import FAST
-from tests.support import spawn, start_function, stop, wait_until
-
-
-@pytest.fixture
-def own_server(tmp_path: Path) -> Iterator[EmbeddedServer]:
-    srv = EmbeddedServer(tmp_path / "valkey", appendonly=True)
-    srv.start()
-    yield srv
-    srv.kill()
+from testkit.functions import start_functions
+from testkit.procs import spawn, wait_until
+from testkit.settings import FAST
 
 
 @pytest.mark.timeout(90)
-def test_worker_survives_server_restart_and_keeps_computed_result(own_server, tmp_path):
+def test_worker_survives_server_restart_and_keeps_computed_result(fresh_valkey, tmp_path):
+    own_server = fresh_valkey(appendonly=True, appendfsync="always")
     queue = "restart"
-    settings = Settings(redis_url=own_server.url, key_prefix="rs", queues=(queue,), enqueue_port=free_port(),
-                        status_port=free_port(), **FAST)  # type: ignore[arg-type]
-    enqueue_proc, enqueue_url = start_function("enqueue", settings, tmp_path)
-    status_proc, status_url = start_function("status", settings, tmp_path)
+    settings = Settings(redis_url=own_server.url, key_prefix="rs", queues=(queue,), **FAST)  # type: ignore[arg-type]
+    functions = start_functions(settings, tmp_path)
+    enqueue_url, status_url = functions.enqueue, functions.status
     worker = spawn("worker", settings, tmp_path)
     r = redis.Redis.from_url(own_server.url, decode_responses=True)
     key = f"exec-{uuid.uuid4().hex}"
@@ -48,8 +39,7 @@ def test_worker_survives_server_restart_and_keeps_computed_result(own_server, tm
                 return str(http.get(f"{status_url}/tasks/{task_id}").json()["status"])
 
             slow = submit(3.0)
-            wait_until(lambda: state(slow) == "running", message="slow task running")
-            time.sleep(1.5)  # let AOF everysec fsync the 'running' state before the crash we inject
+            wait_until(lambda: state(slow) == "running", message="slow task running")  # on disk: fsync always
             own_server.kill()
             began = time.monotonic()
             down = http.post(enqueue_url + "/tasks", json={"type": "echo", "queue": queue})
@@ -68,6 +58,5 @@ def test_worker_survives_server_restart_and_keeps_computed_result(own_server, tm
             assert "Redis unavailable" in worker.output()
     finally:
         worker.kill()
-        stop(enqueue_proc)
-        stop(status_proc)
+        functions.stop()
         r.close()

@@ -8,45 +8,28 @@ concurrent fsync-heavy writer; with this setting it loses none.
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 import pytest
 
-from local.embedded import EmbeddedServer, free_port
+from local.embedded import EmbeddedServer
 from taskbus.enqueue import Enqueuer
 from taskbus.errors import Unavailable
 from taskbus.settings import Settings
 from taskbus.state.reader import StatusReader
 from taskbus.task import TaskSpec
-from tests.support import Proc, spawn, stop, wait_until
-
-
-def _server(root: Path, appendonly: bool) -> Iterator[EmbeddedServer]:
-    srv = EmbeddedServer(root, appendonly=appendonly)
-    srv.start()
-    yield srv
-    srv.kill()
-
-
-@pytest.fixture
-def aof_server(tmp_path: Path) -> Iterator[EmbeddedServer]:
-    yield from _server(tmp_path / "aof", appendonly=True)
-
-
-@pytest.fixture
-def plain_server(tmp_path: Path) -> Iterator[EmbeddedServer]:
-    yield from _server(tmp_path / "plain", appendonly=False)
+from testkit.functions import fresh_ports, start_function
 
 
 def _settings(server: EmbeddedServer, **changes: object) -> Settings:
     return Settings(redis_url=server.url, key_prefix="fs", enqueue_fsync=True, **changes)  # type: ignore[arg-type]
 
 
-def test_the_202_waits_for_the_fsync(aof_server: EmbeddedServer) -> None:
-    store, reader = Enqueuer(_settings(aof_server)), StatusReader(_settings(aof_server))
+def test_the_202_waits_for_the_fsync(fresh_valkey: Callable[..., EmbeddedServer]) -> None:
+    settings = _settings(fresh_valkey(appendonly=True))
+    store, reader = Enqueuer(settings), StatusReader(settings)
     task_id, status, created = store.enqueue(TaskSpec(type="echo"))
     assert (status, created) == ("queued", True)
     # a Redis that never fsyncs: the enqueue is recorded but cannot be confirmed on disk, so it
@@ -61,16 +44,16 @@ def test_the_202_waits_for_the_fsync(aof_server: EmbeddedServer) -> None:
     assert reader.get(task_id)["status"] == "queued"  # type: ignore[index]
 
 
-def test_without_an_append_only_file_enqueue_and_healthz_say_so(plain_server: EmbeddedServer,
+def test_without_an_append_only_file_enqueue_and_healthz_say_so(fresh_valkey: Callable[..., EmbeddedServer],
                                                                 tmp_path: Path) -> None:
-    store = Enqueuer(_settings(plain_server))
+    store = Enqueuer(_settings(fresh_valkey(appendonly=False)))
     with pytest.raises(Unavailable, match="no append-only file"):
         store.enqueue(TaskSpec(type="echo"))
     with pytest.raises(Unavailable, match="no append-only file"):
         store.ping()
     StatusReader(store.settings).ping()  # the status function's health: reading works
-    settings = dataclasses.replace(store.settings, enqueue_port=free_port())
-    proc, url = _start_unhealthy(settings, tmp_path)  # its /healthz is 503 from the start
+    # its /healthz is 503 from the start: up once it answers so
+    proc, url = start_function("enqueue", fresh_ports(store.settings), tmp_path, healthz=503)
     try:
         with httpx.Client(timeout=5) as http:
             reply = http.post(url + "/tasks", json={"type": "echo"})
@@ -80,18 +63,4 @@ def test_without_an_append_only_file_enqueue_and_healthz_say_so(plain_server: Em
         # the client is told to retry; the operator is told why, in the function's log
         assert "ENQUEUE_FSYNC is set but Redis runs without appendonly" in proc.output()
     finally:
-        stop(proc)
-
-
-def _start_unhealthy(settings: Settings, log_dir: Path) -> tuple[Proc, str]:
-    proc = spawn("enqueue", settings, log_dir)
-    url = f"http://127.0.0.1:{settings.enqueue_port}"
-
-    def answers() -> bool:
-        try:
-            return httpx.get(url + "/healthz", timeout=1).status_code == 503
-        except httpx.HTTPError:
-            return False
-
-    wait_until(answers, timeout=20, message="enqueue answering /healthz")
-    return proc, url
+        proc.stop()

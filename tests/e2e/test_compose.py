@@ -14,7 +14,6 @@ import re
 import shlex
 import subprocess
 import sys
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -24,8 +23,8 @@ import yaml
 from local.commands import GRACEFUL_TIMEOUT_S, SERVICES, argv
 from local.embedded import free_port
 from taskbus.settings import Settings
+from testkit.env import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 DOCKERFILE = ROOT / "Dockerfile"
 HTTP_SERVICES = ("enqueue", "status")

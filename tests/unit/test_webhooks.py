@@ -2,7 +2,7 @@
 rotation, body parsing, event naming and the configuration read from the environment.
 
 Headers are passed as a `werkzeug.datastructures.Headers`, as the HTTP layer passes them
-(case-insensitive names). The signers below are also used by `test_webhooks_http.py`.
+(case-insensitive names). The signers and the providers' published vectors are in `testkit.signing`.
 """
 
 from __future__ import annotations
@@ -28,60 +28,36 @@ from taskbus.errors import BadRequest, ConfigError, Unauthorized, UnsupportedMed
 from taskbus.http import status_of
 from taskbus.task import NAME_RE
 from taskbus.webhooks import Source, Verified, sources_from_env, task_type, verify
+from testkit.signing import (
+    GITHUB_DOC_BODY,
+    GITHUB_DOC_SECRET,
+    GITHUB_DOC_SIGNATURE,
+    SLACK_DOC_BODY,
+    SLACK_DOC_SECRET,
+    SLACK_DOC_SIGNATURE,
+    SLACK_DOC_TS,
+    STANDARD_DOC_BODY,
+    STANDARD_DOC_ID,
+    STANDARD_DOC_SECRET,
+    STANDARD_DOC_SIGNATURE,
+    STANDARD_DOC_TS,
+    STANDARD_SECRET,
+    b64_mac,
+    hex_mac,
+    sign_acme,
+    sign_github,
+    sign_shopify,
+    sign_slack,
+    sign_standard,
+    sign_stripe,
+)
 
 JSON = "application/json"
 FORM = "application/x-www-form-urlencoded"
 TOLERANCE_S = 300.0
 
-STANDARD_SECRET = "whsec_" + base64.b64encode(b"standard-webhooks-secret-32bytes").decode()
 STANDARD_OTHER = "whsec_" + base64.b64encode(b"standard-webhooks-rotated-secret").decode()
 STANDARD_WRONG = "whsec_" + base64.b64encode(b"standard-webhooks-wrong-secret!!").decode()
-
-
-# --------------------------------------------------------------------------- signers
-
-
-def hex_mac(secret: str, message: bytes, algorithm: str = "sha256") -> str:
-    return hmac.new(secret.encode(), message, getattr(hashlib, algorithm)).hexdigest()
-
-
-def b64_mac(secret: str, message: bytes, algorithm: str = "sha256") -> str:
-    return base64.b64encode(hmac.new(secret.encode(), message, getattr(hashlib, algorithm)).digest()).decode()
-
-
-def sign_github(secret: str, body: bytes, event: str = "push", delivery: str | None = "gh-delivery-1") -> dict[str, str]:
-    headers = {"X-Hub-Signature-256": "sha256=" + hex_mac(secret, body), "X-GitHub-Event": event,
-               "X-GitHub-Hook-ID": "4242", "User-Agent": "GitHub-Hookshot/abc123"}
-    if delivery is not None:
-        headers["X-GitHub-Delivery"] = delivery
-    return headers
-
-
-def sign_stripe(secret: str, body: bytes, ts: int | str) -> dict[str, str]:
-    return {"Stripe-Signature": f"t={ts},v1={hex_mac(secret, f'{ts}.'.encode() + body)}"}
-
-
-def sign_standard(secret: str, body: bytes, ts: int, msg_id: str = "msg_2a3b4c5d") -> dict[str, str]:
-    moment = dt.datetime.fromtimestamp(ts, dt.timezone.utc)
-    signature = standardwebhooks.Webhook(secret).sign(msg_id, moment, body.decode())
-    return {"webhook-id": msg_id, "webhook-timestamp": str(ts), "webhook-signature": signature}
-
-
-def sign_slack(secret: str, body: bytes, ts: int | str) -> dict[str, str]:
-    return {"X-Slack-Request-Timestamp": str(ts), "X-Slack-Signature": "v0=" + hex_mac(secret, f"v0:{ts}:".encode() + body)}
-
-
-def sign_shopify(secret: str, body: bytes, topic: str = "orders/create",
-                 event_id: str | None = "shop-event-1") -> dict[str, str]:
-    headers = {"X-Shopify-Hmac-Sha256": b64_mac(secret, body), "X-Shopify-Topic": topic,
-               "X-Shopify-Shop-Domain": "example.myshopify.com", "X-Shopify-Webhook-Id": "shop-webhook-1"}
-    if event_id is not None:
-        headers["X-Shopify-Event-Id"] = event_id
-    return headers
-
-
-def sign_acme(secret: str, body: bytes, event: str = "widget.created", delivery: str = "acme-1") -> dict[str, str]:
-    return {"X-Acme-Signature": "sha256=" + hex_mac(secret, body), "X-Acme-Event": event, "X-Acme-Delivery": delivery}
 
 
 ACME = dict(header="X-Acme-Signature", prefix="sha256=", algorithm="sha256", encoding="hex",
@@ -253,7 +229,8 @@ MALFORMED: list[tuple[str, str, Callable[[int], str]]] = [
     ("stripe", "empty v1", lambda t: f"t={t},v1="),
     ("stripe", "non-hex v1", lambda t: f"t={t},v1={'zz' * 32}"),
     ("stripe", "v0 only", lambda t: f"t={t},v0=" + hex_mac("whsec_stripe_secret", f"{t}.".encode() + BODY)),
-    ("stripe", "two timestamps", lambda t: f"t={t},t={t},v1=" + hex_mac("whsec_stripe_secret", f"{t}.".encode() + BODY)),
+    ("stripe", "two timestamps",
+     lambda t: f"t={t},t={t},v1=" + hex_mac("whsec_stripe_secret", f"{t}.".encode() + BODY)),
     ("stripe", "base64 v1", lambda t: f"t={t},v1=" + b64_mac("whsec_stripe_secret", f"{t}.".encode() + BODY)),
     ("standard", "garbage", lambda t: "garbage"),
     ("standard", "no comma", lambda t: "v1"),
@@ -359,11 +336,6 @@ def test_standard_honours_the_configured_tolerance(age_s: int, tolerance_s: floa
 # --------------------------------------------------------------------------- published test vectors
 
 
-GITHUB_DOC_SECRET = "It's a Secret to Everybody"
-GITHUB_DOC_BODY = b"Hello, World!"
-GITHUB_DOC_SIGNATURE = "sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17"
-
-
 def test_github_docs_vector() -> None:
     assert "sha256=" + hex_mac(GITHUB_DOC_SECRET, GITHUB_DOC_BODY) == GITHUB_DOC_SIGNATURE
     source = Source(name="github", scheme="github", secrets=(GITHUB_DOC_SECRET,))
@@ -374,13 +346,6 @@ def test_github_docs_vector() -> None:
     refused("invalid_signature", source, {"X-Hub-Signature-256": wrong}, GITHUB_DOC_BODY, "text/plain")
     refused("invalid_signature", source, {"X-Hub-Signature-256": GITHUB_DOC_SIGNATURE}, b"Hello, World?",
             "text/plain")
-
-
-STANDARD_DOC_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
-STANDARD_DOC_ID = "msg_p5jXN8AQM9LWM0D4loKWxJek"
-STANDARD_DOC_TS = 1614265330
-STANDARD_DOC_BODY = b'{"test": 2432232314}'
-STANDARD_DOC_SIGNATURE = "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
 
 
 def test_standard_webhooks_reference_vector() -> None:
@@ -403,17 +368,6 @@ def test_standard_webhooks_reference_vector() -> None:
     assert hit.headers == {"webhook-id": STANDARD_DOC_ID, "webhook-timestamp": fresh["webhook-timestamp"]}
     # one byte different: refused
     refused("invalid_signature", source, fresh, b'{"test": 2432232315}', now=time.time())
-
-
-SLACK_DOC_SECRET = "8f742231b10e8888abcd99yyyzzz85a5"
-SLACK_DOC_TS = 1531420618
-SLACK_DOC_BODY = (
-    b"token=xyzz0WbapA4vBCDEFasx0q6G&team_id=T1DC2JH3J&team_domain=testteamnow&channel_id=G8PSS9T3V"
-    b"&channel_name=foobar&user_id=U2CERLKJA&user_name=roadrunner&command=%2Fwebhook-collect&text="
-    b"&response_url=https%3A%2F%2Fhooks.slack.com%2Fcommands%2FT1DC2JH3J%2F397700885554%2F96rGlfmibIGlgcZRskXaIFfN"
-    b"&trigger_id=398738663015.47445629121.803a0bc887a14d10d2c447fce8b6703c"
-)
-SLACK_DOC_SIGNATURE = "v0=a2114d57b48eac39b9ad189dd8316235a7b4a8d21a10bd27519666489c69b503"
 
 
 def test_slack_docs_vector_is_a_slash_command() -> None:
@@ -487,7 +441,8 @@ def test_form_bodies_only_for_github_and_slack(case: Case) -> None:
 
 
 def test_slack_url_verification_reply() -> None:
-    body = b'{"token":"Jhj5dZrVaK7ZwHHjRyZWjbDl","challenge":"3eZbrw1aBm2rZgRNFdxV2595E9CY3gmdALWMmHkvFXO7tYXAYM8P","type":"url_verification"}'
+    body = (b'{"token":"Jhj5dZrVaK7ZwHHjRyZWjbDl","challenge":"3eZbrw1aBm2rZgRNFdxV2595E9CY3gmdALWMmHkvFXO7tYXAYM8P",'
+            b'"type":"url_verification"}')
     hit = accepted(SLACK.source(), sign_slack("slack-signing-secret", body, int(time.time())), body)
     assert hit.reply == {"challenge": "3eZbrw1aBm2rZgRNFdxV2595E9CY3gmdALWMmHkvFXO7tYXAYM8P"}
     assert hit.event == "url_verification"

@@ -14,24 +14,22 @@ import httpx
 import pytest
 import redis
 
-from local.embedded import die_with_parent, free_port
-from tests.support import ROOT, wait_until
+from local.embedded import free_port
+from testkit.env import ROOT, clean_env
+from testkit.procs import Proc, wait_until
 
 
 @pytest.mark.timeout(120)
 def test_make_up_runs_a_task_and_a_webhook_and_ctrl_c_stops_everything(tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("FUNCTION_", "PYTEST_", "REDIS_", "KEY_PREFIX", "WEBHOOK_", "CHANNEL", "KAFKA_"))}
-    env.update(ENQUEUE_PORT=str(free_port()), STATUS_PORT=str(free_port()), LOCAL_RUN_DIR=str(tmp_path / "run"))
+    env = {**clean_env(), "ENQUEUE_PORT": str(free_port()), "STATUS_PORT": str(free_port()),
+           "LOCAL_RUN_DIR": str(tmp_path / "run")}
     log = tmp_path / "up.log"
-    with open(log, "wb") as out:
-        up = subprocess.Popen([sys.executable, "-m", "local"], cwd=ROOT, env=env, stdout=out,
-                              stderr=subprocess.STDOUT, preexec_fn=die_with_parent, start_new_session=True)
+    up = Proc("make up", [sys.executable, "-m", "local"], env, log)
     try:
-        wait_until(lambda: "ready: " in log.read_text(errors="replace") or up.poll() is not None,
-                   timeout=60, interval=0.1, message="the local stack to print ready")
-        text = log.read_text(errors="replace")
-        assert up.poll() is None, text
+        wait_until(lambda: "ready: " in up.output(), timeout=60, interval=0.1,
+                   message="the local stack to print ready", proc=up)
+        text = up.output()
+        assert up.alive(), text
         enqueue = re.search(r"enqueue on (http://\S+),", text).group(1)  # type: ignore[union-attr]
         status = re.search(r"status on (http://\S+),", text).group(1)  # type: ignore[union-attr]
         redis_url = re.search(r"Redis at (redis://\S+)", text).group(1)  # type: ignore[union-attr]
@@ -47,16 +45,14 @@ def test_make_up_runs_a_task_and_a_webhook_and_ctrl_c_stops_everything(tmp_path:
                               capture_output=True, text=True, timeout=30)
         assert hook.returncode == 0, hook.stdout + hook.stderr
         assert hook.stdout.startswith("202"), hook.stdout
-        wait_until(lambda: "github.push" in log.read_text(errors="replace"), timeout=10,
+        wait_until(lambda: "github.push" in up.output(), timeout=10,
                    message="the worker logging the github.push task")
 
         os.killpg(up.pid, signal.SIGINT)  # what Ctrl-C in the terminal sends
-        assert up.wait(30) == 0 or up.returncode in (-signal.SIGINT, 130), log.read_text(errors="replace")[-3000:]
+        assert up.wait(30) == 0 or up.popen.returncode in (-signal.SIGINT, 130), up.output()[-3000:]
         with pytest.raises(httpx.HTTPError):
             httpx.get(enqueue + "/healthz", timeout=1)
         with pytest.raises(redis.ConnectionError):
             redis.Redis.from_url(redis_url, socket_connect_timeout=1).ping()
     finally:
-        if up.poll() is None:
-            os.killpg(up.pid, signal.SIGKILL)
-            up.wait(10)
+        up.kill()
