@@ -23,7 +23,7 @@ up: venv
 	$(BIN)/python -m local
 
 test: venv tools
-	$(BIN)/ruff check taskbus worker_fn local functions chaos
+	$(BIN)/ruff check .  # everything: core, functions, tests, testkit, chaos, bench, local
 	$(BIN)/mypy --strict taskbus
 	$(BIN)/python -m pytest -n 3 -m "not chaos"
 	$(BIN)/python -m pytest -m chaos  # the fault scenarios one at a time, after the rest: they load the machine
