@@ -1,7 +1,7 @@
 """One settings object, read once from the environment at the edge.
 
 `Settings.from_env()` is the only code in taskbus that reads `os.environ` for its own
-settings; everything else receives a `Settings`. (`http.install` passes the thread count on
+settings; everything else receives a `Settings`. (`http.gunicorn.install` passes the thread count on
 to the functions-framework CLI's gunicorn, which reads its own `THREADS`.)
 Units are in the names (`_s`, `_ms`, `_bytes`).
 """
@@ -13,6 +13,7 @@ import os
 from collections.abc import Mapping
 
 from taskbus.errors import ConfigError
+from taskbus.task import check_name
 from taskbus.webhooks import Source, sources_from_env
 
 _CUSTOM = {"env": "custom"}  # fields read by their own rules below, not by name
@@ -122,8 +123,6 @@ class Settings:
             raise ConfigError("KAFKA_OUTBOX_AGE_S must exceed KAFKA_PRODUCE_TIMEOUT_S")
         if self.kafka_redeliver_s <= self.kafka_outbox_age_s:
             raise ConfigError("KAFKA_REDELIVER_S must exceed KAFKA_OUTBOX_AGE_S")
-        from taskbus.task import check_name  # late import: task imports settings-free helpers
-
         for queue in self.queues:
             check_name("QUEUES", queue)
 

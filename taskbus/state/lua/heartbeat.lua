@@ -1,4 +1,4 @@
--- Renew the leases of running entries. Ownership is checked first: XCLAIM alone would take an
+-- Redis Streams: renew the leases of running entries (their idle time). Ownership is checked first: XCLAIM alone would take an
 -- entry back from the worker that reclaimed it.
 -- KEYS[1] work stream   ARGV[1] group  ARGV[2] consumer  ARGV[3..] entry ids
 -- Returns the entry ids this consumer no longer holds.
