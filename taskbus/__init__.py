@@ -6,24 +6,25 @@ The data path, one package each: `http` (the enqueue and status functions) → `
 `worker` (run handlers, write fenced outcomes) → `state` (Redis: scripts, status reads).
 """
 
-from taskbus.enqueue import Enqueuer
-from taskbus.errors import ConfigError, DataLost, TaskbusError, Unavailable
+from taskbus.client import Client, Enqueued
+from taskbus.errors import ConfigError, DataLost, PermanentError, TaskbusError, Unavailable, ValidationError
 from taskbus.registry import Context, Registry
 from taskbus.settings import Settings
-from taskbus.state.reader import StatusReader
 from taskbus.task import TaskSpec
 from taskbus.worker import Worker
 
 __all__ = [
+    "Client",
     "ConfigError",
     "Context",
     "DataLost",
-    "Enqueuer",
+    "Enqueued",
+    "PermanentError",
     "Registry",
     "Settings",
-    "StatusReader",
     "TaskSpec",
     "TaskbusError",
     "Unavailable",
+    "ValidationError",
     "Worker",
 ]

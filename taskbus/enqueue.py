@@ -76,6 +76,7 @@ class Enqueuer:
                 int(spec.delay_s * 1000),
                 self.settings.pending_ttl_s,
                 (idempotency_ttl_s or self.settings.idempotency_ttl_s) if key is not None else "",
+                ",".join(sorted(spec.defaults)),
             ]
         return keys, args
 

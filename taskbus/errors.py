@@ -3,6 +3,7 @@
 
 TaskbusError
 ├── ConfigError           bad settings: refuse to start
+├── PermanentError        raised by a handler: fail the task now, no further attempts
 ├── Unavailable           the state store (Redis) or the channel (Redis, Kafka) did not answer
 │   │                     in time; safe to retry later                    → 503 + Retry-After
 │   └── DataLost          a queue's consumer group or stream vanished     → 503 on /healthz
@@ -25,6 +26,11 @@ class TaskbusError(Exception):
 
 class ConfigError(TaskbusError):
     """Settings that cannot work; raised at start-up, never per request."""
+
+
+class PermanentError(TaskbusError):
+    """Raise in a handler to fail the task at once: retrying cannot help (bad input, say).
+    The task is dead-lettered with this error's type and message."""
 
 
 class Unavailable(TaskbusError):

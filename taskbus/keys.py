@@ -46,6 +46,11 @@ class Keys:
         status is published on it to wake long-polls."""
         return f"{self._queue_prefix(_queue(task_id))}:events:{task_id.rsplit('~', 1)[1]}"
 
+    def workers(self, queue: str) -> str:
+        """Hash of the queue's live workers: consumer name -> JSON {seen_ms, handlers} (the task
+        types each has handlers for, with their defaults), renewed with their heartbeats."""
+        return f"{self._queue_prefix(queue)}:workers"
+
     def data_lost(self, queue: str) -> str:
         """Set (for an hour) when a worker found the queue's stream or group gone: /healthz
         answers 503 while it exists. Delete it to acknowledge."""

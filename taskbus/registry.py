@@ -9,6 +9,9 @@ from typing import Any
 
 from taskbus.task import NAME_RE
 
+MAX_ATTEMPTS_LIMIT = 100
+TIMEOUT_LIMIT_S = 86400.0
+
 
 @dataclasses.dataclass(frozen=True)
 class Context:
@@ -28,37 +31,75 @@ class Context:
 Handler = Callable[[Any, Context], Any]
 
 
+@dataclasses.dataclass(frozen=True)
+class Registration:
+    handler: Handler
+    max_attempts: int | None = None  # for tasks of this type whose request gives none
+    timeout_s: float | None = None
+
+
 class Registry:
     """Maps task types to handlers. `"github.*"` registers a prefix; the most specific
     registration wins (an exact type, then the longest matching prefix)."""
 
     def __init__(self) -> None:
-        self._exact: dict[str, Handler] = {}
-        self._prefixes: dict[str, Handler] = {}
+        self._exact: dict[str, Registration] = {}
+        self._prefixes: dict[str, Registration] = {}
 
-    def register(self, task_type: str) -> Callable[[Handler], Handler]:
+    def register(
+        self, task_type: str, *, max_attempts: int | None = None, timeout_s: float | None = None
+    ) -> Callable[[Handler], Handler]:
+        """Decorator. `max_attempts` and `timeout_s` are this type's defaults, used when the
+        request that enqueued a task gives none."""
+
         def decorate(fn: Handler) -> Handler:
-            self.add(task_type, fn)
+            self.add(task_type, fn, max_attempts=max_attempts, timeout_s=timeout_s)
             return fn
 
         return decorate
 
-    def add(self, task_type: str, fn: Handler) -> None:
+    def add(self, task_type: str, fn: Handler, *, max_attempts: int | None = None,
+            timeout_s: float | None = None) -> None:
+        if max_attempts is not None and not (isinstance(max_attempts, int) and 1 <= max_attempts <= MAX_ATTEMPTS_LIMIT):
+            raise ValueError(f"max_attempts of {task_type!r} must be an integer from 1 to {MAX_ATTEMPTS_LIMIT}")
+        if timeout_s is not None and not 0 < timeout_s <= TIMEOUT_LIMIT_S:
+            raise ValueError(f"timeout_s of {task_type!r} must be > 0 and <= {TIMEOUT_LIMIT_S:g}")
+        registration = Registration(fn, max_attempts, None if timeout_s is None else float(timeout_s))
         if task_type.endswith(".*"):
             prefix = task_type[:-1]
             if not NAME_RE.fullmatch(prefix):
                 raise ValueError(f"invalid task type prefix {task_type!r}")
-            self._prefixes[prefix] = fn
+            self._prefixes[prefix] = registration
         elif NAME_RE.fullmatch(task_type):
-            self._exact[task_type] = fn
+            self._exact[task_type] = registration
         else:
             raise ValueError(f"invalid task type {task_type!r}")
 
-    def lookup(self, task_type: str) -> Handler | None:
+    def registration(self, task_type: str) -> Registration | None:
         if task_type in self._exact:
             return self._exact[task_type]
         matches = [p for p in self._prefixes if task_type.startswith(p)]
         return self._prefixes[max(matches, key=len)] if matches else None
 
+    def lookup(self, task_type: str) -> Handler | None:
+        found = self.registration(task_type)
+        return found.handler if found else None
+
     def types(self) -> list[str]:
         return sorted(self._exact) + sorted(p + "*" for p in self._prefixes)
+
+    def table(self) -> HandlerTable:
+        """What the worker's scripts (and other workers) are told about these handlers: which
+        types they take and their defaults, 0 meaning none (see lua/lib.lua `handler_of`)."""
+
+        def row(r: Registration) -> list[float]:
+            return [r.max_attempts or 0, r.timeout_s or 0]
+
+        return {
+            "exact": {t: row(r) for t, r in self._exact.items()},
+            "prefix": {p: row(r) for p, r in self._prefixes.items()},
+        }
+
+
+HandlerTable = dict[str, dict[str, list[float]]]
+ANY_TYPE: HandlerTable = {"exact": {}, "prefix": {"": [0, 0]}}  # takes every type, sets no default

@@ -69,6 +69,7 @@ class Settings:
     backoff_max_s: float = 300.0
     handlers: str = "worker_fn.handlers"
     consumer_name: str = ""  # empty: derived from host name and pid
+    unknown_type_grace_s: float = 600.0  # a task no live worker has a handler for fails after this long
     # Channel: Redis Streams, or Kafka (CHANNEL=kafka; Redis then holds the task state only)
     channel: str = "redis"
     kafka_bootstrap_servers: str = ""

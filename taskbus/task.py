@@ -25,6 +25,7 @@ TERMINAL = frozenset({SUCCEEDED, FAILED})
 STATUSES = (QUEUED, SCHEDULED, RUNNING, SUCCEEDED, FAILED)
 
 FIELDS = {"type", "payload", "queue", "max_attempts", "timeout_s", "delay_s"}
+DEFAULTABLE = frozenset({"max_attempts", "timeout_s"})  # a handler may set its own defaults for these
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,6 +38,9 @@ class TaskSpec:
     max_attempts: int = 5
     timeout_s: float = 300.0
     delay_s: float = 0.0
+    # Fields the request left out ("max_attempts", "timeout_s"): the values above are the
+    # deployment's defaults, and the handler's own defaults replace them when the task first starts.
+    defaults: frozenset[str] = frozenset()
 
 
 def check_name(field: str, value: object) -> str:
@@ -80,6 +84,7 @@ def parse_spec(
         max_attempts=max_attempts,
         timeout_s=float(timeout_s),
         delay_s=float(delay_s),
+        defaults=frozenset(DEFAULTABLE - set(obj)),
     )
 
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import redis
 
-from taskbus import Context
+from taskbus import Context, PermanentError
 from worker_fn.handlers import registry
 
 _client = redis.Redis.from_url(os.environ["REDIS_URL"], decode_responses=True, socket_timeout=5)
@@ -43,3 +43,21 @@ def garbage(payload: Any, ctx: Context) -> Any:
 @registry.register("prefix.*")
 def prefixed(payload: Any, ctx: Context) -> Any:
     return {"type": ctx.type}
+
+
+@registry.register("flaky3", max_attempts=3, timeout_s=7.5)
+def flaky3(payload: Any, ctx: Context) -> Any:
+    """Always fails: its own defaults (3 attempts, 7.5 s) apply when the request gives none."""
+    raise RuntimeError(f"flaky attempt {ctx.attempt} of {ctx.max_attempts}")
+
+
+@registry.register("permanent")
+def permanent(payload: Any, ctx: Context) -> Any:
+    _client.hincrby(payload["key"], ctx.id, 1)
+    raise PermanentError("the input can never work")
+
+
+@registry.register("too_big")
+def too_big(payload: Any, ctx: Context) -> Any:
+    _client.hincrby(payload["key"], ctx.id, 1)
+    return "x" * (2 * 1024 * 1024)

@@ -21,6 +21,7 @@ from collections.abc import Collection
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from taskbus import codec
+from taskbus.registry import ANY_TYPE, HandlerTable
 from taskbus.settings import Settings
 
 if TYPE_CHECKING:
@@ -30,7 +31,7 @@ if TYPE_CHECKING:
 DEAD_MAXLEN = 100_000
 
 OutcomeKind = Literal["succeeded", "retry", "failed"]
-SkipKind = Literal["dead", "done", "busy", "lost"]
+SkipKind = Literal["dead", "done", "busy", "lost", "deferred"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,7 +69,8 @@ class Run:
 class Skip:
     """Verdict of `start`: not run. `dead`: dead-lettered now (`reason` says why); `done`: already
     finished, acknowledged; `busy`: another worker holds it, asked again later; `lost`: no longer
-    ours (reclaimed by another worker)."""
+    ours (reclaimed by another worker); `deferred`: this worker has no handler for its type, so
+    it waits (no attempt spent) for a worker that has one."""
 
     delivery: Delivery
     kind: SkipKind
@@ -178,15 +180,16 @@ class Outlet(Protocol):
         """Flush what is in flight and let go of connections."""
 
 
-def open_channel(settings: Settings, consumer: str) -> Channel:
-    """The consumer half of CHANNEL for a worker named `consumer`."""
+def open_channel(settings: Settings, consumer: str, handlers: HandlerTable = ANY_TYPE) -> Channel:
+    """The consumer half of CHANNEL for a worker named `consumer` with `handlers` (the task
+    types it takes; others are deferred to workers that have a handler, spending no attempt)."""
     if settings.channel == "kafka":
         from taskbus.channel.kafka import KafkaChannel
 
-        return KafkaChannel(settings, consumer)
+        return KafkaChannel(settings, consumer, handlers)
     from taskbus.channel.streams import StreamsChannel
 
-    return StreamsChannel(settings, consumer)
+    return StreamsChannel(settings, consumer, handlers)
 
 
 def open_outlet(settings: Settings, scripts: Scripts) -> Outlet:

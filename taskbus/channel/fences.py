@@ -1,27 +1,54 @@
-"""The fenced Redis transitions both channels share: writing outcomes, and moving due delayed
-tasks to the channel's target. The scripts check ownership themselves (lua/finish.lua,
-lua/promote.lua); this module only lays out their KEYS and ARGV.
+"""The fenced Redis transitions both channels share: writing outcomes, moving due delayed
+tasks to the channel's target, and telling the queue which task types this worker takes. The
+scripts check ownership themselves (lua/finish.lua, lua/promote.lua); this module only lays out
+their KEYS and ARGV.
 """
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import redis
 
+from taskbus import codec
 from taskbus.channel import DEAD_MAXLEN, Outcome, Target
 from taskbus.keys import Keys
+from taskbus.registry import HandlerTable
 from taskbus.settings import Settings
 from taskbus.state.scripts import Scripts
 
+DEFER_MAX_MS = 10_000  # the longest pause before a task of an unknown type is offered again
+FORGET_WORKER_S = 3600.0  # a worker not seen this long leaves the queue's workers hash
+
 
 class Fences:
-    def __init__(self, settings: Settings, consumer: str, client: redis.Redis, scripts: Scripts) -> None:
+    def __init__(self, settings: Settings, consumer: str, client: redis.Redis, scripts: Scripts,
+                 handlers: HandlerTable) -> None:
         self.settings = settings
         self.consumer = consumer
         self.keys = Keys(settings.key_prefix)
         self.client = client
         self.scripts = scripts
+        self.handlers = codec.dumps(handlers).decode()
+        self.live_ms = int(settings.lease_s * 2000)  # two leases without a heartbeat: gone
+        self._next_announce = 0.0
+
+    def typing_args(self) -> list[Any]:
+        """The start scripts' ARGV about task types: this worker's handler table, the grace
+        before an unknown type fails, how long a worker counts as live, the longest deferral."""
+        return [self.handlers, int(self.settings.unknown_type_grace_s * 1000), self.live_ms, DEFER_MAX_MS]
+
+    def announce(self, leaving: bool = False) -> None:
+        """Tell each queue this worker is alive and which types it takes (or that it left);
+        renewed every LEASE_S/3, like a heartbeat."""
+        now = time.monotonic()
+        if not leaving and now < self._next_announce:
+            return
+        self._next_announce = now + self.settings.lease_s / 3
+        for queue in self.settings.queues:
+            args: list[Any] = [self.consumer, "" if leaving else self.handlers, int(FORGET_WORKER_S * 1000)]
+            self.scripts.announce(keys=[self.keys.workers(queue)], args=args, client=self.client)
 
     def finish(self, queue: str, outcomes: list[Outcome], entries: list[str]) -> list[str | None]:
         """Write outcomes in one script call; `entries[i]` is the stream entry to acknowledge with

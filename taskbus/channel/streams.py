@@ -17,6 +17,7 @@ from taskbus.channel import DEAD_MAXLEN, Delivery, Job, Outcome, Recorded, Skip,
 from taskbus.channel.fences import Fences
 from taskbus.errors import DataLost, Unavailable
 from taskbus.keys import Keys
+from taskbus.registry import ANY_TYPE, HandlerTable
 from taskbus.settings import Settings
 from taskbus.state.client import REDIS_ERRORS, connect
 from taskbus.state.scripts import Scripts
@@ -54,14 +55,14 @@ class StreamsOutlet:
 
 
 class StreamsChannel:
-    def __init__(self, settings: Settings, consumer: str) -> None:
+    def __init__(self, settings: Settings, consumer: str, handlers: HandlerTable = ANY_TYPE) -> None:
         self.settings = settings
         self.consumer = consumer
         self.group = settings.consumer_group
         self.keys = Keys(settings.key_prefix)
         self.client = connect(settings, max_connections=settings.concurrency + SPARE_CONNECTIONS)
         self.scripts = Scripts(self.client)
-        self.fences = Fences(settings, consumer, self.client, self.scripts)
+        self.fences = Fences(settings, consumer, self.client, self.scripts, handlers)
         self.outlet = StreamsOutlet(settings)
         self.lease_ms = int(settings.lease_s * 1000)
         self._group_lost = False  # a command found a group missing: `open` recreates it, flagged
@@ -95,6 +96,7 @@ class StreamsChannel:
                         raise
                     continue
                 self._created(queue)
+            self.fences.announce()
         self._group_lost = False
 
     def _created(self, queue: str) -> None:
@@ -153,8 +155,9 @@ class StreamsChannel:
         return found
 
     def start(self, queue: str, deliveries: list[Delivery]) -> list[Verdict]:
-        keys = [self.keys.stream(queue), self.keys.dead(queue)]
-        args: list[Any] = [self.group, self.consumer, self.settings.result_ttl_s, DEAD_MAXLEN]
+        keys = [self.keys.stream(queue), self.keys.dead(queue), self.keys.delayed(queue), self.keys.workers(queue)]
+        args: list[Any] = [self.group, self.consumer, self.settings.result_ttl_s, DEAD_MAXLEN,
+                           *self.fences.typing_args()]
         for d in deliveries:
             assert d.task_id is not None
             keys += [self.keys.task(d.task_id), self.keys.events(d.task_id)]
@@ -197,11 +200,13 @@ class StreamsChannel:
             return self.fences.promote(queue, PROMOTE_BATCH, self.outlet.target(queue))[1]
 
     def maintain(self) -> None:
-        """Forget long-dead consumers now and then, so each group's consumer list stays bounded."""
-        if time.monotonic() < self._next_prune:
-            return
-        self._next_prune = time.monotonic() + PRUNE_EVERY_S
+        """Say which types this worker takes, and forget long-dead consumers now and then, so
+        each group's consumer list stays bounded."""
         with self._redis():
+            self.fences.announce()
+            if time.monotonic() < self._next_prune:
+                return
+            self._next_prune = time.monotonic() + PRUNE_EVERY_S
             for queue in self.settings.queues:
                 self._prune(queue, myself=False)
 
@@ -220,8 +225,9 @@ class StreamsChannel:
     def close(self, drained: bool) -> None:
         """Drained: forget our consumer too (nothing is lost if Redis does not answer: an empty
         consumer entry stays until a later prune)."""
-        if drained:
-            with contextlib.suppress(redis.RedisError):
+        with contextlib.suppress(redis.RedisError):
+            self.fences.announce(leaving=True)
+            if drained:
                 for queue in self.settings.queues:
                     self._prune(queue, myself=True)
         self.client.close()

@@ -16,7 +16,7 @@ from taskbus.http import Service, json_response, status_url
 from taskbus.http.body import read_body, read_json
 from taskbus.settings import Settings
 from taskbus.state.reader import StatusReader
-from taskbus.task import TaskSpec, check_idempotency_key, iso, parse_spec
+from taskbus.task import DEFAULTABLE, TaskSpec, check_idempotency_key, iso, parse_spec
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +93,7 @@ class EnqueueAPI:
             payload=body,
             max_attempts=self.settings.default_max_attempts,
             timeout_s=self.settings.default_timeout_s,
+            defaults=DEFAULTABLE,
         )
         return self._submit(
             request,
@@ -130,6 +131,7 @@ class EnqueueAPI:
             queue=src.queue,
             max_attempts=self.settings.default_max_attempts,
             timeout_s=self.settings.default_timeout_s,
+            defaults=DEFAULTABLE,
         )
         dedupe = f"webhook:{src.name}:{verified.delivery_id}" if verified.delivery_id else None
         return self._accepted(

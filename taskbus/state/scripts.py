@@ -25,7 +25,7 @@ class Scripts:
     Each script's header states its KEYS, ARGV and reply."""
 
     NAMES = (
-        *("enqueue", "start", "finish", "heartbeat", "read_due", "promote", "dead_letter_malformed"),
+        *("enqueue", "start", "finish", "heartbeat", "read_due", "promote", "dead_letter_malformed", "announce"),
         *("kafka_start", "kafka_lease", "kafka_republish", "kafka_undo", "kafka_mark_published"),
     )
     enqueue: Script
@@ -35,6 +35,7 @@ class Scripts:
     read_due: Script
     promote: Script
     dead_letter_malformed: Script
+    announce: Script
     kafka_start: Script
     kafka_lease: Script
     kafka_republish: Script
@@ -85,8 +86,13 @@ class Scripts:
 
 
 def no_aof(exc: redis.ResponseError) -> Exception:
-    """WAITAOF's refusal on a Redis without an append-only file: a deployment error, said loudly."""
-    if "appendonly" not in str(exc):
+    """WAITAOF's refusal on a Redis without an append-only file, or one older than 7.2 that has
+    no WAITAOF: a deployment error, said loudly (a 503, never a 500)."""
+    text = str(exc).lower()
+    if "unknown command" in text and "waitaof" in text:
+        log.error("ENQUEUE_FSYNC is set but this Redis has no WAITAOF (Redis 7.2+ or Valkey needed)")
+        return Unavailable("ENQUEUE_FSYNC is set but Redis has no WAITAOF (before 7.2)")
+    if "appendonly" not in text:
         return exc
     log.error("ENQUEUE_FSYNC is set but Redis runs without appendonly: every enqueue is refused")
     return Unavailable("ENQUEUE_FSYNC is set but Redis has no append-only file")

@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 
 PROMOTE_AT_LEAST_EVERY_S = 1.0
 RECLAIM_AT_MOST_EVERY_S = 5.0
-LOOP_RETRY_MAX_S = 2.0
+LOOP_RETRY_MAX_S = 30.0  # an outage is retried quietly: one line per step, the steps growing to this
 
 
 class Worker:
@@ -47,13 +47,19 @@ class Worker:
         self.consumer = (
             consumer or settings.consumer_name or f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
         )
-        self.channel = channel or open_channel(settings, self.consumer)
+        self.channel = channel or open_channel(settings, self.consumer, registry.table())
         self.stopping = stop_event or threading.Event()
         self.inflight = InFlight(settings.concurrency)
         self.writer = OutcomeWriter(settings, self.channel, self.inflight, on_scheduled=self._promote_by)
         self.runners = RunnerPool(registry, self.inflight, settle=self._settled)
         self._next_promote = self._next_heartbeat = self._next_reclaim = 0.0
         self._opened = False
+        self._problem: str | None = "starting"  # why the last turn of the loop failed; None: it worked
+
+    def problem(self) -> str | None:
+        """None while the control loop reaches the store and the channel, else why it does not
+        (for a health check)."""
+        return self._problem
 
     def stop(self) -> None:
         """Ask the worker to stop reading and drain (safe from a signal handler)."""
@@ -77,6 +83,7 @@ class Worker:
                     self.channel.open()
                     self._opened = True
                 self._tick()
+                self._problem = None
                 backoff = 0.1
                 continue
             except DataLost as exc:
@@ -84,10 +91,12 @@ class Worker:
                 self._opened = False
                 continue
             except Unavailable as exc:
+                self._problem = str(exc)[:200]
                 self._next_reclaim = 0.0  # a lost reply may have delivered entries to us: look soon
-                fields = {"error": str(exc)[:200], "retry_in_s": backoff}
+                fields = {"error": self._problem, "retry_in_s": backoff}
                 log.warning("store or channel unavailable, retrying", extra={"fields": fields})
-            except Exception:  # noqa: BLE001 - the loop must outlive any single failure
+            except Exception as exc:  # noqa: BLE001 - the loop must outlive any single failure
+                self._problem = f"{type(exc).__name__}: {str(exc)[:200]}"
                 log.exception("worker loop error, retrying")
             self.stopping.wait(backoff)
             backoff = min(backoff * 2, LOOP_RETRY_MAX_S)
@@ -186,6 +195,9 @@ def _log_skip(verdict: Skip) -> None:
         log.error("task dead-lettered", extra={"fields": fields})
     elif verdict.kind == "done":
         log.info("redelivery of a finished task acknowledged", extra={"fields": {"task_id": d.task_id}})
+    elif verdict.kind == "deferred":
+        fields = {"task_id": d.task_id, "queue": d.queue}
+        log.info("no handler here for the task's type: left for a worker that has one", extra={"fields": fields})
     elif verdict.kind == "busy":
         log.debug("task held by another worker; asking again later", extra={"fields": {"task_id": d.task_id}})
     else:

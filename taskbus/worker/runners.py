@@ -12,6 +12,7 @@ from typing import Any
 
 from taskbus import codec
 from taskbus.channel import Job, OutcomeKind
+from taskbus.errors import PermanentError
 from taskbus.registry import Context, Registry
 from taskbus.worker.inflight import InFlight, Running
 
@@ -54,16 +55,15 @@ class RunnerPool:
     def _execute(self, job: Job, deadline: float) -> tuple[OutcomeKind, bytes]:
         handler = self.registry.lookup(job.type)
         if handler is None:
-            error = {"type": "UnknownTaskType", "message": f"no handler for task type {job.type!r}", "traceback": None}
-            return "failed", codec.dumps(error)  # retrying cannot help
+            # the start script defers types this worker has no handler for: only a registry
+            # changed under a running worker gets here
+            return "failed", error_json("UnknownTaskType", f"no handler for task type {job.type!r}")
         ctx = Context(job.task_id, job.type, job.queue, job.attempt, job.max_attempts, deadline)
         try:
-            body = codec.dumps(handler(job.payload, ctx))
-            if len(body) > MAX_RESULT_BYTES:
-                raise ValueError(f"result is {len(body)} bytes, over the {MAX_RESULT_BYTES} limit")
-            return "succeeded", body
+            result = handler(job.payload, ctx)
         except BaseException as exc:  # noqa: BLE001 - a handler must never take the worker down
             return failure(job, exc, traceback.format_exc())
+        return encode_result(result)
 
     def expire(self, now: float) -> None:
         """Time out attempts past their deadline: the stuck thread keeps its handler, a new
@@ -78,14 +78,33 @@ class RunnerPool:
             self.settle(r, *failure(r.job, exc, None))
 
 
+def encode_result(result: Any) -> tuple[OutcomeKind, bytes]:
+    """The handler returned: its result as JSON. One that cannot be stored fails the task at
+    once, since running the handler again would repeat its side effects for the same result."""
+    try:
+        body = codec.dumps(result)
+    except (TypeError, ValueError) as exc:  # orjson: not serialisable, or an integer out of range
+        return "failed", error_json("UnencodableResult", f"the result is not JSON-serialisable: {exc}")
+    if len(body) > MAX_RESULT_BYTES:
+        message = f"the result is {len(body)} bytes, over the {MAX_RESULT_BYTES} byte limit"
+        return "failed", error_json("ResultTooLarge", message)
+    return "succeeded", body
+
+
 def failure(job: Job, exc: BaseException, tb: str | None) -> tuple[OutcomeKind, bytes]:
-    """A retry while attempts remain, else a failure; the error as JSON, cut to size."""
+    """A retry while attempts remain (and the handler did not raise `PermanentError`), else
+    a failure; the error as JSON, cut to size."""
+    retry = job.attempt < job.max_attempts and not isinstance(exc, PermanentError)
+    return ("retry" if retry else "failed"), error_json(type(exc).__name__, str(exc), tb)
+
+
+def error_json(kind: str, message: str, tb: str | None = None) -> bytes:
     error = {
-        "type": type(exc).__name__,
-        "message": str(exc)[:MAX_MESSAGE_CHARS],
+        "type": kind,
+        "message": message[:MAX_MESSAGE_CHARS],
         "traceback": tb[-MAX_TRACEBACK_CHARS:] if tb else None,
     }
-    return ("retry" if job.attempt < job.max_attempts else "failed"), codec.dumps(error)
+    return codec.dumps(error)
 
 
 def log_fields(job: Job, **extra: Any) -> dict[str, Any]:

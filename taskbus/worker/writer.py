@@ -12,6 +12,7 @@ from collections import defaultdict
 from collections.abc import Callable
 from typing import Any
 
+from taskbus import codec
 from taskbus.channel import Channel, Outcome, OutcomeKind
 from taskbus.errors import Unavailable
 from taskbus.settings import Settings
@@ -100,7 +101,13 @@ class OutcomeWriter:
                 continue
             if status == "scheduled":
                 self.on_scheduled(now + outcome.delay_ms / 1000)
-            lines.append((f"task {status}", {**fields, "status": status}))
+            if status == "succeeded":
+                lines.append(("task succeeded", {**fields, "status": status}))
+            elif status == "scheduled":
+                retry = {**fields, **_error_fields(outcome.body), "retry_in_s": outcome.delay_ms / 1000}
+                log.warning("task attempt failed; retrying", extra={"fields": retry})
+            else:
+                log.error("task failed", extra={"fields": {**fields, **_error_fields(outcome.body), "status": status}})
         if lines:
             log.info("task outcomes", extra={"batch": lines})
 
@@ -110,3 +117,15 @@ class OutcomeWriter:
             return 0
         cap = min(self.settings.backoff_max_s, self.settings.backoff_base_s * 2 ** (attempt - 1))
         return int(random.uniform(0, cap) * 1000)
+
+
+def _error_fields(body: bytes) -> dict[str, Any]:
+    """The error's type and message for a log line (never the payload; the traceback stays in
+    the task record)."""
+    try:
+        error = codec.loads(body)
+    except ValueError:
+        return {}
+    if not isinstance(error, dict):
+        return {}
+    return {"error_type": error.get("type"), "error": str(error.get("message", ""))[:500]}

@@ -125,7 +125,7 @@ def strand_in_outbox(settings: Settings, queue: str, r: redis.Redis) -> str:
     keys, task_id = Keys(settings.key_prefix), f"{queue}~{uuid.uuid4().hex}"
     Scripts(r).enqueue(
         keys=[keys.task(task_id), keys.outbox(queue), keys.delayed(queue), keys.task(task_id)],
-        args=["outbox", task_id, "echo", queue, "{}", 3, "30.0", 0, 3600, ""],
+        args=["outbox", task_id, "echo", queue, "{}", 3, "30.0", 0, 3600, "", ""],
     )
     return task_id
 

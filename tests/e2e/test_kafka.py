@@ -75,7 +75,7 @@ def test_outbox_sweep_publishes_a_task_whose_enqueue_died_before_producing(http,
     task_key = keys.task(task_id)
     Scripts(r).enqueue(
         keys=[task_key, keys.outbox(queue), keys.delayed(queue), task_key],
-        args=["outbox", task_id, "echo", queue, '{"from":"outbox"}', 3, "30.0", 0, 3600, ""],
+        args=["outbox", task_id, "echo", queue, '{"from":"outbox"}', 3, "30.0", 0, 3600, "", ""],
     )
     assert status(http, functions, task_id)["status"] == "queued"
     workers()

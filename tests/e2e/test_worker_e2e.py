@@ -3,6 +3,7 @@ channel (Redis Streams, Kafka): the same tests, the same expectations."""
 
 from __future__ import annotations
 
+import json
 import signal
 import time
 import uuid
@@ -87,15 +88,72 @@ def test_dead_letter_after_max_attempts(http, functions, queue, workers, r, keys
     assert [fields["id"] for _, fields in dead] == [task_id]
 
 
-@pytest.mark.parametrize("type_, error", [("nosuchtype", "UnknownTaskType"), ("garbage", "TypeError")])
-def test_unknown_type_and_garbage_result_fail_without_hurting_the_worker(http, functions, queue, workers, type_, error):
+@pytest.mark.parametrize("type_, error", [("garbage", "UnencodableResult"), ("too_big", "ResultTooLarge"),
+                                          ("permanent", "PermanentError")])
+def test_a_result_that_cannot_be_stored_or_a_permanent_error_fails_at_once(http, functions, queue, workers, r,
+                                                                           keys, type_, error):
+    """Retrying would repeat the handler's side effects (or cannot help): one attempt of five."""
     workers()
-    bad = enqueue(http, functions, queue, type_, {}, max_attempts=2)
+    key = f"runs-{uuid.uuid4().hex}"
+    bad = enqueue(http, functions, queue, type_, {"key": key}, max_attempts=5)
     good = enqueue(http, functions, queue, "echo", {"ok": True})
     task = finished(http, functions, bad)
-    assert task["status"] == "failed"
-    assert task["error"]["type"] == error
+    assert (task["status"], task["attempts"], task["error"]["type"]) == ("failed", 1, error)
+    assert type_ == "garbage" or executions(r, key) == {bad: 1}
+    assert [fields["id"] for _, fields in r.xrange(keys.dead(queue))] == [bad], "dead-lettered"
     assert finished(http, functions, good)["result"] == {"ok": True}
+
+
+def test_a_type_no_worker_has_waits_queued_then_fails_without_an_attempt(http, functions, queue, workers, r, keys):
+    worker = workers(unknown_type_grace_s=3.0)
+    bad = enqueue(http, functions, queue, "nosuchtype", {}, max_attempts=2)
+    good = enqueue(http, functions, queue, "echo", {"ok": True})
+    assert finished(http, functions, good)["result"] == {"ok": True}
+    assert status(http, functions, bad)["status"] == "queued", "waiting for a worker with the handler"
+    task = finished(http, functions, bad)
+    assert (task["status"], task["attempts"], task["error"]["type"]) == ("failed", 0, "UnknownTaskType")
+    assert [fields["id"] for _, fields in r.xrange(keys.dead(queue))] == [bad]
+    assert "left for a worker that has one" in worker.output()
+
+
+def test_handler_defaults_apply_when_the_request_gives_none(http, functions, queue, workers):
+    workers()
+    defaulted = finished(http, functions, enqueue(http, functions, queue, "flaky3", {}))
+    assert (defaulted["status"], defaulted["attempts"], defaulted["max_attempts"]) == ("failed", 3, 3)
+    given = finished(http, functions, enqueue(http, functions, queue, "flaky3", {}, max_attempts=1))
+    assert (given["attempts"], given["max_attempts"]) == (1, 1), "the request's own value wins"
+
+
+def test_failed_attempts_log_a_warning_and_the_final_failure_an_error(http, functions, queue, workers):
+    worker = workers()
+    task = finished(http, functions, enqueue(http, functions, queue, "flaky3", {}, max_attempts=2))
+    assert task["status"] == "failed"
+    wait_until(lambda: '"task failed"' in worker.output(), message="the outcome logged")  # logged after it is written
+    lines = [json.loads(line) for line in worker.output().splitlines() if task["id"] in line]
+    retried = [x for x in lines if x["message"] == "task attempt failed; retrying"]
+    final = [x for x in lines if x["message"] == "task failed"]
+    assert [(x["level"], x["error_type"]) for x in retried] == [("warning", "RuntimeError")]
+    assert [(x["level"], x["error_type"], x["error"]) for x in final] == [
+        ("error", "RuntimeError", "flaky attempt 2 of 2")]
+
+
+def test_a_rolling_deploy_never_fails_a_task_nor_spends_an_attempt_on_a_worker_without_its_type(
+        http, functions, queue, workers, r, keys):
+    """Two workers on one queue, one of them an older release without the `record` type."""
+    old = workers(handlers="tests.handlers_v1")
+    workers()
+    wait_until(lambda: r.hlen(keys.workers(queue)) == 2, message="both workers advertised")
+    key = f"runs-{uuid.uuid4().hex}"
+    ids = [enqueue(http, functions, queue, "record", {"key": key}) for _ in range(60)]
+    ids += [enqueue(http, functions, queue, "echo", {"n": n}) for n in range(20)]
+    tasks = [finished(http, functions, task_id, timeout=60) for task_id in ids]
+    assert {t["status"] for t in tasks} == {"succeeded"}
+    assert {t["attempts"] for t in tasks} == {1}, "no attempt spent where the handler was missing"
+    assert executions(r, key) == {task_id: 1 for task_id in ids[:60]}
+    assert "left for a worker that has one" in old.output(), "the old worker did see some and passed them on"
+    advertised = {name: json.loads(value)["handlers"] for name, value in r.hgetall(keys.workers(queue)).items()}
+    assert sorted("record" in h["exact"] for h in advertised.values()) == [False, True]
+    assert ["echo"] in [sorted(h["exact"]) for h in advertised.values()]
 
 
 def test_prefix_handler_takes_types_under_it(http, functions, queue, workers):

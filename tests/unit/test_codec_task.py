@@ -151,8 +151,18 @@ def test_every_value_loads_strict_accepts_can_be_dumped(text: bytes) -> None:
 
 def test_parse_spec_defaults() -> None:
     spec = parse_spec({"type": "echo"})
-    assert spec == TaskSpec(type="echo", payload={}, queue="default", max_attempts=5, timeout_s=300.0, delay_s=0.0)
+    assert spec == TaskSpec(type="echo", payload={}, queue="default", max_attempts=5, timeout_s=300.0, delay_s=0.0,
+                            defaults=frozenset({"max_attempts", "timeout_s"}))
     assert isinstance(spec.timeout_s, float) and isinstance(spec.delay_s, float)
+
+
+@pytest.mark.parametrize("given, left_out", [
+    ({"max_attempts": 2}, {"timeout_s"}),
+    ({"timeout_s": 1}, {"max_attempts"}),
+    ({"max_attempts": 2, "timeout_s": 1}, set()),
+])
+def test_parse_spec_names_the_fields_left_to_the_handlers_defaults(given: dict[str, int], left_out: set[str]) -> None:
+    assert parse_spec({"type": "echo", **given}).defaults == left_out
 
 
 def test_parse_spec_uses_the_callers_defaults() -> None:

@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -31,6 +32,7 @@ from taskbus.channel.kafka.offsets import OffsetBook, Partition, parse_entry
 from taskbus.channel.kafka.outbox import KafkaOutlet
 from taskbus.errors import Unavailable
 from taskbus.keys import Keys
+from taskbus.registry import ANY_TYPE, HandlerTable
 from taskbus.settings import Settings
 from taskbus.state.client import connect, unavailable_on_redis_errors
 from taskbus.state.scripts import Scripts
@@ -44,13 +46,13 @@ SPARE_CONNECTIONS = 8
 
 
 class KafkaChannel:
-    def __init__(self, settings: Settings, consumer: str) -> None:
+    def __init__(self, settings: Settings, consumer: str, handlers: HandlerTable = ANY_TYPE) -> None:
         self.settings = settings
         self.consumer = consumer
         self.keys = Keys(settings.key_prefix)
         self.client = connect(settings, max_connections=settings.concurrency + SPARE_CONNECTIONS)
         self.scripts = Scripts(self.client)
-        self.fences = Fences(settings, consumer, self.client, self.scripts)
+        self.fences = Fences(settings, consumer, self.client, self.scripts, handlers)
         self.outlet = KafkaOutlet(settings, self.scripts)
         self.book = OffsetBook()
         self.group = GroupMember(settings, consumer, self.book, on_gone=self._gone)
@@ -63,6 +65,8 @@ class KafkaChannel:
         """Create the topics and join each queue's consumer group."""
         self.outlet.prepare(list(self.settings.queues))
         self.group.join()
+        with unavailable_on_redis_errors():
+            self.fences.announce()
 
     def read(self, count: int, block_ms: int) -> list[Delivery]:
         return self.group.read(count, block_ms)
@@ -81,8 +85,9 @@ class KafkaChannel:
         return [d for d in due if self.book.owns(parse_entry(d.entry)[0])]
 
     def start(self, queue: str, deliveries: list[Delivery]) -> list[Verdict]:
-        keys = [self.keys.dead(queue), self.keys.outbox(queue)]
-        args: list[Any] = [self.consumer, self.settings.result_ttl_s, DEAD_MAXLEN, self.lease_ms]
+        keys = [self.keys.dead(queue), self.keys.outbox(queue), self.keys.delayed(queue), self.keys.workers(queue)]
+        args: list[Any] = [self.consumer, self.settings.result_ttl_s, DEAD_MAXLEN, self.lease_ms,
+                           *self.fences.typing_args()]
         for d in deliveries:
             assert d.task_id is not None
             keys += [self.keys.task(d.task_id), self.keys.events(d.task_id)]
@@ -112,6 +117,9 @@ class KafkaChannel:
         if kind == "busy":
             self._wait([d], min(int(reply[1]) / 1000, self.settings.lease_s) + BUSY_MARGIN_S)
             return Skip(d, "busy")
+        if kind == "deferred":  # back in the delay schedule: this record is done with
+            self.book.done([d.entry])
+            return Skip(d, "deferred")
         failed = (kind == "done" and reply[1] == "failed") or (kind == "dead" and len(reply) > 2)
         if failed:  # dead-lettered now (WorkerLost) or before (its topic record may be missing)
             dead.append((d, {"type": reply[2], "attempts": int(reply[3]), "error": _json(reply[4])}))
@@ -163,8 +171,9 @@ class KafkaChannel:
         return wait_ms
 
     def maintain(self) -> None:
-        """Each queue's outbox sweep, on its own timer."""
+        """Say which types this worker takes; each queue's outbox sweep, on its own timer."""
         with unavailable_on_redis_errors():
+            self.fences.announce()
             for queue in self.settings.queues:
                 self.outlet.sweep(queue)
 
@@ -191,6 +200,8 @@ class KafkaChannel:
 
     def close(self, drained: bool) -> None:
         """Commit what is done and leave the groups (a clean leave rebalances at once)."""
+        with contextlib.suppress(Unavailable), unavailable_on_redis_errors():
+            self.fences.announce(leaving=True)
         self.group.close()
         self.outlet.close()
         self.client.close()

@@ -8,6 +8,7 @@ carries one small record per publication, `{"id": <task id>}` keyed by the task 
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import threading
 import time
@@ -175,5 +176,9 @@ class Publisher:
         self._closed.set()
 
 
-def task_record(settings: Settings, queue: str, task_id: str) -> tuple[str, str, bytes]:
-    return topic(settings, queue), task_id, codec.dumps({"id": task_id})
+def task_record(settings: Settings, queue: str, task_id: str, anywhere: bool = False) -> tuple[str, str, bytes]:
+    """A task's record, keyed by its id (one partition for the first publication). `anywhere`:
+    a random key, so the record may land on any partition: a task published again (a retry,
+    a delay, a type the last worker had no handler for) should not go back to the same worker."""
+    key = f"{task_id}/{os.urandom(4).hex()}" if anywhere else task_id
+    return topic(settings, queue), key, codec.dumps({"id": task_id})

@@ -73,7 +73,7 @@ class KafkaOutlet:
         """Publish tasks already in the outbox (due delays and retries, stale entries)."""
         if task_ids:
             self.publisher.ensure([queue])
-            self.publisher.publish([task_record(self.settings, queue, t) for t in task_ids])
+            self.publisher.publish([task_record(self.settings, queue, t, anywhere=True) for t in task_ids])
             self._mark_published(task_ids)
 
     def _mark_published(self, task_ids: list[str]) -> None:

@@ -58,3 +58,68 @@ local function task_missing(dead, maxlen, id, why)
   dead_letter(dead, maxlen, id, '', '', err)
 end
 
+
+-- A worker's handler for `type`, from its handler table (decoded JSON: {exact = {[type] =
+-- {max_attempts, timeout_s}}, prefix = {[prefix] = {...}}}, 0 meaning "no default"): an exact
+-- type first, then the longest matching prefix (as `Registry.lookup`). nil: no handler.
+local function handler_of(handlers, task_type)
+  local found = handlers.exact[task_type]
+  if found then return found end
+  local best, len = nil, -1
+  for prefix, d in pairs(handlers.prefix) do
+    if #prefix > len and string.sub(task_type, 1, #prefix) == prefix then best, len = d, #prefix end
+  end
+  return best
+end
+
+-- The first start of a task gives the fields its request left out (listed in `defaults`) the
+-- handler's own defaults. Keeps `f` (status, attempts, max_attempts, type, payload, timeout_s) in step.
+local function apply_defaults(task, f, d)
+  local left_out = redis.call('HGET', task, 'defaults')
+  if not left_out then return end
+  for field in string.gmatch(left_out, '[^,]+') do
+    if field == 'max_attempts' and d[1] > 0 then
+      redis.call('HSET', task, 'max_attempts', d[1])
+      f[3] = tostring(d[1])
+    elseif field == 'timeout_s' and d[2] > 0 then
+      redis.call('HSET', task, 'timeout_s', d[2])
+      f[6] = tostring(d[2])
+    end
+  end
+  redis.call('HDEL', task, 'defaults')
+end
+
+-- Whether a worker seen since `since` (server ms) advertises a handler for `type` in the queue's
+-- workers hash (consumer -> {seen_ms, handlers}).
+local function known_by_live(workers, task_type, since)
+  local all = redis.call('HGETALL', workers)
+  for i = 2, #all, 2 do
+    local ok, w = pcall(cjson.decode, all[i])
+    if ok and type(w) == 'table' and (tonumber(w.seen_ms) or 0) >= since and handler_of(w.handlers, task_type) then
+      return true
+    end
+  end
+  return false
+end
+
+-- A worker without a handler for the task's type spends no attempt on it: the task waits,
+-- still queued, in the delayed zset for a worker that has one, offered again after a growing
+-- pause (`u`: {grace_ms, live_ms, cap_ms}). Once it has waited UNKNOWN_TYPE_GRACE_S and no live
+-- worker advertises a handler for the type, it fails with UnknownTaskType (returns the error
+-- JSON; false while it waits).
+local function defer_unknown(task, events, delayed, dead, workers, id, f, now, u, ttl, maxlen)
+  redis.call('HSETNX', task, 'unknown_since', now)
+  local since = tonumber(redis.call('HGET', task, 'unknown_since'))
+  if now - since >= u[1] and not known_by_live(workers, f[4], now - u[2]) then
+    local err = cjson.encode({type = 'UnknownTaskType', traceback = cjson.null,
+      message = 'no live worker has a handler for task type ' .. f[4]})
+    redis.call('HSET', task, 'status', 'failed', 'error', err, 'finished_ms', now)
+    dead_letter(dead, maxlen, id, f[4], f[2], err)
+    terminal(task, events, 'failed', ttl)
+    return err
+  end
+  local n = redis.call('HINCRBY', task, 'deferrals', 1)
+  redis.call('HSET', task, 'status', 'queued')
+  redis.call('ZADD', delayed, now + math.min(u[3], 100 * 2 ^ math.min(n - 1, 16)), id)
+  return false
+end

@@ -1,25 +1,33 @@
 -- Redis Streams: mark a batch of delivered entries running, fenced by lease ownership (the
 -- entry must be pending for this consumer). Only terminal states are announced on the task's
 -- events channel (long-polls wait for those alone).
--- KEYS[1] work stream   KEYS[2] dead-letter stream   then per entry i: KEYS[1+2i] task hash, KEYS[2+2i] events channel
+-- KEYS[1] work stream  KEYS[2] dead-letter stream  KEYS[3] delayed zset  KEYS[4] workers hash
+--   then per entry i: KEYS[3+2i] task hash, KEYS[4+2i] events channel
 -- ARGV[1] group  ARGV[2] consumer  ARGV[3] result TTL s  ARGV[4] dead-letter maxlen
--- then per entry i: ARGV[3+2i] entry id, ARGV[4+2i] task id
+--   ARGV[5] this worker's handler table (JSON, see handler_of)  ARGV[6] unknown-type grace ms
+--   ARGV[7] ms a worker counts as live after it was last seen  ARGV[8] longest deferral ms
+--   then per entry i: ARGV[7+2i] entry id, ARGV[8+2i] task id
 -- Returns per entry one of:
 --   {'run', type, payload, attempt, max_attempts, timeout_s}
---   {'lost'}    the entry is no longer pending for this consumer
---   {'done'}    the task is already terminal (a redelivery): acknowledged, not run again
---   {'dead', reason}  dead-lettered now: task record missing, or last attempt died with its worker
-local stream, dead, group, consumer = KEYS[1], KEYS[2], ARGV[1], ARGV[2]
+--   {'lost'}      the entry is no longer pending for this consumer
+--   {'done'}      the task is already terminal (a redelivery): acknowledged, not run again
+--   {'deferred'}  this worker has no handler for its type: acknowledged, back in the delayed zset
+--   {'dead', reason}  dead-lettered now: task record missing, the last attempt died with its
+--                 worker, or no live worker has a handler for its type
+local stream, dead, delayed, workers, group, consumer = KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[1], ARGV[2]
+local handlers = cjson.decode(ARGV[5])
+local unknown = {tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])}
 local now = now_ms()
 local out = {}
-for i = 1, (#KEYS - 2) / 2 do
-  local task, events = KEYS[1 + 2 * i], KEYS[2 + 2 * i]
-  local entry, id = ARGV[3 + 2 * i], ARGV[4 + 2 * i]
+for i = 1, (#KEYS - 4) / 2 do
+  local task, events = KEYS[3 + 2 * i], KEYS[4 + 2 * i]
+  local entry, id = ARGV[7 + 2 * i], ARGV[8 + 2 * i]
   local pending = redis.call('XPENDING', stream, group, entry, entry, 1, consumer)
   if #pending == 0 then
     out[i] = {'lost'}
   else
     local f = redis.call('HMGET', task, 'status', 'attempts', 'max_attempts', 'type', 'payload', 'timeout_s')
+    local handler = f[4] and handler_of(handlers, f[4])
     if not f[1] then
       ack(stream, group, entry)
       task_missing(dead, ARGV[4], id, 'expired or never written')
@@ -27,12 +35,22 @@ for i = 1, (#KEYS - 2) / 2 do
     elseif f[1] == 'succeeded' or f[1] == 'failed' then
       ack(stream, group, entry)
       out[i] = {'done'}
-    elseif tonumber(f[2]) >= tonumber(f[3]) then
+    elseif not handler then
       ack(stream, group, entry)
-      worker_lost(task, events, dead, ARGV[3], ARGV[4], id, f[4], f[2], now)
-      out[i] = {'dead', 'WorkerLost'}
+      if defer_unknown(task, events, delayed, dead, workers, id, f, now, unknown, ARGV[3], ARGV[4]) ~= false then
+        out[i] = {'dead', 'UnknownTaskType'}
+      else
+        out[i] = {'deferred'}
+      end
     else
-      out[i] = begin_attempt(task, f, consumer, now, 'entry', entry)
+      apply_defaults(task, f, handler)
+      if tonumber(f[2]) >= tonumber(f[3]) then
+        ack(stream, group, entry)
+        worker_lost(task, events, dead, ARGV[3], ARGV[4], id, f[4], f[2], now)
+        out[i] = {'dead', 'WorkerLost'}
+      else
+        out[i] = begin_attempt(task, f, consumer, now, 'entry', entry)
+      end
     end
   end
 end
