@@ -6,6 +6,11 @@ both functions answer `GET /healthz` with 200, and the worker has logged `worker
 returns `None` when it passes and otherwise the reason, so that giving up names the cause
 ("Redis at ... refused connections", "enqueue /healthz answered 503 unavailable: ...")
 instead of a minute of retries and a generic "did not become healthy".
+
+A `/healthz` of 503 `data_lost` counts as answering: the function is up and reaches Redis,
+and the flag (a lost consumer group, kept for an hour) is about data already gone. `make up`
+then prints `ready` and, after it, a warning with the command that clears the flag, rather
+than refusing to start for an hour.
 """
 
 from __future__ import annotations
@@ -17,6 +22,8 @@ import urllib.request
 from collections.abc import Iterable
 
 import redis
+
+from taskbus.keys import Keys
 
 WORKER_UP = "worker starting"  # taskbus.worker.Worker.run logs it as its loop begins
 
@@ -43,7 +50,9 @@ def redis_problem(url: str) -> str | None:
 
 
 def health_problem(name: str, base_url: str) -> str | None:
-    """None if `GET <base_url>/healthz` answers 200, else what it answered, in one line."""
+    """None if `GET <base_url>/healthz` answers 200, or 503 `data_lost` (the function is up and
+    reaches Redis; the flag is about past data, and `data_lost_warning` says how to clear it);
+    else what it answered, in one line."""
     url = base_url + "/healthz"
     try:
         with urllib.request.urlopen(url, timeout=1) as response:
@@ -51,19 +60,43 @@ def health_problem(name: str, base_url: str) -> str | None:
                 return None
             return f"{name} {url} answered {response.status}"
     except urllib.error.HTTPError as exc:
-        return f"{name} {url} answered {exc.code} {_error_of(exc.read())}".rstrip()
+        code, message = _error_of(exc.read())
+        if code == "data_lost":
+            return None
+        return f"{name} {url} answered {exc.code} {code}: {message}" if code else f"{name} {url} answered {exc.code}"
     except OSError as exc:
         reason = getattr(exc, "reason", exc)
         return f"{name} {url} does not answer ({_one_line(reason)})"
 
 
-def _error_of(body: bytes) -> str:
-    """`code: message` of a taskbus error body, or nothing."""
+def _error_of(body: bytes) -> tuple[str, str]:
+    """(code, message) of a taskbus error body, or empty strings."""
     try:
         error = json.loads(body)["error"]
-        return f"{error['code']}: {error['message']}"
+        return str(error["code"]), str(error["message"])
     except (ValueError, KeyError, TypeError):
-        return ""
+        return "", ""
+
+
+def data_lost_warning(redis_url: str, prefix: str, queues: Iterable[str]) -> str | None:
+    """If a worker has flagged a lost consumer group on one of `queues`, what that means and
+    the exact command that clears the flag (the functions' /healthz answers 503 until then)."""
+    keys = Keys(prefix)
+    client = redis.Redis.from_url(redis_url, socket_connect_timeout=0.5, socket_timeout=0.5, decode_responses=True)
+    try:
+        flagged = [(keys.data_lost(q), client.ttl(keys.data_lost(q))) for q in queues
+                   if client.exists(keys.data_lost(q))]
+    except redis.RedisError:
+        return None
+    finally:
+        client.close()
+    if not flagged:
+        return None
+    left = max(ttl for _, ttl in flagged)
+    delete = f"import redis; redis.Redis.from_url('{masked(redis_url)}').delete(*{[k for k, _ in flagged]!r})"
+    return (f"warning: /healthz answers 503 data_lost: a worker found a queue's consumer group gone and recreated "
+            f"it, so the tasks queued before were lost. The flag expires in {left} s; to clear it now: "
+            f'python -c "{delete}"')
 
 
 _NOISE = re.compile(r"\[INFO\]|^Reason: |Shutting down: Master|Worker exiting")

@@ -48,6 +48,10 @@ class GiveUp(Exception):
     """The stack cannot start; the message is the one line that says why."""
 
 
+class Stopped(Exception):
+    """Ctrl-C (or SIGTERM) before the stack was ready: a stop asked for, not a failure."""
+
+
 def run_dir(env: Mapping[str, str]) -> Path:
     return Path(env.get("LOCAL_RUN_DIR") or ROOT / ".run")
 
@@ -91,9 +95,14 @@ def _up(environ: Mapping[str, str], run: RunDir) -> int:
     try:
         plan.start(supervisor, stopping)
         supervisor.say(ready.banner(plan.enqueue_url, plan.status_url, plan.redis_url, plan.kafka))
+        warning = ready.data_lost_warning(plan.redis_url, plan.settings.key_prefix, plan.settings.queues)
+        if warning:
+            supervisor.say(warning)
         cause = _watch(supervisor, stopping)
     except GiveUp as exc:
         cause = str(exc)
+    except Stopped:
+        pass
     except BaseException:
         supervisor.kill_all()
         raise
@@ -197,7 +206,7 @@ def _wait(supervisor: Supervisor, stopping: threading.Event, timeout_s: float,
         if not found:
             return
         if stopping.is_set():
-            raise GiveUp("stopped before the stack was ready")
+            raise Stopped()
         dead = supervisor.exited()
         if dead is not None:
             raise GiveUp(f"{dead.name} exited with code {dead.popen.returncode}: {ready.last_error_line(dead.lines)}")

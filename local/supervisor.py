@@ -81,7 +81,8 @@ class Supervisor:
     # -- output ---------------------------------------------------------------------------
 
     def say(self, text: str, name: str = SYSTEM, colour: str | None = None) -> None:
-        with self._print_lock:
+        """Print one prefixed line; a terminal that went away (SIGHUP) must not stop the stop."""
+        with self._print_lock, contextlib.suppress(OSError, ValueError):
             self.printer.write(Message("line", text, datetime.datetime.now(), name, colour))
 
     # -- starting -------------------------------------------------------------------------

@@ -2,7 +2,8 @@
 on its own run directory and free ports (never the default 6399). A task sent the README's way
 runs; the signed sample webhook lands from a terminal that has none of the stack's
 environment; a second stack on the same run directory refuses in one line; Ctrl-C with a task
-in flight loses no outcome and stops Valkey last; a restart listens on the same port; `--help`
+in flight loses no outcome and stops Valkey last; a restart listens on the same port and names
+a data_lost flag with the command that clears it; `--help`
 starts nothing; and a stack that cannot start says why in one line."""
 
 from __future__ import annotations
@@ -112,6 +113,8 @@ def test_ctrl_c_with_a_task_in_flight_records_its_outcome_and_a_restart_keeps_th
         wait_until(lambda: re.search(rf'"task running","task_id":"{task_id}"', first.proc.output()), timeout=10,
                    message="the worker starting the sleep task")
 
+        flag = "taskbus:{default}:data-lost"  # as a worker sets it after finding its group gone
+        outside.set(flag, "consumer group recreated by a test", ex=3600)
         assert first.ctrl_c() == 0, first.proc.tail(40)
         text = first.proc.output()
         outcome = text.find(f'"task succeeded","task_id":"{task_id}"')
@@ -127,6 +130,13 @@ def test_ctrl_c_with_a_task_in_flight_records_its_outcome_and_a_restart_keeps_th
         assert outside.hget(f"taskbus:{{default}}:task:{task_id.split('~')[1]}", "status") == "succeeded"  # reconnected
         record = httpx.get(second.status + f"/tasks/{task_id}", timeout=10).json()
         assert (record["status"], record["result"]) == ("succeeded", {"slept_s": 2.0})
+
+        # The flag survived too: ready anyway, and a warning gives the command that clears it.
+        assert httpx.get(second.enqueue + "/healthz", timeout=5).json()["error"]["code"] == "data_lost"
+        clear = re.search(r'python -c "([^"]+)"', second.proc.output())
+        assert clear and flag in clear.group(1), second.proc.tail(20)
+        assert _run([sys.executable, "-c", clear.group(1)], _bare_terminal(tmp_path)).returncode == 0
+        assert httpx.get(second.enqueue + "/healthz", timeout=5).status_code == 200
         assert second.ctrl_c() == 0, second.proc.tail(40)
     finally:
         second.proc.kill()
