@@ -165,8 +165,8 @@ def test_a_stack_that_cannot_start_says_why_in_one_line(tmp_path: Path) -> None:
 
     broken = _run([sys.executable, "-m", "local"], _env(tmp_path, HANDLERS="no_such_handlers"), timeout=60)
     assert broken.returncode == 1
-    assert broken.stderr.strip().splitlines()[-1] == (
-        "make up: worker exited with code 1: ModuleNotFoundError: No module named 'no_such_handlers'"), broken.stderr
+    cause = broken.stderr.strip().splitlines()[-1]  # the worker's own last error line, whatever its wording
+    assert cause.startswith("make up: worker exited with code ") and "no_such_handlers" in cause, broken.stderr
     assert "valkey exited (rc=0)" in broken.stdout  # what had started was stopped
 
     env = _env(tmp_path)
