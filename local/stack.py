@@ -53,7 +53,8 @@ class Stopped(Exception):
 
 
 def run_dir(env: Mapping[str, str]) -> Path:
-    return Path(env.get("LOCAL_RUN_DIR") or ROOT / ".run")
+    """LOCAL_RUN_DIR, absolute: the servers run from the checkout, not from the caller's directory."""
+    return Path(env.get("LOCAL_RUN_DIR") or ROOT / ".run").resolve()
 
 
 def up(environ: Mapping[str, str]) -> int:
