@@ -1,75 +1,57 @@
-"""`python -m local` (`make up`): the embedded server (unless REDIS_URL is set), the enqueue and
-status functions under gunicorn, and one worker; logs prefixed by service; Ctrl-C stops all.
-With CHANNEL=kafka and no KAFKA_BOOTSTRAP_SERVERS, an embedded Kafka-compatible broker as well.
-
-`python -m local send-webhook <source> [event]` signs a sample delivery with the local
-secret and posts it to the running stack."""
+"""`python -m local` (`make up`) and `python -m local send-webhook`: the command line only;
+`local.stack` runs the stack and `local.webhook_samples` signs the samples. Nothing heavy is
+imported before the arguments are parsed, so `--help` starts and touches nothing."""
 
 from __future__ import annotations
 
+import argparse
 import os
-import shlex
 import sys
-from pathlib import Path
 
-import honcho.manager
+DESCRIPTION = """\
+Run taskbus on this machine: an embedded Valkey (unless REDIS_URL is set), the enqueue
+function, the status function and one worker, their logs prefixed by service. It prints
+`ready` once every service answers; Ctrl-C stops the functions, then the worker (it finishes
+its in-flight tasks for up to GRACE_S), then the servers.
 
-from local import webhook_samples
-from local.commands import argv
-from local.embedded import EmbeddedKafka, EmbeddedServer
-from taskbus.settings import Settings
+environment:
+  LOCAL_RUN_DIR     run directory: server data, webhook secrets, the lock (default: .run/)
+  LOCAL_REDIS_PORT  port of the embedded Valkey (default: 6399)
+  LOCAL_KAFKA_PORT  port of the embedded Kafka broker with CHANNEL=kafka (default: 19092)
+  ENQUEUE_PORT, STATUS_PORT, REDIS_URL, CHANNEL, ...: as in the README's Configuration
+"""
 
-ROOT = Path(__file__).resolve().parent.parent
-RUN = Path(os.environ.get("LOCAL_RUN_DIR") or ROOT / ".run")  # data of the embedded servers, dev webhook secrets
-
-
-def main() -> int:
-    if sys.argv[1:2] == ["send-webhook"]:
-        return send_webhook(sys.argv[2:])
-    return up()
-
-
-def send_webhook(args: list[str]) -> int:
-    if not 1 <= len(args) <= 2:
-        raise SystemExit(f"usage: python -m local send-webhook <{'|'.join(webhook_samples.SOURCES)}> [event]")
-    env = {**webhook_samples.dev_env(RUN), **os.environ}
-    settings = Settings.from_env(env)
-    secret = env.get(f"WEBHOOK_{args[0].upper()}_SECRET", "").split(",")[0]
-    code, body = webhook_samples.send(
-        f"http://{settings.host}:{settings.enqueue_port}", args[0], args[1] if len(args) == 2 else None, secret
-    )
-    print(code, body)
-    return 0 if code < 300 else 1
+SEND_DESCRIPTION = """\
+Sign a sample delivery with the running stack's webhook secret and POST it to its
+/hooks/<source>. The stack's port and secrets are read from its run directory (LOCAL_RUN_DIR,
+default .run/), so this works from any terminal."""
 
 
-def up() -> int:
-    env = dict(os.environ)
-    if not env.get("WEBHOOK_SOURCES"):
-        env.update(webhook_samples.dev_env(RUN))
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-    broker = None
-    if env.get("CHANNEL") == "kafka" and not env.get("KAFKA_BOOTSTRAP_SERVERS"):
-        broker = EmbeddedKafka(RUN / "kafka")  # tansu, in memory: topics last as long as the stack
-        env["KAFKA_BOOTSTRAP_SERVERS"] = broker.bootstrap
-        env.setdefault("KAFKA_REPLICATION_FACTOR", "1")
-    settings = Settings.from_env(env)
-    env.setdefault("STATUS_BASE_URL", f"http://{settings.host}:{settings.status_port}")
-    manager = honcho.manager.Manager()
-    honcho.manager.KILL_WAIT = int(settings.grace_s) + 2  # let the worker drain before SIGKILL
-    if not env.get("REDIS_URL"):
-        server = EmbeddedServer(RUN / "valkey")
-        server.data_dir.mkdir(parents=True, exist_ok=True)
-        env["REDIS_URL"] = server.url
-        manager.add_process("valkey", "exec " + shlex.join(server.argv()), env=env, cwd=str(ROOT))
-    if broker is not None:
-        manager.add_process("kafka", "exec " + shlex.join(broker.argv()), env=env, cwd=str(ROOT))
-    settings = Settings.from_env(env)
-    for name in ("enqueue", "status", "worker"):
-        manager.add_process(name, "exec " + shlex.join(argv(name, settings)), env=env, cwd=str(ROOT))
-    manager.add_process("ready", shlex.join([sys.executable, "-m", "local.ready"]), env=env, cwd=str(ROOT))
-    manager.loop()
-    return manager.returncode or 0
+def parser() -> argparse.ArgumentParser:
+    from local.webhook_samples import DEFAULT_EVENTS, SOURCES
+
+    top = argparse.ArgumentParser(prog="python -m local", description=DESCRIPTION,
+                                  formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = top.add_subparsers(dest="command", metavar="{send-webhook}")
+    send = commands.add_parser("send-webhook", help="post a signed sample webhook to the running stack",
+                               description=SEND_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    send.add_argument("source", help=f"a webhook source of the stack: {', '.join(SOURCES)} with make up's defaults")
+    send.add_argument("event", nargs="?", default=None,
+                      help="the event to sample (default per scheme: "
+                           + ", ".join(f"{k} {v}" for k, v in DEFAULT_EVENTS.items()) + ")")
+    return top
+
+
+def main(args: list[str]) -> int:
+    options = parser().parse_args(args)
+    if options.command == "send-webhook":
+        from local.webhook_samples import send_to_stack
+
+        return send_to_stack(options.source, options.event, os.environ)
+    from local.stack import up
+
+    return up(os.environ)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))

@@ -2,6 +2,9 @@
 a webhook go from signature check to handler without a provider:
 
     python -m local send-webhook github push
+
+`send_to_stack` finds the running stack's enqueue URL and secrets in its run directory
+(`local.rundir`), so it needs none of the stack's environment.
 """
 
 from __future__ import annotations
@@ -9,11 +12,12 @@ from __future__ import annotations
 import base64
 import json
 import secrets
+import sys
 import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -101,11 +105,11 @@ _SAMPLES: dict[str, Callable[[str, str, int, str], tuple[bytes, dict[str, str]]]
 }
 
 
-def sample(source: str, event: str, secret: str) -> tuple[bytes, dict[str, str]]:
-    """A signed delivery (body, headers) for `source` and `event`, signed as the tests sign them."""
-    if source not in _SAMPLES:
-        raise SystemExit(f"no sample for source {source!r}; try one of {', '.join(SOURCES)}")
-    return _SAMPLES[source](event, str(uuid.uuid4()), int(time.time()), secret)
+def sample(scheme: str, event: str, secret: str) -> tuple[bytes, dict[str, str]]:
+    """A signed delivery (body, headers) of `scheme` for `event`, signed as the tests sign them."""
+    if scheme not in _SAMPLES:
+        raise SystemExit(f"no sample for scheme {scheme!r}; samples exist for {', '.join(SOURCES)}")
+    return _SAMPLES[scheme](event, str(uuid.uuid4()), int(time.time()), secret)
 
 
 DEFAULT_EVENTS = {
@@ -117,8 +121,11 @@ DEFAULT_EVENTS = {
 }
 
 
-def send(base_url: str, source: str, event: str | None, secret: str) -> tuple[int, Any]:
-    body, headers = sample(source, event or DEFAULT_EVENTS.get(source, "test"), secret)
+def send(base_url: str, source: str, event: str | None, secret: str, scheme: str | None = None) -> tuple[int, Any]:
+    """POST a signed sample to `base_url`/hooks/`source` (signed by `scheme`, default the
+    source's name); the answer's status and JSON body."""
+    scheme = scheme or source
+    body, headers = sample(scheme, event or DEFAULT_EVENTS.get(scheme, "test"), secret)
     request = urllib.request.Request(
         f"{base_url}/hooks/{source}", data=body, method="POST", headers={"Content-Type": "application/json", **headers}
     )
@@ -127,6 +134,35 @@ def send(base_url: str, source: str, event: str | None, secret: str) -> tuple[in
             return response.status, json.loads(response.read())
     except urllib.error.HTTPError as exc:
         return exc.code, json.loads(exc.read() or b"null")
+
+
+def send_to_stack(source: str, event: str | None, environ: Mapping[str, str]) -> int:
+    """`python -m local send-webhook`: print the answer's status and body; 0 on a 2xx."""
+    from local.rundir import NoStack, RunDir
+    from local.stack import run_dir
+
+    try:
+        stack = RunDir(run_dir(environ)).read_stack()
+    except NoStack as exc:
+        print(f"send-webhook: {exc}", file=sys.stderr)
+        return 1
+    hook = stack.webhooks.get(source)
+    if hook is None:
+        enabled = ", ".join(sorted(stack.webhooks)) or "none"
+        print(f"send-webhook: the running stack has no webhook source {source!r} (enabled: {enabled})", file=sys.stderr)
+        return 1
+    if hook["scheme"] not in _SAMPLES:
+        print(f"send-webhook: no sample for source {source!r} (scheme {hook['scheme']}); samples exist for "
+              f"{', '.join(SOURCES)}", file=sys.stderr)
+        return 1
+    try:
+        code, answer = send(stack.enqueue_url, source, event, hook["secret"], hook["scheme"])
+    except OSError as exc:
+        print(f"send-webhook: the stack's enqueue function at {stack.enqueue_url} does not answer "
+              f"({getattr(exc, 'reason', exc)})", file=sys.stderr)
+        return 1
+    print(code, json.dumps(answer))
+    return 0 if code < 300 else 1
 
 
 def _json(value: Any) -> bytes:
