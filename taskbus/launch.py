@@ -1,0 +1,119 @@
+"""Running a worker process: what `taskbus worker` and `python -m worker_fn` do.
+
+Settings (a bad one exits in one line), the handlers module named by `HANDLERS` (imported with the
+current directory importable, as Celery and RQ do, so a user's own project works), the start-up
+checks, `GET /healthz` on `PORT` when it is set, then the worker until SIGTERM/SIGINT.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import signal
+import sys
+import threading
+import time
+from types import ModuleType
+
+from taskbus import logs, preflight
+from taskbus.errors import Unavailable
+from taskbus.registry import Registry
+from taskbus.settings import Settings
+from taskbus.state.client import connect, unavailable_on_redis_errors
+from taskbus.worker import Worker
+from taskbus.worker.health import HealthServer, Problem
+
+PROBE_EVERY_S = 1.0
+
+
+def install_stop_handlers(stop: threading.Event) -> None:
+    """SIGTERM (the platform's stop) and SIGINT (Ctrl-C) ask the worker to drain and exit 0."""
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+
+
+def run_worker(stop: threading.Event | None = None) -> int:
+    """Run a worker until `stop` is set (by default: until SIGTERM or SIGINT); the exit code."""
+    if stop is None:
+        stop = threading.Event()
+        install_stop_handlers(stop)
+    settings = preflight.settings_or_exit()
+    logs.configure(settings.log_level)
+    registry = load_registry(settings.handlers)
+    preflight.check(settings, "worker")
+    worker = Worker(settings, registry, stop_event=stop)
+    health = None
+    if settings.port:
+        try:
+            health = HealthServer(settings.host, settings.port, problem_of(worker, settings)).start()
+        except OSError as exc:
+            preflight.refuse(f"PORT={settings.port}: cannot listen on {settings.host}:{settings.port} ({exc.strerror})")
+    try:
+        return worker.run()
+    finally:
+        if health is not None:
+            health.close()
+
+
+def load_registry(name: str) -> Registry:
+    """The `registry` of module `name`, imported with the current directory on `sys.path`; a
+    module that is missing or has no `registry` exits in one line naming HANDLERS."""
+    here = os.getcwd()
+    if here not in sys.path and "" not in sys.path:
+        sys.path.insert(0, here)
+    module = _import(name, here)
+    registry = getattr(module, "registry", None)
+    if not isinstance(registry, Registry):
+        preflight.refuse(
+            f"HANDLERS={name!r} is invalid: {module.__file__ or name} has no `registry`; expected a module with "
+            "`registry = taskbus.Registry()` and handlers registered on it"
+        )
+    return registry
+
+
+def _import(name: str, here: str) -> ModuleType:
+    expected = f"expected a module importable from {here} or installed (myapp/tasks.py is HANDLERS=myapp.tasks)"
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as exc:
+        missing = exc.name or ""
+        if name == missing or name.startswith(missing + "."):  # the module itself, not one it imports
+            preflight.refuse(f"HANDLERS={name!r} is invalid: no module named {missing!r}; {expected}")
+        raise  # the user's module failed to import something: its traceback is what they need
+    except (TypeError, ValueError) as exc:  # a relative or empty name
+        preflight.refuse(f"HANDLERS={name!r} is invalid ({exc}); {expected}")
+
+
+def problem_of(worker: Worker, settings: Settings) -> Problem:
+    """What the health server asks: the worker's own `problem()` (None when its control loop's
+    last turn succeeded, else why it failed), or, on a worker without one, a Redis ping."""
+    method = getattr(worker, "problem", None)
+    if callable(method):
+        return method  # type: ignore[no-any-return]
+    return RedisProbe(settings)
+
+
+class RedisProbe:
+    """Ping Redis at most once per `PROBE_EVERY_S`, so probes cannot load it."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.client = connect(settings, max_connections=2)
+        self.lock = threading.Lock()
+        self.checked_at = -PROBE_EVERY_S
+        self.last: str | None = None
+
+    def __call__(self) -> str | None:
+        with self.lock:
+            now = time.monotonic()
+            if now - self.checked_at >= PROBE_EVERY_S:
+                self.last = self._ping()
+                self.checked_at = time.monotonic()
+            return self.last
+
+    def _ping(self) -> str | None:
+        try:
+            with unavailable_on_redis_errors():
+                self.client.ping()
+        except Unavailable as exc:
+            return str(exc)
+        return None
