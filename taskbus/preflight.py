@@ -22,6 +22,8 @@ from collections.abc import Callable, Mapping
 from typing import NoReturn
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from taskbus.errors import ConfigError
 from taskbus.settings import Settings, mask_url
@@ -52,18 +54,22 @@ def check(settings: Settings, role: str, *, announce: bool = True) -> None:
     """Run the start-up checks of `role` (`enqueue`, `status` or `worker`). Refuses (exits) only on
     a Redis that cannot do what the settings ask; with `announce=False` warnings are left to the
     process that runs next (`taskbus serve` checks before gunicorn, whose workers say them)."""
+    _check_redis(settings, role, announce)  # first: a refusal is then the only line
     if role == "enqueue" and not settings.status_base_url and announce:
         log.warning(
             "STATUS_BASE_URL is not set: status_url and Location are relative (/tasks/<id>), which leads "
             "nowhere when the status function is deployed apart from this one; set it to the status "
             "function's base URL"
         )
+
+
+def _check_redis(settings: Settings, role: str, announce: bool) -> None:
     url = mask_url(settings.redis_url)
     client = redis.Redis.from_url(
         settings.redis_url,
         socket_connect_timeout=min(settings.redis_connect_timeout_s, _CLIENT_TIMEOUT_S),
         socket_timeout=min(settings.redis_socket_timeout_s, _CLIENT_TIMEOUT_S),
-        retry_on_timeout=False,
+        retry=Retry(NoBackoff(), 0),  # one try: the service's own clients retry later
         protocol=2,
         decode_responses=True,
     )
