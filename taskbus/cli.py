@@ -50,7 +50,8 @@ def serve(function: str) -> None:
     ENQUEUE_PORT 8080 / STATUS_PORT 8081).
     """
     settings = preflight.settings_or_exit()
-    preflight.check(settings, function, announce=False)  # refusals here, in one line; warnings from the function
+    if preflight.may_refuse(settings, function):  # refuse here, in one line, before gunicorn; it warns itself
+        preflight.check(settings, function, announce=False)
     argv = serving.gunicorn_argv(function, settings)
     sys.stdout.flush()
     os.execv(argv[0], argv)  # gunicorn takes this process: signals from the platform reach it directly

@@ -50,6 +50,11 @@ def settings_or_exit(env: Mapping[str, str] | None = None) -> Settings:
         refuse(str(exc))
 
 
+def may_refuse(settings: Settings, role: str) -> bool:
+    """Whether `check` could refuse to start `role` (else it only warns)."""
+    return role == "enqueue" and settings.enqueue_fsync
+
+
 def check(settings: Settings, role: str, *, announce: bool = True) -> None:
     """Run the start-up checks of `role` (`enqueue`, `status` or `worker`). Refuses (exits) only on
     a Redis that cannot do what the settings ask; with `announce=False` warnings are left to the
@@ -79,7 +84,7 @@ def _check_redis(settings: Settings, role: str, announce: bool) -> None:
             if announce:
                 log.error(f"Redis at {url} is unreachable: {failure}", extra={"fields": {"redis_url": url}})
             return
-        if role == "enqueue" and settings.enqueue_fsync:
+        if may_refuse(settings, role):
             failure = _within(REACH_TIMEOUT_S, lambda: _fsync_refusal(client, url))
             if isinstance(failure, _Refusal):
                 refuse(str(failure))
