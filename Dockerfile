@@ -1,22 +1,36 @@
-# One image for the three services; the argument picks one (see local/commands.py):
-#   docker run IMAGE            -> enqueue (gunicorn, port 8080)
-#   docker run IMAGE status     -> status  (gunicorn, port 8081)
-#   docker run IMAGE worker     -> worker  (python -m worker_fn)
+# One lean image for the three services: the `taskbus` package and its runtime dependencies only
+# (no embedded servers, tests or dev tools), run as a non-root user. The command picks the service:
+#   docker run IMAGE                   -> taskbus serve enqueue  (gunicorn, ENQUEUE_PORT 8080 or PORT)
+#   docker run IMAGE serve status      -> taskbus serve status   (gunicorn, STATUS_PORT 8081 or PORT)
+#   docker run IMAGE worker            -> taskbus worker         (GET /healthz on PORT when set)
 # Every setting is an environment variable named after a field of taskbus.settings.Settings.
+
+# --- build: the wheel of this checkout (only the package's own files reach this stage) ----------
+FROM python:3.11-slim AS build
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY taskbus taskbus
+COPY worker_fn worker_fn
+RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels .
+
+# --- the image ------------------------------------------------------------------------------
 FROM python:3.11-slim
 
-ENV HOST=0.0.0.0 PYTHONUNBUFFERED=1 PYTHONPATH=/app \
-    PYTHONDONTWRITEBYTECODE=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+ENV HOST=0.0.0.0 PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 
 WORKDIR /app
 
-# Dependencies first: this layer is rebuilt only when requirements.txt changes.
-COPY requirements.txt .
-RUN pip install --no-cache-dir -r requirements.txt
+# Dependencies first: this layer is rebuilt only when the runtime pins change.
+COPY requirements-runtime.txt .
+RUN pip install --no-cache-dir -r requirements-runtime.txt
 
-# The source stays owned by root: the service user can read it but not change it.
-COPY . .
+# The package itself (its dependencies are installed above, at the same pins).
+COPY --from=build /wheels /tmp/wheels
+RUN pip install --no-cache-dir --no-deps /tmp/wheels/*.whl && rm -rf /tmp/wheels
 
+# Installed as root, run as a service user that can read the package but not change it.
+# /app is the working directory: a derived image adds its handlers there (HANDLERS=myapp.tasks).
 RUN useradd --system --uid 10001 --user-group --home-dir /app --no-create-home \
         --shell /usr/sbin/nologin taskbus
 USER taskbus
@@ -25,5 +39,5 @@ EXPOSE 8080 8081
 
 # gunicorn drains for 8 s and the worker for GRACE_S (8 s) after SIGTERM.
 STOPSIGNAL SIGTERM
-ENTRYPOINT ["python", "-m", "local.serve"]
-CMD ["enqueue"]
+ENTRYPOINT ["taskbus"]
+CMD ["serve", "enqueue"]

@@ -1,43 +1,28 @@
-"""The command line of each service, in one place: the local runner, the container image
-(`python -m local.serve <name>`) and the compose test all read it from here."""
+"""The command line of each service for the local runner (`make up`) and the tests: the
+`taskbus` command of `taskbus.serving` (`taskbus serve enqueue`, `taskbus serve status`,
+`taskbus worker`), as the image and docker-compose.yml run it."""
 
 from __future__ import annotations
 
-import os
 import sys
+from pathlib import Path
 
+from taskbus.serving import GRACEFUL_TIMEOUT_S, SERVICES, command
 from taskbus.settings import Settings
 
-SERVICES = ("enqueue", "status", "worker")
-GRACEFUL_TIMEOUT_S = 8  # below Cloud Run's 10 s between SIGTERM and SIGKILL
+__all__ = ["GRACEFUL_TIMEOUT_S", "SERVICES", "argv", "taskbus_executable"]
 
 
-def argv(name: str, settings: Settings) -> list[str]:
-    """The argv that runs service `name` in the foreground, from the repository root."""
-    if name == "worker":
-        return [sys.executable, "-m", "worker_fn"]
-    if name not in ("enqueue", "status"):
+def taskbus_executable() -> list[str]:
+    """The `taskbus` console script of this interpreter's environment (`make up` installs the
+    checkout into .venv), else the same entry point as `python -m taskbus`."""
+    script = Path(sys.executable).parent / "taskbus"
+    return [str(script)] if script.is_file() else [sys.executable, "-m", "taskbus"]
+
+
+def argv(name: str, settings: Settings | None = None) -> list[str]:
+    """The argv that runs service `name` in the foreground. `settings` is not needed any more (the
+    service reads its own from the environment); it is accepted for the callers that pass it."""
+    if name not in SERVICES:
         raise ValueError(f"unknown service {name!r}; expected one of {SERVICES}")
-    port = settings.port or (settings.enqueue_port if name == "enqueue" else settings.status_port)
-    threads = settings.enqueue_threads if name == "enqueue" else settings.status_threads
-    return [
-        sys.executable,
-        "-m",
-        "gunicorn",
-        "--bind",
-        f"{settings.host}:{port}",
-        "--worker-class",
-        "gthread",
-        "--workers",
-        str(settings.web_workers or os.cpu_count() or 1),
-        "--threads",
-        str(threads),
-        "--graceful-timeout",
-        str(GRACEFUL_TIMEOUT_S),
-        "--timeout",
-        "30",
-        "--keep-alive",
-        "5",
-        "--no-control-socket",
-        f'functions_framework:create_app(target="{name}", source="functions/{name}/main.py")',
-    ]
+    return [*taskbus_executable(), *command(name)[1:]]

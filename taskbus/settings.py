@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from collections.abc import Mapping
+from urllib.parse import urlsplit
 
 from taskbus.errors import ConfigError
-from taskbus.task import check_name
+from taskbus.task import NAME_RE
 from taskbus.webhooks import Source, sources_from_env
 
 _CUSTOM = {"env": "custom"}  # fields read by their own rules below, not by name
@@ -107,25 +109,88 @@ class Settings:
         return settings
 
     def check(self) -> None:
-        """Refuse settings that would make the system unsafe rather than fail later."""
+        """Refuse settings that would make the system unsafe rather than fail later. Each
+        message names the variable, its value and what is expected: it is all an operator sees."""
+        if self.log_level.upper() not in LOG_LEVELS:
+            raise _bad("LOG_LEVEL", self.log_level, f"one of {', '.join(LOG_LEVELS)}")
+        if urlsplit(self.redis_url).scheme not in REDIS_SCHEMES:
+            raise _bad("REDIS_URL", mask_url(self.redis_url),
+                       "redis://[[user]:password@]host[:port][/db], rediss://... or unix:///path/to/socket")
+        for name in ("port", "enqueue_port", "status_port"):
+            if not 0 <= getattr(self, name) <= 65535:
+                raise _bad(name.upper(), getattr(self, name), "a TCP port, 1-65535")
+        _at_least(self, 0, "web_workers")
+        _at_least(self, 1, "enqueue_threads", "status_threads", "concurrency", "max_body_bytes", "block_ms",
+                  "redis_max_connections", "kafka_partitions")
+        _at_least(self, 0, "redis_retries")
+        _above_zero(self, "redis_connect_timeout_s", "redis_socket_timeout_s", "lease_s", "body_timeout_s",
+                    "max_wait_s", "backoff_max_s", "kafka_produce_timeout_s")
+        _at_least(self, 0, "grace_s", "backoff_base_s", "unknown_type_grace_s")
         if self.block_ms / 1000 >= self.redis_socket_timeout_s:
-            raise ConfigError("BLOCK_MS must stay below REDIS_SOCKET_TIMEOUT_S")
-        if self.lease_s <= 0 or self.grace_s < 0 or self.concurrency < 1:
-            raise ConfigError("LEASE_S must be > 0, GRACE_S >= 0, CONCURRENCY >= 1")
-        if self.max_body_bytes < 1:
-            raise ConfigError("MAX_BODY_BYTES must be >= 1")
-        if not 1 <= self.default_max_attempts <= 100 or not 0 < self.default_timeout_s <= 86400:
-            raise ConfigError("DEFAULT_MAX_ATTEMPTS must be 1-100 and DEFAULT_TIMEOUT_S in (0, 86400]")
-        if self.channel not in ("redis", "kafka"):
-            raise ConfigError(f"CHANNEL={self.channel!r}: expected redis or kafka")
+            raise _bad("BLOCK_MS", self.block_ms,
+                       f"below REDIS_SOCKET_TIMEOUT_S in ms ({self.redis_socket_timeout_s * 1000:g})")
+        if not 1 <= self.default_max_attempts <= 100:
+            raise _bad("DEFAULT_MAX_ATTEMPTS", self.default_max_attempts, "an integer 1-100")
+        if not 0 < self.default_timeout_s <= 86400:
+            raise _bad("DEFAULT_TIMEOUT_S", self.default_timeout_s, "a number of seconds in (0, 86400]")
+        if self.channel not in CHANNELS:
+            raise _bad("CHANNEL", self.channel, " or ".join(CHANNELS))
         if self.channel == "kafka" and not self.kafka_bootstrap_servers:
-            raise ConfigError("CHANNEL=kafka needs KAFKA_BOOTSTRAP_SERVERS")
+            raise ConfigError("KAFKA_BOOTSTRAP_SERVERS is empty: expected host:port[,host:port...] with CHANNEL=kafka")
         if self.kafka_outbox_age_s <= self.kafka_produce_timeout_s:
-            raise ConfigError("KAFKA_OUTBOX_AGE_S must exceed KAFKA_PRODUCE_TIMEOUT_S")
+            raise _bad("KAFKA_OUTBOX_AGE_S", self.kafka_outbox_age_s,
+                       f"more than KAFKA_PRODUCE_TIMEOUT_S ({self.kafka_produce_timeout_s:g})")
         if self.kafka_redeliver_s <= self.kafka_outbox_age_s:
-            raise ConfigError("KAFKA_REDELIVER_S must exceed KAFKA_OUTBOX_AGE_S")
+            raise _bad("KAFKA_REDELIVER_S", self.kafka_redeliver_s,
+                       f"more than KAFKA_OUTBOX_AGE_S ({self.kafka_outbox_age_s:g})")
+        if not self.queues:
+            raise _bad("QUEUES", "", "comma-separated queue names")
         for queue in self.queues:
-            check_name("QUEUES", queue)
+            if not NAME_RE.fullmatch(queue):
+                raise _bad("QUEUES", ",".join(self.queues), "comma-separated names of 1-128 characters of "
+                           "A-Z a-z 0-9 _ . : -")
+
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+REDIS_SCHEMES = ("redis", "rediss", "unix")
+CHANNELS = ("redis", "kafka")
+_EXPECTED = {"int": "an integer", "float": "a number", "bool": "true or false (or 1/0, yes/no, on/off)"}
+
+
+def _show(value: object) -> str:
+    """A value as the operator wrote it: `-1`, not `-1.0`."""
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def _bad(variable: str, value: object, expected: str) -> ConfigError:
+    return ConfigError(f"{variable}={_show(value)!r} is invalid: expected {expected}")
+
+
+def _at_least(settings: Settings, low: int, *names: str) -> None:
+    for name in names:
+        value = getattr(settings, name)
+        if value < low:
+            kind = "an integer" if isinstance(value, int) else "a number"
+            raise _bad(name.upper(), value, f"{kind} >= {low}")
+
+
+def _above_zero(settings: Settings, *names: str) -> None:
+    for name in names:
+        if getattr(settings, name) <= 0:
+            raise _bad(name.upper(), getattr(settings, name), "a number > 0")
+
+
+def mask_url(url: str) -> str:
+    """`url` with its password replaced by `***` (in the authority and in a `password=` query):
+    URLs are named in errors and logs, secrets never."""
+    netloc = urlsplit(url).netloc
+    if "@" in netloc:
+        userinfo, _, host = netloc.rpartition("@")
+        user, sep, _ = userinfo.partition(":")
+        url = url.replace(netloc, f"{user}:***@{host}" if sep else f"***@{host}", 1)
+    return re.sub(r"(?i)([?&]password=)[^&#]*", r"\1***", url)
 
 
 def _api_keys(env: Mapping[str, str]) -> tuple[str, ...]:
@@ -135,7 +200,8 @@ def _api_keys(env: Mapping[str, str]) -> tuple[str, ...]:
             with open(env["API_KEYS_FILE"], encoding="utf-8") as f:
                 raw = f.read()
         except OSError as exc:
-            raise ConfigError(f"API_KEYS_FILE cannot be read: {exc.strerror}") from None
+            raise ConfigError(f"API_KEYS_FILE={env['API_KEYS_FILE']!r} cannot be read ({exc.strerror}): "
+                              "expected a readable file of keys, one per line") from None
     return tuple(k.strip() for k in raw.replace("\n", ",").split(",") if k.strip())
 
 
@@ -154,4 +220,4 @@ def _convert(name: str, type_name: object, raw: str) -> object:
             return tuple(part.strip() for part in raw.split(",") if part.strip())
         return raw
     except ValueError:
-        raise ConfigError(f"{name.upper()}={raw!r} is not a valid {kind}") from None
+        raise _bad(name.upper(), raw, _EXPECTED.get(kind, kind)) from None

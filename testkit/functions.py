@@ -1,8 +1,8 @@
 """The enqueue and status functions as real processes: the one way tests, chaos and bench
 start them, on fresh ports, up once they answer.
 
-By default each runs under our gunicorn command line (`local.commands.argv`, as `make up`
-and the image run it); `cli=True` runs it the README's way instead, `python -m
+By default each runs as `taskbus serve <name>` (our gunicorn command line, through
+`local.commands.argv`, as `make up` and the image run it); `cli=True` runs it the README's way instead, `python -m
 functions_framework --target <name>`, configured only by the settings that differ from the
 defaults.
 """

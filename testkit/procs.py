@@ -31,12 +31,12 @@ class WaitTimedOut(AssertionError):
 
 
 class Proc:
-    """One child started in a new session, logging to `log`."""
+    """One child started in a new session, logging to `log`, in `cwd` (default: the checkout)."""
 
-    def __init__(self, name: str, argv: Sequence[str], env: dict[str, str], log: Path) -> None:
+    def __init__(self, name: str, argv: Sequence[str], env: dict[str, str], log: Path, cwd: Path = ROOT) -> None:
         self.name = name
         self.log = log
-        self.popen = spawn_logged(list(argv), log, env=env, cwd=ROOT, new_session=True)
+        self.popen = spawn_logged(list(argv), log, env=env, cwd=cwd, new_session=True)
         self.pid = self.popen.pid
         _live.append(self)
 

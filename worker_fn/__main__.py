@@ -1,4 +1,5 @@
-"""`python -m worker_fn`: run a worker until SIGTERM/SIGINT, then drain and exit 0."""
+"""`python -m worker_fn`: run a worker until SIGTERM/SIGINT, then drain and exit 0 (the same as
+`taskbus worker`, which it runs)."""
 
 from __future__ import annotations
 
@@ -17,21 +18,12 @@ def _request_stop(*_: object) -> None:
 for _signum in (signal.SIGTERM, signal.SIGINT):
     signal.signal(_signum, _request_stop)
 
-import importlib  # noqa: E402
-
-from taskbus import Registry, Worker, logs  # noqa: E402
-from taskbus.settings import Settings  # noqa: E402
+from taskbus.cli import worker  # noqa: E402
 
 
-def main() -> int:
-    settings = Settings.from_env()
-    logs.configure(settings.log_level)
-    module = importlib.import_module(settings.handlers)
-    registry = getattr(module, "registry", None)
-    if not isinstance(registry, Registry):
-        raise SystemExit(f"HANDLERS={settings.handlers}: the module has no `registry = Registry()`")
-    return Worker(settings, registry, stop_event=stop_requested).run()  # the signal handlers above set it
+def main() -> None:
+    worker.main(args=sys.argv[1:], prog_name="python -m worker_fn", obj=stop_requested)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -6,6 +6,7 @@ variables (no gunicorn command line of ours, no test handlers)."""
 from __future__ import annotations
 
 import concurrent.futures
+import sys
 import uuid
 from collections.abc import Iterator
 
@@ -18,7 +19,7 @@ from taskbus.keys import Keys
 from taskbus.settings import Settings
 from testkit.env import env_of
 from testkit.functions import function_pair
-from testkit.procs import spawn, wait_until
+from testkit.procs import Proc, wait_until
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +28,8 @@ def stack(server: EmbeddedServer, tmp_path_factory: pytest.TempPathFactory) -> I
     given nothing but the variables a user would set (those that differ from the defaults)."""
     logs = tmp_path_factory.mktemp("cli")
     settings = Settings(redis_url=server.url, key_prefix=f"cli-{uuid.uuid4().hex[:8]}")
-    worker = spawn("worker", settings, logs, env=env_of(settings, changed_only=True))  # python -m worker_fn
+    worker = Proc("worker", [sys.executable, "-m", "worker_fn"], env_of(settings, changed_only=True),
+                  logs / "worker.log")  # `taskbus worker` is what spawn() runs; this is the module's own path
     try:
         with function_pair(settings, logs, cli=True) as pair:
             yield {**pair.urls, "prefix": settings.key_prefix}

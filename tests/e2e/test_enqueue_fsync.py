@@ -44,17 +44,25 @@ def test_the_202_waits_for_the_fsync(fresh_valkey: Callable[..., EmbeddedServer]
     assert reader.get(task_id)["status"] == "queued"  # type: ignore[index]
 
 
-def test_without_an_append_only_file_enqueue_and_healthz_say_so(fresh_valkey: Callable[..., EmbeddedServer],
-                                                                tmp_path: Path) -> None:
+def test_without_an_append_only_file_enqueue_and_ping_say_so(fresh_valkey: Callable[..., EmbeddedServer]) -> None:
     store = Enqueuer(_settings(fresh_valkey(appendonly=False)))
     with pytest.raises(Unavailable, match="no append-only file"):
         store.enqueue(TaskSpec(type="echo"))
     with pytest.raises(Unavailable, match="no append-only file"):
         store.ping()
     StatusReader(store.settings).ping()  # the status function's health: reading works
-    # its /healthz is 503 from the start: up once it answers so
-    proc, url = start_function("enqueue", fresh_ports(store.settings), tmp_path, healthz=503)
+
+
+def test_an_append_only_file_turned_off_while_running_is_a_503_said_in_the_log(
+        fresh_valkey: Callable[..., EmbeddedServer], tmp_path: Path) -> None:
+    """At start-up the function refuses a Redis without AOF (tests/e2e/test_entrypoints.py); one
+    whose AOF is switched off later gets 503s on enqueue and /healthz, and the reason in the log."""
+    server = fresh_valkey(appendonly=True)
+    proc, url = start_function("enqueue", fresh_ports(_settings(server)), tmp_path)
     try:
+        store = Enqueuer(_settings(server))
+        store.client.config_set("appendonly", "no")
+        store.close()
         with httpx.Client(timeout=5) as http:
             reply = http.post(url + "/tasks", json={"type": "echo"})
             assert reply.status_code == 503 and reply.headers["Retry-After"]

@@ -39,13 +39,16 @@ LOCAL_ENV = ("FUNCTION_", "WEBHOOK_", "API_KEYS")  # read by create_app or Setti
 @dataclasses.dataclass
 class Built:
     app: flask.Flask
-    module: Any  # the function's module (`main`), holding `settings` and `service`
+    module: Any  # the function's module (`taskbus.functions.<function>`), holding `settings` and `service`
 
 
 def build_app(function: str, settings: Settings, **extra_env: str) -> Built:
     """`create_app` for functions/<function>/main.py with `Settings.from_env()` returning
-    `settings` (plus `extra_env`: API_KEYS, WEBHOOK_*), leaving the process as it was."""
-    environ, main = dict(os.environ), sys.modules.get("main")
+    `settings` (plus `extra_env`: API_KEYS, WEBHOOK_*), leaving the process as it was. main.py is
+    one import of `taskbus.functions.<function>`: that module is imported afresh for each build
+    (it reads its settings when it loads), and the process's own copy, if any, put back after."""
+    target = f"taskbus.functions.{function}"
+    environ, main, cached = dict(os.environ), sys.modules.get("main"), sys.modules.pop(target, None)
     root = logging.getLogger()
     handlers, level = list(root.handlers), root.level
     log_globals = logging.logThreads, logging.logMultiprocessing, logging._srcfile  # type: ignore[attr-defined]
@@ -64,8 +67,11 @@ def build_app(function: str, settings: Settings, **extra_env: str) -> Built:
             mp.setattr(sys, "path", list(sys.path))
             mp.setattr(gunicorn.util, "write_error", gunicorn.util.write_error)
             app = functions_framework.create_app(target=function, source=str(ROOT / "functions" / function / "main.py"))
-            module = sys.modules["main"]
+            module = sys.modules[target]
     finally:
+        sys.modules.pop(target, None)
+        if cached is not None:
+            sys.modules[target] = cached
         os.environ.clear()
         os.environ.update(environ)
         if main is None:

@@ -1,0 +1,73 @@
+"""The `taskbus` command: `taskbus serve enqueue|status` and `taskbus worker`.
+
+Every setting is an environment variable (see the README's Configuration table); the command
+line only picks what to run. `--help` anywhere prints usage and starts nothing.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import sys
+import threading
+
+import click
+
+from taskbus import preflight, serving
+
+ENVIRONMENT = (
+    "Configured by environment variables only (REDIS_URL, QUEUES, CONCURRENCY, ...: see the README's "
+    "Configuration table). A bad setting exits with status 3 and one line on stderr."
+)
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("taskbus")
+    except importlib.metadata.PackageNotFoundError:  # run from a checkout that is not installed
+        return "unknown (not installed)"
+
+
+CONTEXT = {"help_option_names": ["-h", "--help"]}
+
+
+@click.group(context_settings=CONTEXT, epilog=ENVIRONMENT)
+@click.version_option(_version(), prog_name="taskbus")
+def main() -> None:
+    """taskbus: serverless-style task functions wired by Redis.
+
+    Run the enqueue and status HTTP functions and the workers that execute your handlers.
+    """
+
+
+@main.command(context_settings=CONTEXT, epilog=ENVIRONMENT)
+@click.argument("function", type=click.Choice(serving.FUNCTIONS))
+def serve(function: str) -> None:
+    """Serve FUNCTION (enqueue or status) the production way.
+
+    gunicorn (gthread, ENQUEUE_THREADS / STATUS_THREADS threads, WEB_WORKERS processes, 0: one per
+    CPU, an 8 s graceful timeout) on functions-framework's app, bound to HOST and PORT (else
+    ENQUEUE_PORT 8080 / STATUS_PORT 8081).
+    """
+    settings = preflight.settings_or_exit()
+    if preflight.may_refuse(settings, function):  # refuse here, in one line, before gunicorn; it warns itself
+        preflight.check(settings, function, announce=False)
+    argv = serving.gunicorn_argv(function, settings)
+    sys.stdout.flush()
+    os.execv(argv[0], argv)  # gunicorn takes this process: signals from the platform reach it directly
+
+
+@main.command(context_settings=CONTEXT, epilog=ENVIRONMENT)
+@click.pass_context
+def worker(ctx: click.Context) -> None:
+    """Run a worker: execute the handlers of HANDLERS on the queues in QUEUES.
+
+    HANDLERS names a module with `registry = taskbus.Registry()` (default: the example handlers,
+    worker_fn.handlers); the current directory is importable, so `HANDLERS=myapp.tasks` finds
+    ./myapp/tasks.py. SIGTERM or Ctrl-C drains in-flight tasks for GRACE_S and exits 0. With PORT
+    set, GET /healthz on it answers 200, or 503 while Redis or the channel is unreachable.
+    """
+    from taskbus.launch import run_worker  # the worker's imports only when one runs
+
+    stop = ctx.obj if isinstance(ctx.obj, threading.Event) else None
+    sys.exit(run_worker(stop))
