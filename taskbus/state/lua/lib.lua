@@ -103,14 +103,16 @@ local function known_by_live(workers, task_type, since)
 end
 
 -- A worker without a handler for the task's type spends no attempt on it: the task waits,
--- still queued, in the delayed zset for a worker that has one, offered again after a growing
--- pause (`u`: {grace_ms, live_ms, cap_ms}). Once it has waited UNKNOWN_TYPE_GRACE_S and no live
--- worker advertises a handler for the type, it fails with UnknownTaskType (returns the error
+-- still queued, in the delayed zset for a worker that has one (`u`: {grace_ms, live_ms,
+-- cap_ms}). While a live worker advertises a handler, it is offered again at once (100 ms):
+-- the next reader is likely to have one. While none does, after a growing pause up to cap_ms,
+-- and once it has waited UNKNOWN_TYPE_GRACE_S it fails with UnknownTaskType (returns the error
 -- JSON; false while it waits).
 local function defer_unknown(task, events, delayed, dead, workers, id, f, now, u, ttl, maxlen)
   redis.call('HSETNX', task, 'unknown_since', now)
   local since = tonumber(redis.call('HGET', task, 'unknown_since'))
-  if now - since >= u[1] and not known_by_live(workers, f[4], now - u[2]) then
+  local known = known_by_live(workers, f[4], now - u[2])
+  if now - since >= u[1] and not known then
     local err = cjson.encode({type = 'UnknownTaskType', traceback = cjson.null,
       message = 'no live worker has a handler for task type ' .. f[4]})
     redis.call('HSET', task, 'status', 'failed', 'error', err, 'finished_ms', now)
@@ -119,7 +121,9 @@ local function defer_unknown(task, events, delayed, dead, workers, id, f, now, u
     return err
   end
   local n = redis.call('HINCRBY', task, 'deferrals', 1)
+  local pause = 100
+  if not known then pause = math.min(u[3], 100 * 2 ^ math.min(n - 1, 16)) end
   redis.call('HSET', task, 'status', 'queued')
-  redis.call('ZADD', delayed, now + math.min(u[3], 100 * 2 ^ math.min(n - 1, 16)), id)
+  redis.call('ZADD', delayed, now + pause, id)
   return false
 end
