@@ -45,6 +45,9 @@ class Config:
     systems: tuple[str, ...] = ()  # drain only systems whose key contains one of these
     memory_tasks: int = 100_000  # finished tasks held at the memory section's peak
     memory_ttl_s: int = 20  # RESULT_TTL_S of the memory section's workers (production default: 1 day)
+    longpoll_clients: int = 2000  # concurrent ?wait= clients on one status instance (the long-poll section)
+    longpoll_rate: float = 500.0  # their tasks finish at this rate
+    longpoll_wait_s: float = 30.0
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> Config:
@@ -68,4 +71,5 @@ class Config:
             systems=tuple(x.strip() for x in args.systems.split(",") if x.strip()),
             memory_tasks=args.memory_tasks or (20_000 if quick else 100_000),
             memory_ttl_s=args.memory_ttl,
+            longpoll_clients=args.longpoll_clients,
         )

@@ -7,9 +7,11 @@ import dataclasses
 import functools
 import http.client
 import json
+import sys
 import time
 import urllib.parse
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from bench import procs
@@ -18,7 +20,7 @@ from bench.drain import prequeue
 from bench.load import Load
 from bench.metrics import Metrics
 from bench.procs import BIN, Proc
-from bench.stack import Stack, Store, free_port
+from bench.stack import WEB_WORKERS, Stack, Store, describe_server, enqueue_targets, free_port
 from bench.systems import taskbus_one
 from taskbus.task import TaskSpec
 
@@ -82,33 +84,92 @@ def start_blog_app(stack: Stack) -> tuple[Proc, str]:
     return stack.spawn("blog-app", argv), f"http://127.0.0.1:{port}"
 
 
+PEERS = Path(__file__).resolve().parent / "peers"
+
+
+def gunicorn_common(port: int) -> list[str]:
+    return [
+        sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}", "--workers", str(WEB_WORKERS),
+        "--keep-alive", "5", "--no-control-socket", "--log-level", "warning",
+    ]
+
+
+def start_ff_flask(stack: Stack) -> tuple[Proc, str]:
+    """The bare functions-framework Flask function (one SET): gunicorn gthread × 2, ENQUEUE_THREADS
+    threads as taskbus's enqueue function has today."""
+    port = free_port()
+    argv = gunicorn_common(port) + ["--worker-class", "gthread", "--threads", str(stack.settings().enqueue_threads)]
+    argv.append(f"functions_framework:create_app(target='set_one', source={str(PEERS / 'ff_flask.py')!r})")
+    return stack.spawn("ff-flask", argv), f"http://127.0.0.1:{port}"
+
+
+def start_ff_asgi(stack: Stack) -> tuple[Proc, str]:
+    """The bare functions-framework ASGI function (one SET): gunicorn with uvicorn workers × 2."""
+    port = free_port()
+    argv = gunicorn_common(port) + ["--worker-class", "uvicorn_worker.UvicornWorker"]
+    argv.append(f"functions_framework.aio:create_asgi_app(target='set_one', source={str(PEERS / 'ff_asgi.py')!r})")
+    return stack.spawn("ff-asgi", argv), f"http://127.0.0.1:{port}"
+
+
+@dataclasses.dataclass
+class Target:
+    name: str  # metric key part: http/<name>/c<conns>
+    label: str
+    url: str
+    proc: Proc
+
+
+def start_servers(stack: Stack, m: Metrics) -> list[Target]:
+    """Every server of the table, started and answering: each taskbus enqueue target that
+    `taskbus serve` offers (`Stack.enqueue_targets`), the two bare functions-framework
+    functions, the blog app. A server that does not start is left out (and named in the errors)."""
+    out: list[Target] = []
+    for name, target in enqueue_targets():
+        proc, base, _ = stack.taskbus_function(target)
+        label = f"taskbus POST /tasks: `taskbus serve {target}` ({describe_server(proc)})"
+        out.append(Target(name, label, base + "/tasks", proc))
+    peers = (
+        ("ff_asgi", "bare functions-framework ASGI fn, 1 SET (gunicorn+uvicorn ×2)", start_ff_asgi, "/"),
+        ("ff_flask", "bare functions-framework Flask fn, 1 SET (gunicorn gthread ×2)", start_ff_flask, "/"),
+        ("blog", "blog app POST /enqueue/ (FastAPI, uvicorn ×2)", start_blog_app, "/enqueue/"),
+    )
+    for name, label, start, path in peers:
+        proc, base = start(stack)
+        try:
+            stack.wait_http(proc, base)
+        except RuntimeError as exc:  # the other rows still count
+            m.errors.append(f"enqueue: {name} did not start: {exc}")
+            proc.stop()
+            continue
+        out.append(Target(name, label, base + path, proc))
+    return out
+
+
 def run_http(stack: Stack, cfg: Config, m: Metrics, load: Load) -> None:
-    """Every connection level against both servers, every round; the batch route at c=16 if it exists."""
-    enqueue, enqueue_base, _ = stack.taskbus_function("enqueue")
-    blog, blog_base = start_blog_app(stack)
+    """Every connection level against every server, round-robin, every round; the batch route
+    at c=16 on the first taskbus target if it exists."""
+    servers: list[Target] = []
     try:
-        stack.wait_http(blog, blog_base)
-        batch = probe_batch(enqueue_base, cfg.batch, m)
-        targets = [
-            ("taskbus", enqueue_base + "/tasks", BODY, enqueue),
-            ("blog", blog_base + "/enqueue/", BODY, blog),
-        ]
-        for _, url, body, _ in targets:  # warm both servers (imports, pools, JIT-less caches)
-            load.run(url, body, 16, 1)
+        servers = start_servers(stack, m)
+        first = servers[0]
+        batch = probe_batch(first.url.removesuffix("/tasks"), cfg.batch, m)
+        for t in servers:  # warm every server (imports, pools, caches)
+            load.run(t.url, BODY, 16, 1)
         stack.flush()
         level = HttpLevels(cfg, m, load).run
         for rnd in range(cfg.rounds):
             for conns in HTTP_LEVELS:
-                for name, url, body, server in targets:
-                    level(f"http/{name}/c{conns}", url, body, conns, rnd, 1, server)
+                for t in servers:
+                    level(f"http/{t.name}/c{conns}", t.url, BODY, conns, rnd, 1, t.proc, t.label)
             if batch is not None:
-                level("http/taskbus_batch/c16", enqueue_base + "/tasks/batch", batch, 16, rnd, cfg.batch, enqueue)
+                label = f"POST /tasks/batch ({cfg.batch}/request), server of the first taskbus row"
+                level("http/taskbus_batch/c16", first.url + "/batch", batch, 16, rnd, cfg.batch, first.proc, label)
             stack.flush()
         if batch is None:
             m.na("http/taskbus_batch/c16", "tasks/s", "POST /tasks/batch answers 404")
     finally:
-        enqueue.stop()
-        blog.stop()
+        for t in servers:
+            t.proc.stop()
 
 
 @dataclasses.dataclass
@@ -119,7 +180,9 @@ class HttpLevels:
     m: Metrics
     load: Load
 
-    def run(self, key: str, url: str, body: str, conns: int, rnd: int, per_request: int, server: Proc) -> None:
+    def run(
+        self, key: str, url: str, body: str, conns: int, rnd: int, per_request: int, server: Proc, label: str = ""
+    ) -> None:
         """One level: throughput, latency and the server's CPU per request (its whole process tree)."""
         m = self.m
         print(f"  http round {rnd + 1}/{self.cfg.rounds}: {url} c={conns}", flush=True)
@@ -139,7 +202,7 @@ class HttpLevels:
             f"server CPU {cpu_ms / max(1, r['requests']):.3f} ms/request",
             flush=True,
         )
-        m.add(key, r["rps"] * per_request, "tasks/s")
+        m.add(key, r["rps"] * per_request, "tasks/s", label)
         m.add(key + "/p50_ms", r["p50_us"] / 1000, "ms")
         m.add(key + "/p99_ms", r["p99_us"] / 1000, "ms")
 

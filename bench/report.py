@@ -70,6 +70,8 @@ def table(result: dict[str, Any]) -> str:
         enqueue_table(w, s, cfg)
     if any(k.startswith("latency/") for k in s):
         latency_table(w, s, cfg)
+    if any(k.startswith("longpoll/") for k in s):
+        longpoll_table(w, s, cfg)
     if any(k.startswith("fsync/") for k in s):
         fsync_table(w, s)
     if any(k.startswith("memory/") for k in s):
@@ -168,7 +170,8 @@ PYTHON_ROWS = [
     ("rq", "RQ Queue.enqueue()"),
     ("celery", "Celery task.delay()"),
 ]
-HTTP_ROWS = [("taskbus", "taskbus POST /tasks (gunicorn gthread)"), ("blog", "blog app POST /enqueue/ (uvicorn ×2)")]
+HTTP_PEERS = ("ff_asgi", "ff_flask", "blog")  # after the taskbus rows, in this order
+HTTP_FALLBACK = {"taskbus": "taskbus POST /tasks", "blog": "blog app POST /enqueue/ (uvicorn ×2)"}
 
 
 def enqueue_table(w: Callable[[str], None], s: dict[str, Any], cfg: dict[str, Any]) -> None:
@@ -195,24 +198,63 @@ def enqueue_table(w: Callable[[str], None], s: dict[str, Any], cfg: dict[str, An
     http_rows(w, s, cfg)
 
 
-def http_rows(w: Callable[[str], None], s: dict[str, Any], cfg: dict[str, Any]) -> None:
-    """HTTP POST /tasks vs the blog app at each connection count, then the batch route."""
+def http_names(s: dict[str, Any]) -> list[str]:
+    """The servers of the HTTP rows (http/<name>/c<conns>): taskbus targets first, then the peers."""
+    found: list[str] = []
+    for key in s:
+        parts = key.split("/")
+        if len(parts) == 3 and parts[0] == "http" and parts[2].startswith("c") and parts[1] != "taskbus_batch":
+            if parts[1] not in found:
+                found.append(parts[1])
+    first = [n for n in found if n not in HTTP_PEERS]
+    return first + [n for n in HTTP_PEERS if n in found]
+
+
+def http_label(s: dict[str, Any], name: str) -> str:
     for conns in HTTP_LEVELS:
-        for name, label in HTTP_ROWS:
+        label = s.get(f"http/{name}/c{conns}", {}).get("label", "")
+        if label and not label.startswith("http/"):
+            return str(label)
+    return HTTP_FALLBACK.get(name, name)
+
+
+def http_rows(w: Callable[[str], None], s: dict[str, Any], cfg: dict[str, Any]) -> None:
+    """HTTP single POST at each connection count for every server (ratio ÷ the blog app at the
+    same count), each server's best count with its ratio ÷ the blog app's best, then the batch route."""
+    names = http_names(s)
+    if not names:
+        return
+    w("HTTP: every server 2 processes, all in this run, levels round-robin; last column ÷ blog app at the same c")
+    for conns in HTTP_LEVELS:
+        for name in names:
             key = f"http/{name}/c{conns}"
             if key not in s:
                 continue
-            r = ratio(s, f"http/taskbus/c{conns}", key) if name == "blog" else None
+            r = ratio(s, key, f"http/blog/c{conns}") if name != "blog" else None
+            label = f"HTTP c={conns:<3}{http_label(s, name)}"
             w(
-                f"{f'HTTP c={conns:<3}{label}':<58} {fmt(s, key):>22} {fmt(s, key + '/p50_ms', 2):>18} "
+                f"{label[:58]:<58} {fmt(s, key):>22} {fmt(s, key + '/p50_ms', 2):>18} "
                 f"{fmt(s, key + '/p99_ms', 2):>22} {fmt(s, key + '/server_cpu_ms', 3):>20}  {rfmt(r) if r else ''}"
             )
+    w("HTTP best of each (connection count with the highest median tasks/s); last column ÷ blog app's best")
+    blog = best_key(s, [f"http/blog/c{c}" for c in HTTP_LEVELS])
+    for name in names:
+        best = best_key(s, [f"http/{name}/c{c}" for c in HTTP_LEVELS])
+        if best is None:
+            w(f"  {http_label(s, name)[:56]:<56} {'failed':>22}")
+            continue
+        r = ratio(s, best, blog) if blog and name != "blog" else None
+        c = best.rsplit("/c", 1)[1]
+        w(f"  {http_label(s, name)[:56]:<56} {fmt(s, best):>22}   at c={c:<3}{'':>47}  {rfmt(r) if r else ''}")
     key = "http/taskbus_batch/c16"
     if key in s:
         label = f"HTTP c=16 POST /tasks/batch ({cfg['batch']}/request)"
+        single = best_key(s, [f"http/taskbus/c{c}" for c in HTTP_LEVELS])
+        r = ratio(s, key, single) if single else None
         w(
             f"{label:<58} {fmt(s, key):>22} {fmt(s, key + '/p50_ms', 2):>18} {fmt(s, key + '/p99_ms', 2):>22} "
-            f"{fmt(s, key + '/server_cpu_ms', 3):>20}" + (f"   ({s[key]['na']})" if s[key].get("na") else "")
+            f"{fmt(s, key + '/server_cpu_ms', 3):>20}"
+            + (f"   ({s[key]['na']})" if s[key].get("na") else f"  {rfmt(r)} ÷ best single POST /tasks (same server)")
         )
 
 
@@ -256,6 +298,43 @@ def latency_table(w: Callable[[str], None], s: dict[str, Any], cfg: dict[str, An
                 redis_base = "latency/" + name.removeprefix("kafka_")
                 vs = "  " + "/".join(rfmt(ratio(s, f"{base}/{q}", f"{redis_base}/{q}")) for q in ("p50", "p99", "max"))
             w(f"{label:<58} {p50:>16} {p99:>16} {top:>16}{vs}")
+
+
+def longpoll_table(w: Callable[[str], None], s: dict[str, Any], cfg: dict[str, Any]) -> None:
+    n = int(s.get("longpoll/clients", {}).get("median") or cfg.get("longpoll_clients", 0))
+    w("")
+    w(
+        f"3b. LONG-POLL CAPACITY  one status instance (`taskbus serve status`, 2 processes), {n:,} concurrent "
+        f"GET /tasks/<id>?wait={cfg.get('longpoll_wait_s', 30):g} clients (asyncio sockets, one task each), their "
+        f"tasks finished by a real worker (no-op handler, delay_s slots at {cfg.get('longpoll_rate', 500):.0f}/s, "
+        "random order)"
+    )
+    hdr = f"{'what':<58} {'value':>28}"
+    w(hdr)
+    w("-" * len(hdr))
+    rows = [
+        ("wake-up after the task finished, p50 (ms)", "longpoll/wake/p50", 1),
+        ("wake-up after the task finished, p99 (ms)", "longpoll/wake/p99", 1),
+        ("wake-up after the task finished, max (ms)", "longpoll/wake/max", 1),
+        ("clients woken with their finished task", "longpoll/ok", 0),
+        ("errors, all kinds (clients)", "longpoll/errors", 0),
+        ("  timeouts: no answer within wait + 10 s", "longpoll/timeout", 0),
+        ("  connection refused/failed", "longpoll/connect_error", 0),
+        ("  connection reset / closed without an answer", "longpoll/reset", 0),
+        ("  non-200 answers", "longpoll/http_error", 0),
+        ("  answered before the task finished", "longpoll/not_finished", 0),
+        ("status instance RSS with all clients waiting (MiB, all procs)", "longpoll/rss_waiting_mb", 1),
+        ("  USS of the same processes (MiB)", "longpoll/uss_waiting_mb", 1),
+        ("  peak RSS during the round (MiB)", "longpoll/rss_peak_mb", 1),
+        ("TCP connections the instance held with all clients sent", "longpoll/held", 0),
+        ("tasks finished at (tasks/s, first to last finished_ms)", "longpoll/finish_rate", 0),
+        ("status instance CPU per client (ms)", "longpoll/server_cpu_ms", 3),
+    ]
+    for label, key, d in rows:
+        if key in s:
+            w(f"{label:<58} {fmt(s, key, d):>28}")
+    w("(wake-up = client receive time − finished_ms, Redis TIME floored to the ms: reads 0–1 ms high; a client")
+    w(" that got no thread until after its task finished is woken late, not counted as an error)")
 
 
 def fsync_table(w: Callable[[str], None], s: dict[str, Any]) -> None:
@@ -348,6 +427,16 @@ def targets(s: dict[str, Any], cfg: Config) -> list[dict[str, Any]]:
     )
     wake = s.get("latency/longpoll_wake/p99", {}).get("median")
     add("long-poll wake-up p99 ≤ 5 ms", wake, lambda v: v <= 5, " ms")
+    if "longpoll" in cfg.only:
+        errors = s.get("longpoll/errors", {}).get("max")
+        p99 = s.get("longpoll/wake/p99", {}).get("max")
+        n = cfg.longpoll_clients
+        add(f"long-poll {n:,} clients: errors (target 0, worst round)", errors, lambda v: v == 0, "")
+        add(f"long-poll {n:,} clients: wake-up p99 ≤ 10 ms (worst round)", p99, lambda v: v <= 10, " ms")
+    batch = s.get("http/taskbus_batch/c16", {}).get("median")
+    single = best_key(s, [f"http/taskbus/c{c}" for c in HTTP_LEVELS])
+    if batch and single:
+        add("POST /tasks/batch ≥ 10× single (tasks/s)", batch / s[single]["median"], lambda v: v >= 10, "×")
     if "memory" in cfg.only:
         grown = s.get("memory/finished", {}).get("median")
         base = s.get("memory/baseline", {}).get("median")

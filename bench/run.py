@@ -1,5 +1,5 @@
 """`make bench` — python -m bench.run [--quick] [--rounds R] [--n N]
-[--only drain,enqueue,latency,peers,kafka,fsync,memory]
+[--only drain,enqueue,latency,longpoll,peers,kafka,fsync,memory]
 
 Starts its own Valkey server, taskbus functions/workers and peer queues on free loopback
 ports, measures drain, enqueue and latency over several rounds (round-robin, so drift hits
@@ -23,7 +23,7 @@ import time
 import traceback
 from collections.abc import Callable
 
-from bench import drain, enqueue, fsync, latency, memory, procs
+from bench import drain, enqueue, fsync, latency, longpoll, memory, procs
 from bench.config import RESULTS, Config
 from bench.load import Load, ensure_wrk
 from bench.metrics import Metrics
@@ -42,9 +42,9 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--n", type=int, help="tasks per drain (default 20000)")
     ap.add_argument(
         "--only",
-        default="drain,enqueue,latency,peers,kafka,fsync,memory",
-        help="comma-separated sections: drain, enqueue, latency, peers, kafka, fsync, memory (kafka: taskbus on its "
-        "Kafka channel, in the drain section and, with latency, in the latency section)",
+        default="drain,enqueue,latency,longpoll,peers,kafka,fsync,memory",
+        help="comma-separated sections: drain, enqueue, latency, longpoll, peers, kafka, fsync, memory (kafka: taskbus "
+        "on its Kafka channel, in the drain section and, with latency, in the latency section)",
     )
     ap.add_argument(
         "--systems",
@@ -53,6 +53,9 @@ def parse_args() -> argparse.Namespace:
     )
     ap.add_argument("--python-load", action="store_true", help="use the Python load generator even if wrk exists")
     ap.add_argument("--memory-tasks", type=int, help="tasks held in the memory section (default 100000; 20000 --quick)")
+    ap.add_argument(
+        "--longpoll-clients", type=int, default=2000, help="concurrent ?wait=30 clients on one status instance"
+    )
     ap.add_argument("--memory-ttl", type=int, default=20, help="RESULT_TTL_S of the memory section's workers (s)")
     return ap.parse_args()
 
@@ -64,6 +67,7 @@ def sections(stack: Stack, cfg: Config, m: Metrics, load: Load | None) -> list[S
         ("drain", lambda: drain.run_drains(stack, cfg, m)),
         ("enqueue", lambda: enqueue.run_enqueue(stack, cfg, m, load)),
         ("latency", lambda: latency.run_latency(stack, cfg, m)),
+        ("longpoll", lambda: longpoll.run_longpoll(stack, cfg, m)),
         ("fsync", lambda: fsync.run_fsync(stack, cfg, m)),
         ("memory", lambda: memory.run_memory(stack, cfg, m)),
     ]

@@ -20,16 +20,61 @@ import redis
 from bench import procs
 from bench.config import KAFKA, KAFKA_QUEUE, PREFIX, QUEUE
 from bench.procs import ROOT, Proc, wait_for
+from local.commands import SERVICES, taskbus_executable
 from local.commands import argv as service_argv
 from local.embedded import EmbeddedKafka, EmbeddedServer, free_port
+from taskbus import serving
 from taskbus.enqueue import Enqueuer as Store  # taskbus's Python producer, named as the bench tables say
 from taskbus.keys import Keys
 from taskbus.settings import Settings
 from taskbus.state.scripts import Scripts, load_script  # taskbus internal
 
-__all__ = ["KEYS", "Stack", "Store", "close_store", "free_port", "kafka_rebalances", "load_scripts"]
+__all__ = [
+    "KEYS", "WEB_WORKERS", "Stack", "Store", "close_store", "describe_server", "enqueue_targets", "free_port",
+    "kafka_rebalances", "load_scripts",
+]
 
 KEYS = Keys(PREFIX)  # key names of every queue the bench uses
+WEB_WORKERS = 2  # processes of every taskbus function the bench serves
+
+
+def enqueue_targets() -> list[tuple[str, str]]:
+    """(metric name, `taskbus serve` target) of every enqueue target the command table offers:
+    `enqueue` (whatever it runs: the rows follow the default serving path), then any second
+    name for the same function (e.g. a WSGI `enqueue-wsgi`), as row `taskbus_<suffix>`.
+    Today's table (taskbus.serving.FUNCTIONS) has `enqueue` alone; a target the table does not
+    list can be added here in one line, e.g. `out.append(("taskbus_wsgi", "enqueue-wsgi"))`."""
+    out = [("taskbus", "enqueue")]
+    for target in getattr(serving, "FUNCTIONS", ()):
+        if target != "enqueue" and target.startswith("enqueue"):
+            suffix = target.removeprefix("enqueue").strip("-_:.") or target
+            out.append((f"taskbus_{suffix.replace('-', '_')}", target))
+    return out
+
+
+def describe_server(proc: Proc) -> str:
+    """What a started server runs, read from its process tree: the gunicorn worker class (or
+    uvicorn) and the worker process count, so a row says which serving path it measured."""
+    tree = proc.tree()
+    try:
+        cmd = " ".join(tree[0].cmdline()) if tree else ""
+    except psutil.Error:
+        cmd = ""
+    words = cmd.split()
+    kind = "?"
+    for flag in ("--worker-class", "-k"):
+        if flag in words and words.index(flag) + 1 < len(words):
+            kind = words[words.index(flag) + 1]
+    for word in words:
+        if word.startswith(("--worker-class=", "-k=")):
+            kind = word.split("=", 1)[1]
+    if kind == "?" and "gunicorn" in cmd:
+        kind = "sync"
+    elif kind == "?" and "uvicorn" in cmd:
+        kind = "uvicorn"
+    server = "gunicorn " if "gunicorn" in cmd else ""
+    kind = kind.replace("uvicorn_worker.UvicornWorker", "uvicorn workers")
+    return f"{server}{kind} ×{max(1, len(tree) - 1)}"
 
 
 def load_scripts(r: redis.Redis) -> None:
@@ -200,11 +245,13 @@ class Stack:
     def kafka_workers(self, queue: str, count: int, concurrency: int) -> list[Proc]:
         return self.workers_with(self.kafka_settings(queue, concurrency=concurrency), count, "kafka")
 
-    def taskbus_function(self, name: str) -> tuple[Proc, str, Settings]:
-        """Start the `name` function (enqueue, status) on a free port; returns it once it answers."""
+    def taskbus_function(self, name: str, **changes: Any) -> tuple[Proc, str, Settings]:
+        """Start `taskbus serve <name>` (enqueue, status, or another target of the command table)
+        on a free port, WEB_WORKERS=2; returns it once it answers."""
         port = free_port()
-        settings = self.settings(enqueue_port=port, status_port=port)
-        proc = self.spawn(f"taskbus-{name}", service_argv(name, settings), settings)
+        settings = self.settings(enqueue_port=port, status_port=port, web_workers=WEB_WORKERS, **changes)
+        argv = service_argv(name, settings) if name in SERVICES else [*taskbus_executable(), "serve", name]
+        proc = self.spawn(f"taskbus-{name}", argv, settings)
         base = f"http://127.0.0.1:{port}"
         self.wait_http(proc, base)
         return proc, base, settings
