@@ -126,12 +126,12 @@ def start_servers(stack: Stack, m: Metrics) -> list[Target]:
     out: list[Target] = []
     for name, target in enqueue_targets():
         proc, base, _ = stack.taskbus_function(target)
-        label = f"taskbus POST /tasks: `taskbus serve {target}` ({describe_server(proc)})"
+        label = f"taskbus `serve {target}` ({describe_server(proc)})"
         out.append(Target(name, label, base + "/tasks", proc))
     peers = (
-        ("ff_asgi", "bare functions-framework ASGI fn, 1 SET (gunicorn+uvicorn ×2)", start_ff_asgi, "/"),
-        ("ff_flask", "bare functions-framework Flask fn, 1 SET (gunicorn gthread ×2)", start_ff_flask, "/"),
-        ("blog", "blog app POST /enqueue/ (FastAPI, uvicorn ×2)", start_blog_app, "/enqueue/"),
+        ("ff_asgi", "bare ff ASGI fn, 1 SET (gunicorn+uvicorn ×2)", start_ff_asgi, "/"),
+        ("ff_flask", "bare ff Flask fn, 1 SET (gunicorn gthread ×2)", start_ff_flask, "/"),
+        ("blog", "blog app (FastAPI, uvicorn ×2)", start_blog_app, "/enqueue/"),
     )
     for name, label, start, path in peers:
         proc, base = start(stack)

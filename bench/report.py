@@ -224,7 +224,11 @@ def http_rows(w: Callable[[str], None], s: dict[str, Any], cfg: dict[str, Any]) 
     names = http_names(s)
     if not names:
         return
-    w("HTTP: every server 2 processes, all in this run, levels round-robin; last column ÷ blog app at the same c")
+    w(
+        "HTTP single POST (taskbus POST /tasks; ff = a bare functions-framework function doing one Redis SET, "
+        "the ceiling of its serving path; blog app POST /enqueue/): every server 2 processes, all in this run, "
+        "levels round-robin; last column ÷ blog app at the same c"
+    )
     for conns in HTTP_LEVELS:
         for name in names:
             key = f"http/{name}/c{conns}"
@@ -328,6 +332,7 @@ def longpoll_table(w: Callable[[str], None], s: dict[str, Any], cfg: dict[str, A
         ("  peak RSS during the round (MiB)", "longpoll/rss_peak_mb", 1),
         ("TCP connections the instance held with all clients sent", "longpoll/held", 0),
         ("tasks finished at (tasks/s, first to last finished_ms)", "longpoll/finish_rate", 0),
+        ("first task finished after its slot (ms)", "longpoll/finish_late_ms", 0),
         ("status instance CPU per client (ms)", "longpoll/server_cpu_ms", 3),
     ]
     for label, key, d in rows:
