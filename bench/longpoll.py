@@ -83,7 +83,7 @@ def one_round(
     ids = enqueue_slotted(store, [first + k / rate for k in slots])
     if time.time() > first - 2:
         m.errors.append(f"long-poll round {rnd + 1}: enqueueing {n} tasks ran into the lead ({LEAD_S} s)")
-    sampler = Sampler(status)
+    sampler = Sampler(status, int(urllib.parse.urlsplit(base).port or 80))
     cpu0 = sampler.cpu()
     answers = asyncio.run(clients(base, ids, wait_s, first, sampler))
     cpu_s = sampler.cpu() - cpu0
@@ -117,11 +117,11 @@ def finished_ms(stack: Stack, store: Store, ids: list[str]) -> list[int] | None:
 class Sampler:
     """RSS (and USS) of the status instance's process tree (gunicorn master + its workers)."""
 
-    def __init__(self, proc: Proc) -> None:
-        self.proc = proc
+    def __init__(self, proc: Proc, port: int) -> None:
+        self.proc, self.port = proc, port
         self.rss_waiting: float | None = None  # bytes, every client sent, just before the first slot
         self.uss_waiting: float | None = None
-        self.held: int | None = None  # TCP connections the instance's processes hold then
+        self.held: int | None = None  # client connections (on its port) the instance's processes hold then
         self.rss_peak = 0.0
 
     def rss(self) -> float:
@@ -141,7 +141,8 @@ class Sampler:
         for p in self.proc.tree():
             try:
                 uss += p.memory_full_info().uss
-                held += sum(c.status == psutil.CONN_ESTABLISHED for c in p.net_connections(kind="tcp"))
+                conns = p.net_connections(kind="tcp")
+                held += sum(c.status == psutil.CONN_ESTABLISHED and c.laddr.port == self.port for c in conns)
             except psutil.Error:
                 pass
         self.uss_waiting, self.held = uss, held

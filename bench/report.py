@@ -330,7 +330,7 @@ def longpoll_table(w: Callable[[str], None], s: dict[str, Any], cfg: dict[str, A
         ("status instance RSS with all clients waiting (MiB, all procs)", "longpoll/rss_waiting_mb", 1),
         ("  USS of the same processes (MiB)", "longpoll/uss_waiting_mb", 1),
         ("  peak RSS during the round (MiB)", "longpoll/rss_peak_mb", 1),
-        ("TCP connections the instance held with all clients sent", "longpoll/held", 0),
+        ("client connections the instance had accepted, all sent", "longpoll/held", 0),
         ("tasks finished at (tasks/s, first to last finished_ms)", "longpoll/finish_rate", 0),
         ("first task finished after its slot (ms)", "longpoll/finish_late_ms", 0),
         ("status instance CPU per client (ms)", "longpoll/server_cpu_ms", 3),
