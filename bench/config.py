@@ -48,6 +48,7 @@ class Config:
     longpoll_clients: int = 2000  # concurrent ?wait= clients on one status instance (the long-poll section)
     longpoll_rate: float = 500.0  # their tasks finish at this rate
     longpoll_wait_s: float = 30.0
+    longpoll_settings: dict[str, str] = dataclasses.field(default_factory=dict)  # status instance's Settings changes
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> Config:
@@ -72,4 +73,7 @@ class Config:
             memory_tasks=args.memory_tasks or (20_000 if quick else 100_000),
             memory_ttl_s=args.memory_ttl,
             longpoll_clients=args.longpoll_clients,
+            longpoll_settings=dict(
+                kv.strip().split("=", 1) for kv in args.longpoll_settings.split(",") if "=" in kv
+            ),
         )

@@ -45,7 +45,10 @@ class Answer:
 
 def run_longpoll(stack: Stack, cfg: Config, m: Metrics) -> None:
     stack.flush()
-    status, base, _ = stack.taskbus_function("status")
+    changes = settings_changes(stack, cfg.longpoll_settings)
+    if changes:
+        m.notes.append(f"long-poll status instance with {changes}")
+    status, base, _ = stack.taskbus_function("status", **changes)
     [worker] = stack.taskbus_workers(1, 8)
     store = Store(stack.settings())
     try:
@@ -57,6 +60,16 @@ def run_longpoll(stack: Stack, cfg: Config, m: Metrics) -> None:
         store.client.close()
         worker.stop()
         status.stop()
+
+
+def settings_changes(stack: Stack, raw: dict[str, str]) -> dict[str, Any]:
+    """`--longpoll-settings` as typed Settings changes (each value cast to its field's default's type)."""
+    base = stack.settings()
+    out: dict[str, Any] = {}
+    for name, value in raw.items():
+        current = getattr(base, name)  # AttributeError: not a Settings field
+        out[name] = value.lower() in ("1", "true", "yes") if isinstance(current, bool) else type(current)(value)
+    return out
 
 
 def warm(stack: Stack, store: Store, base: str) -> None:

@@ -56,6 +56,12 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument(
         "--longpoll-clients", type=int, default=2000, help="concurrent ?wait=30 clients on one status instance"
     )
+    ap.add_argument(
+        "--longpoll-settings",
+        default="",
+        help="Settings fields of the long-poll section's status instance, e.g. "
+        "redis_max_connections=512,status_threads=1024 (to find the next limit)",
+    )
     ap.add_argument("--memory-ttl", type=int, default=20, help="RESULT_TTL_S of the memory section's workers (s)")
     return ap.parse_args()
 
