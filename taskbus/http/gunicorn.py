@@ -11,7 +11,8 @@ import flask
 import gunicorn.util
 import werkzeug.exceptions
 
-from taskbus.http import error_response
+from taskbus.http.core import error_response
+from taskbus.http.flask_adapter import to_flask
 
 GUNICORN_CODES = {
     400: "bad_request",
@@ -43,7 +44,7 @@ def install(app: flask.Flask, threads: int) -> None:
 
     def framework_error(exc: werkzeug.exceptions.HTTPException) -> flask.Response:
         code = exc.code or 500
-        return error_response(code, "not_found" if code == 404 else "error", exc.description or "")
+        return to_flask(error_response(code, "not_found" if code == 404 else "error", exc.description or ""))
 
     app.register_error_handler(werkzeug.exceptions.HTTPException, framework_error)
     gunicorn.util.write_error = write_gunicorn_error

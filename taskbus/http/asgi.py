@@ -1,0 +1,85 @@
+"""The ASGI serving path: a Starlette request becomes a neutral `core.Request`, the service's
+`core.Response` a Starlette response. The body is received from the ASGI `receive` channel
+under the same rules as on the WSGI path, without holding a thread."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+import starlette.requests
+import starlette.responses
+
+from taskbus.errors import BadRequest
+from taskbus.http import Service
+from taskbus.http.body import discard_bound, timed_out, too_large
+from taskbus.http.core import Request, Response
+from taskbus.settings import Settings
+
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+
+
+class Body:
+    """The request body as it arrives, within the limit and the deadline."""
+
+    def __init__(self, receive: Receive, settings: Settings) -> None:
+        self.receive = receive
+        self.settings = settings
+        self.complete = False  # the last body message arrived (or the client left)
+        self.received = 0
+
+    async def read(self, request: Request) -> bytes:
+        """At most MAX_BODY_BYTES (a chunked body over it is a 413), by BODY_TIMEOUT_S (else 408)."""
+        limit = self.settings.max_body_bytes
+        chunks: list[bytes] = []
+        try:
+            async with asyncio.timeout(self.settings.body_timeout_s):
+                while not self.complete and self.received <= limit:
+                    chunks.append(await self._next())
+        except TimeoutError:
+            raise timed_out(self.settings) from None
+        if self.received > limit:
+            raise too_large(self.settings)
+        return b"".join(chunks)
+
+    async def discard(self, request: Request) -> None:
+        """Receive and drop what the client is still sending, up to `discard_bound` bytes and
+        BODY_TIMEOUT_S, so that a client that sends its whole body before reading the answer
+        gets the answer. Past the bound the server closes the connection after answering."""
+        if self.complete:
+            return
+        length = request.content_length
+        bound = discard_bound(self.settings)
+        if length is not None and length > bound:
+            return
+        try:
+            async with asyncio.timeout(self.settings.body_timeout_s):
+                while not self.complete and self.received <= bound:
+                    await self._next()
+        except (TimeoutError, BadRequest):
+            pass
+
+    async def _next(self) -> bytes:
+        message = await self.receive()
+        if message["type"] == "http.disconnect":
+            self.complete = True
+            raise BadRequest("the client disconnected before its body arrived")
+        chunk: bytes = message.get("body", b"")
+        self.received += len(chunk)
+        self.complete = not message.get("more_body", False)
+        return chunk
+
+
+async def handle(service: Service, request: starlette.requests.Request) -> starlette.responses.Response:
+    """Serve one request on the event loop (sync endpoints go to a worker thread)."""
+    neutral = Request(request.method, request.scope["path"], request.query_params, request.headers)
+    body = Body(request.receive, service.settings)
+    response = await service.handle_async(neutral, body.read)
+    await body.discard(neutral)
+    return to_starlette(response)
+
+
+def to_starlette(response: Response) -> starlette.responses.Response:
+    return starlette.responses.Response(response.body, status_code=response.status,
+                                        headers=dict(response.headers), media_type=response.media_type)
