@@ -14,7 +14,7 @@ import starlette.responses
 from taskbus.errors import BadRequest
 from taskbus.http import Service
 from taskbus.http.body import discard_bound, timed_out, too_large
-from taskbus.http.core import Request, Response
+from taskbus.http.core import Request, Response, error_response
 from taskbus.settings import Settings
 
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
@@ -71,13 +71,31 @@ class Body:
         return chunk
 
 
+# gunicorn's limits on the WSGI path (its defaults), applied here since httptools has none.
+MAX_REQUEST_TARGET = 4094
+MAX_HEADER_LINE = 8190
+MAX_HEADERS = 100
+
+
 async def handle(service: Service, request: starlette.requests.Request) -> starlette.responses.Response:
     """Serve one request on the event loop (sync endpoints go to a worker thread)."""
     neutral = Request(request.method, request.scope["path"], request.query_params, request.headers)
     body = Body(request.receive, service.settings)
-    response = await service.handle_async(neutral, body.read)
+    response = over_limits(request.scope) or await service.handle_async(neutral, body.read)
     await body.discard(neutral)
     return to_starlette(response)
+
+
+def over_limits(scope: MutableMapping[str, Any]) -> Response | None:
+    """The 414 and 431 gunicorn gives on the WSGI path, as the same JSON errors."""
+    target = len(scope.get("raw_path") or b"") + len(scope.get("query_string") or b"") + 1
+    if target > MAX_REQUEST_TARGET:
+        return error_response(414, "uri_too_long", f"the request target is over {MAX_REQUEST_TARGET} bytes")
+    headers = scope["headers"]
+    if len(headers) > MAX_HEADERS or any(len(k) + len(v) + 2 > MAX_HEADER_LINE for k, v in headers):
+        message = f"over {MAX_HEADERS} headers, or a header over {MAX_HEADER_LINE} bytes"
+        return error_response(431, "headers_too_large", message)
+    return None
 
 
 def to_starlette(response: Response) -> starlette.responses.Response:

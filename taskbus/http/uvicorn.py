@@ -10,11 +10,12 @@ What uvicorn answers itself, before any application code runs, and what becomes 
 - Starlette's own 404 (`/robots.txt`, `/favicon.ico`, which functions-framework routes itself)
   and 405 (a method functions-framework's route does not list, such as TRACE): JSON.
 
-Not possible: a 414 or 431. httptools (the fast parser) has no request-line or header-size
-limit of its own; an oversized request line or header block is read up to uvicorn's flow
-control and reaches the function, which answers it like any request (a path over the route's
-shape is a 404). h11 (`UvicornH11Worker`) refuses headers over `h11_max_incomplete_event_size`
-with a 400, which is then JSON too.
+414 and 431: httptools (the fast parser) has no request-line or header-size limit of its own,
+so `http.asgi.over_limits` applies gunicorn's (4094-byte target, 8190-byte header line, 100
+headers) as the function's first step, in the same JSON. What is not possible: refusing them
+before they are received (the whole head is read into memory first; uvicorn's flow control
+bounds it only loosely), and the `431` status for a head so large h11 refuses it (h11 workers
+only): that stays a 400, though in JSON.
 """
 
 from __future__ import annotations

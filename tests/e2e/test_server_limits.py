@@ -1,6 +1,7 @@
-"""What only a real server shows: the functions under gunicorn (conftest's `functions`), driven
-over real sockets. 413 before the body is read, chunked bodies, gunicorn's own 400/414/431,
-request targets sent byte for byte, the 408 body deadline, slow-loris, concurrency, and what a
+"""What only a real server shows: the functions under gunicorn, on both serving paths (`asgi`:
+uvicorn workers, the default; `wsgi`: gthread), driven over real sockets. 413 before the body
+is read, chunked bodies, the server's own 400/414/431, request targets
+sent byte for byte, the 408 body deadline, slow-loris, concurrency, and what a
 process writes to its log. Everything else about the HTTP contract runs in process
 (tests/http/).
 """
@@ -24,7 +25,7 @@ import redis
 
 from local.embedded import free_port
 from taskbus.settings import Settings
-from testkit.functions import start_function
+from testkit.functions import FunctionPair, start_function, start_functions
 from testkit.procs import stop
 from tests.http.helpers import JSON, KEYS, MiB, padded_body, queue_keys
 from tests.rawhttp import RawResponse, assert_error, at_once, raw_request
@@ -33,13 +34,33 @@ GITHUB_SECRET = "gh-secret-8c1f9e2d7a"
 API_KEY = "api-key-5d3b1a9f0e"
 
 
+@pytest.fixture(scope="module", params=["asgi", "wsgi"])
+def serving(request: pytest.FixtureRequest) -> str:
+    """The serving path under test (`taskbus serve` with SERVE_PATH): every test runs on both."""
+    return str(request.param)
+
+
 @pytest.fixture(scope="module")
-def guarded(base_settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, object]]:
+def served(base_settings: Settings, tmp_path_factory: pytest.TempPathFactory, serving: str) -> Iterator[FunctionPair]:
+    pair = start_functions(base_settings, tmp_path_factory.mktemp(f"limits-{serving}"), env={"SERVE_PATH": serving})
+    yield pair
+    pair.stop()
+
+
+@pytest.fixture
+def functions(served: FunctionPair) -> dict[str, str]:
+    """This module's own pair on the path under test (conftest's `functions` is the default path only)."""
+    return served.urls
+
+
+@pytest.fixture(scope="module")
+def guarded(base_settings: Settings, tmp_path_factory: pytest.TempPathFactory,
+            serving: str) -> Iterator[dict[str, object]]:
     """An enqueue function at LOG_LEVEL=DEBUG with a webhook secret, an API key and a 1 s body deadline."""
     log_dir = tmp_path_factory.mktemp("guarded")
     settings = dataclasses.replace(base_settings, enqueue_port=free_port(), body_timeout_s=1.0, log_level="DEBUG")
     proc, url = start_function("enqueue", settings, log_dir, env=dict(
-        WEBHOOK_SOURCES="github", WEBHOOK_GITHUB_SECRET=GITHUB_SECRET, API_KEYS=API_KEY))
+        WEBHOOK_SOURCES="github", WEBHOOK_GITHUB_SECRET=GITHUB_SECRET, API_KEYS=API_KEY, SERVE_PATH=serving))
     yield {"url": url, "port": settings.enqueue_port, "proc": proc}
     stop(proc)
 
@@ -96,6 +117,23 @@ def test_announced_huge_body_gets_413_without_being_sent(functions: dict[str, st
                            body=b"", timeout=2.0, send_body=False)
     assert time.monotonic() - start < 2
     assert_error(response, 413, "payload_too_large")
+
+
+@pytest.mark.parametrize("path", ["/tasks", "/nope"])
+def test_a_client_that_sends_its_whole_body_first_still_reads_the_413(functions: dict[str, str], path: str) -> None:
+    """A 2 MB body announced and sent in full before the client reads: it is received and
+    dropped (up to 2 × MAX_BODY_BYTES), so every try reads the answer instead of a reset."""
+    body = b"{" + b" " * (2_000_000 - 2) + b"}"
+    head = (f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n").encode()
+    for _ in range(20):
+        sock = _raw(port_of(functions["enqueue"]), head + body)
+        sock.settimeout(5)
+        reply = b""
+        while b"}}" not in reply and (chunk := sock.recv(4096)):
+            reply += chunk
+        sock.close()
+        assert reply.startswith(b"HTTP/1.1 413" if path == "/tasks" else b"HTTP/1.1 404"), reply[:200]
 
 
 def test_body_that_never_finishes_gets_408(guarded: dict[str, object]) -> None:
