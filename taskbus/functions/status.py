@@ -26,7 +26,8 @@ preflight.check(settings, "status")
 service = make_service(settings)
 api = service.api
 assert isinstance(api, StatusAPI)
-uvicorn.DRAIN_HOOKS.append(api.async_reader.drain)  # SIGTERM: long-polls answer now
+uvicorn.DRAIN_HOOKS.append(api.async_reader.drain)  # SIGTERM: long-polls answer now, on either path
+gunicorn.on_term(api.reader.drain)
 
 
 @functions_framework.aio.http
