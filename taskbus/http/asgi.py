@@ -50,6 +50,8 @@ class Body:
         if self.complete:
             return
         length = request.content_length
+        if not length and "transfer-encoding" not in request.headers:
+            return  # no body to discard (a GET): spare the hot path a receive
         bound = discard_bound(self.settings)
         if length is not None and length > bound:
             return
@@ -79,7 +81,11 @@ MAX_HEADERS = 100
 
 async def handle(service: Service, request: starlette.requests.Request) -> starlette.responses.Response:
     """Serve one request on the event loop (sync endpoints go to a worker thread)."""
-    neutral = Request(request.method, request.scope["path"], request.query_params, request.headers)
+    query = request.query_params
+    items = query.multi_items()
+    if len(items) > len(query):  # a repeated parameter: the first value counts, as on the WSGI path
+        query = dict(reversed(items))  # type: ignore[assignment]
+    neutral = Request(request.method, request.scope["path"], query, request.headers)
     body = Body(request.receive, service.settings)
     response = over_limits(request.scope) or await service.handle_async(neutral, body.read)
     await body.discard(neutral)
