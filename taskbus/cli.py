@@ -54,8 +54,7 @@ def serve(function: str, wsgi: bool) -> None:
     try:
         path = "wsgi" if wsgi else serving.serve_path()
     except ValueError as exc:
-        click.echo(f"taskbus: {exc}", err=True)
-        sys.exit(3)
+        preflight.refuse(str(exc))
     settings = preflight.settings_or_exit()
     if preflight.may_refuse(settings, function):  # refuse here, in one line, before gunicorn; it warns itself
         preflight.check(settings, function, announce=False)
