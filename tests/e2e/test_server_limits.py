@@ -8,10 +8,12 @@ process writes to its log. Everything else about the HTTP contract runs in proce
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import hashlib
 import hmac
 import json
+import signal
 import socket
 import statistics
 import time
@@ -300,3 +302,37 @@ def test_no_secret_or_signature_ever_reaches_the_logs(guarded: dict[str, object]
     assert '"level":"debug"' in log or '"level":"info"' in log or "Booting worker" in log  # logging is on
     for secret in (GITHUB_SECRET, API_KEY, good[7:], bad[7:]):
         assert secret not in log
+
+
+# --------------------------------------------------------------------------- SIGTERM
+
+
+def test_sigterm_answers_waiting_long_polls_and_exits_within_the_graceful_timeout(
+        base_settings: Settings, functions: dict[str, str], tmp_path: Path, serving: str) -> None:
+    """A status function told to stop (as Cloud Run does, 10 s before SIGKILL) answers every
+    waiting `?wait=30` long-poll at once with the task as it is, then exits: nothing is cut."""
+    settings = dataclasses.replace(base_settings, status_port=free_port(), web_workers=1)
+    proc, url = start_function("status", settings, tmp_path, env={"SERVE_PATH": serving})
+    queue = f"q-{uuid.uuid4().hex[:12]}"  # no worker consumes it: the task stays queued
+    with httpx.Client(timeout=10) as http:
+        task_id = http.post(functions["enqueue"] + "/tasks", json={"type": "t", "queue": queue}).json()["id"]
+
+    def long_poll() -> tuple[int, str, float]:
+        began = time.monotonic()
+        with httpx.Client(timeout=30) as http:
+            reply = http.get(f"{url}/tasks/{task_id}", params={"wait": 30})
+        return reply.status_code, reply.json()["status"], time.monotonic() - began
+
+    try:
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            polls = [pool.submit(long_poll) for _ in range(8)]
+            time.sleep(1.5)  # all eight are waiting
+            signalled = time.monotonic()
+            proc.signal(signal.SIGTERM)
+            answers = [poll.result(timeout=10) for poll in polls]
+        assert [(status, state) for status, state, _ in answers] == [(200, "queued")] * 8, answers
+        assert max(took for _, _, took in answers) < 1.5 + 2.0, answers  # answered at once, not at 30 s
+        assert proc.wait(10) is not None
+        assert time.monotonic() - signalled < 8, "exited within the graceful timeout"
+    finally:
+        proc.kill()
