@@ -99,9 +99,10 @@ class Plan(NamedTuple):
 class Service:
     """Routes requests of one function to its API's methods and turns every error into JSON."""
 
-    def __init__(self, settings: Settings, api: API) -> None:
+    def __init__(self, settings: Settings, api: API, threads: int = 40) -> None:
         self.settings = settings
         self.api = api
+        self.threads = threads  # ASGI path: sync endpoints at once per process (the WSGI path's thread count)
         rules = [Rule(path, methods=[method], endpoint=endpoint) for path, method, endpoint, _ in api.routes]
         self.routes = Map(rules, strict_slashes=False, merge_slashes=False)
         self.keyed = api.keyed
@@ -149,6 +150,9 @@ class Service:
                 response: Response = await twin(request, **plan.args)
                 return response
             call = functools.partial(getattr(self.api, plan.endpoint), request, **plan.args)
+            limiter = anyio.to_thread.current_default_thread_limiter()  # one per event loop
+            if limiter.total_tokens != self.threads:
+                limiter.total_tokens = self.threads
             response = await anyio.to_thread.run_sync(call)
             return response
         except Exception as exc:

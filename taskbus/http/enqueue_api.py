@@ -162,4 +162,4 @@ class EnqueueAPI:
 
 
 def make_service(settings: Settings) -> Service:
-    return Service(settings, EnqueueAPI(settings))
+    return Service(settings, EnqueueAPI(settings), threads=settings.enqueue_threads)

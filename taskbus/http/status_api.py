@@ -83,4 +83,4 @@ def _wait_param(request: Request, max_wait_s: float) -> float:
 
 
 def make_service(settings: Settings) -> Service:
-    return Service(settings, StatusAPI(settings))
+    return Service(settings, StatusAPI(settings), threads=settings.status_threads)
