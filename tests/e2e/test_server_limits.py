@@ -8,6 +8,7 @@ process writes to its log. Everything else about the HTTP contract runs in proce
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import dataclasses
 import hashlib
@@ -334,5 +335,41 @@ def test_sigterm_answers_waiting_long_polls_and_exits_within_the_graceful_timeou
         assert max(took for _, _, took in answers) < 1.5 + 2.0, answers  # answered at once, not at 30 s
         assert proc.wait(10) is not None
         assert time.monotonic() - signalled < 8, "exited within the graceful timeout"
+    finally:
+        proc.kill()
+
+
+def test_asgi_long_polls_hold_no_thread(base_settings: Settings, functions: dict[str, str], tmp_path: Path,
+                                        serving: str, r: redis.Redis) -> None:
+    """300 `?wait=` clients on one ASGI status process with a 2-thread pool all wait at once
+    (counted by their subscriptions in Redis) while /healthz answers; the WSGI path would need
+    300 threads for this, so it is not run there."""
+    if serving != "asgi":
+        pytest.skip("on the WSGI path each long-poll holds a gunicorn thread (STATUS_THREADS)")
+    settings = dataclasses.replace(base_settings, status_port=free_port(), web_workers=1, status_threads=2)
+    proc, url = start_function("status", settings, tmp_path, env={"SERVE_PATH": serving})
+    queue = f"q-{uuid.uuid4().hex[:12]}"
+    with httpx.Client(timeout=10) as http:
+        task_id = http.post(functions["enqueue"] + "/tasks", json={"type": "t", "queue": queue}).json()["id"]
+    channel = KEYS.events(task_id)
+    polls = 300
+
+    async def all_wait() -> list[int]:
+        limits = httpx.Limits(max_connections=polls + 10)
+        async with httpx.AsyncClient(timeout=30, limits=limits) as http:
+            waiting = [asyncio.ensure_future(http.get(f"{url}/tasks/{task_id}", params={"wait": 6}))
+                       for _ in range(polls)]
+            deadline = time.monotonic() + 5
+            while dict(r.pubsub_shardnumsub(channel)).get(channel, 0) < polls and time.monotonic() < deadline:
+                await asyncio.sleep(0.1)
+            subscribed = int(dict(r.pubsub_shardnumsub(channel)).get(channel, 0))
+            health = (await http.get(f"{url}/healthz")).status_code
+            replies = await asyncio.gather(*waiting)
+            return [subscribed, health, *(reply.status_code for reply in replies)]
+
+    try:
+        subscribed, health, *statuses = asyncio.run(all_wait())
+        assert subscribed == polls and health == 200
+        assert statuses == [200] * polls
     finally:
         proc.kill()
