@@ -87,9 +87,35 @@ async def handle(service: Service, request: starlette.requests.Request) -> starl
         query = dict(reversed(items))  # type: ignore[assignment]
     neutral = Request(request.method, request.scope["path"], query, request.headers)
     body = Body(request.receive, service.settings)
-    response = over_limits(request.scope) or await service.handle_async(neutral, body.read)
+    response = over_limits(request.scope)
+    if response is None:
+        served = service.handle_async(neutral, body.read)
+        long_poll = neutral.method == "GET" and query.get("wait") and not neutral.content_length
+        response = await (_unless_disconnected(served, request.receive) if long_poll else served)
     await body.discard(neutral)
     return to_starlette(response)
+
+
+async def _unless_disconnected(served: Awaitable[Response], receive: Receive) -> Response:
+    """A long-poll whose client goes away stops waiting at once (its Redis connection goes back
+    to the pool) instead of at its timeout. Only for bodiless requests: the watcher takes the
+    ASGI receive channel, which a body reader would need."""
+    work = asyncio.ensure_future(served)
+    watch = asyncio.ensure_future(_disconnect(receive))
+    try:
+        await asyncio.wait((work, watch), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watch.cancel()
+    if work.done():
+        return work.result()
+    work.cancel()
+    await asyncio.gather(work, return_exceptions=True)
+    return error_response(400, "bad_request", "the client disconnected")  # nobody reads it
+
+
+async def _disconnect(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
 
 
 def over_limits(scope: MutableMapping[str, Any]) -> Response | None:

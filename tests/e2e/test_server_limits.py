@@ -373,3 +373,29 @@ def test_asgi_long_polls_hold_no_thread(base_settings: Settings, functions: dict
         assert statuses == [200] * polls
     finally:
         proc.kill()
+
+
+def test_a_long_poll_whose_client_left_stops_waiting(base_settings: Settings, functions: dict[str, str],
+                                                      serving: str, r: redis.Redis) -> None:
+    """ASGI path: a `?wait=30` client that closes its connection frees its subscription (and
+    Redis connection) at once, not at the timeout. (On the WSGI path the thread waits it out.)"""
+    if serving != "asgi":
+        pytest.skip("gthread does not notice a client that left while its request waits")
+    queue = f"q-{uuid.uuid4().hex[:12]}"
+    with httpx.Client(timeout=10) as http:
+        task_id = http.post(functions["enqueue"] + "/tasks", json={"type": "t", "queue": queue}).json()["id"]
+    channel = KEYS.events(task_id)
+
+    def subscribers() -> int:
+        return int(dict(r.pubsub_shardnumsub(channel)).get(channel, 0))
+
+    sock = _raw(port_of(functions["status"]), f"GET /tasks/{task_id}?wait=30 HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    deadline = time.monotonic() + 5
+    while subscribers() == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert subscribers() == 1
+    sock.close()
+    deadline = time.monotonic() + 3
+    while subscribers() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert subscribers() == 0, "the long-poll still waits for a client that left"
