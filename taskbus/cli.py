@@ -42,17 +42,23 @@ def main() -> None:
 
 @main.command(context_settings=CONTEXT, epilog=ENVIRONMENT)
 @click.argument("function", type=click.Choice(serving.FUNCTIONS))
-def serve(function: str) -> None:
+@click.option("--wsgi", is_flag=True, help="Serve the Flask (WSGI) target on gthread (the same as SERVE_PATH=wsgi).")
+def serve(function: str, wsgi: bool) -> None:
     """Serve FUNCTION (enqueue or status) the production way.
 
-    gunicorn (gthread, ENQUEUE_THREADS / STATUS_THREADS threads, WEB_WORKERS processes, 0: one per
-    CPU, an 8 s graceful timeout) on functions-framework's app, bound to HOST and PORT (else
-    ENQUEUE_PORT 8080 / STATUS_PORT 8081).
+    gunicorn with uvicorn workers on functions-framework's ASGI app (WEB_WORKERS processes, 0: one
+    per CPU, an 8 s graceful timeout), bound to HOST and PORT (else ENQUEUE_PORT 8080 / STATUS_PORT
+    8081). With --wsgi or SERVE_PATH=wsgi: gthread (ENQUEUE_THREADS / STATUS_THREADS threads) on
+    the Flask target instead.
     """
+    try:
+        path = "wsgi" if wsgi else serving.serve_path()
+    except ValueError as exc:
+        preflight.refuse(str(exc))
     settings = preflight.settings_or_exit()
     if preflight.may_refuse(settings, function):  # refuse here, in one line, before gunicorn; it warns itself
         preflight.check(settings, function, announce=False)
-    argv = serving.gunicorn_argv(function, settings)
+    argv = serving.gunicorn_argv(function, settings, path)
     sys.stdout.flush()
     os.execv(argv[0], argv)  # gunicorn takes this process: signals from the platform reach it directly
 

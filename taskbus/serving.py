@@ -2,6 +2,11 @@
 functions-framework's app, the production way), and the `taskbus` command of each service that
 the image, docker-compose.yml and the local runner use.
 
+Two serving paths, one function module: `asgi` (the default) runs gunicorn with uvicorn workers
+(`taskbus.http.uvicorn.Worker`) on `functions_framework.aio.create_asgi_app` of the ASGI target
+(`enqueue`, `status`); `wsgi` (`SERVE_PATH=wsgi` or `taskbus serve --wsgi`) runs gunicorn gthread
+on `functions_framework.create_app` of the Flask target (`enqueue_wsgi`, `status_wsgi`).
+
 Why gunicorn of our own rather than the `functions-framework` CLI: the CLI cannot be given a
 graceful timeout (it keeps gunicorn's 30 s, past Cloud Run's 10 s between SIGTERM and SIGKILL),
 nor a worker count of ours."""
@@ -10,11 +15,15 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 from taskbus.settings import Settings
 
 FUNCTIONS = ("enqueue", "status")
+PATHS = ("asgi", "wsgi")  # serving paths; the first is the default
+SERVE_PATH_ENV = "SERVE_PATH"
+ASGI_WORKER = "taskbus.http.uvicorn.Worker"
 SERVICES = (*FUNCTIONS, "worker")
 GRACEFUL_TIMEOUT_S = 8  # below Cloud Run's 10 s between SIGTERM and SIGKILL
 WORKER_TIMEOUT_S = 30  # gunicorn's silent-worker limit; a long-poll holds a thread, not the worker
@@ -46,22 +55,31 @@ def port(name: str, settings: Settings) -> int:
     return settings.port or (settings.enqueue_port if name == "enqueue" else settings.status_port)
 
 
-def gunicorn_argv(name: str, settings: Settings) -> list[str]:
-    """The gunicorn command line of function `name`: gthread, the function's thread count, an 8 s
-    graceful timeout, WEB_WORKERS processes (0: one per CPU), bound to HOST and the port above."""
-    threads = settings.enqueue_threads if name == "enqueue" else settings.status_threads
-    return [
-        sys.executable,
-        "-m",
-        "gunicorn",
+def serve_path(environ: Mapping[str, str] | None = None) -> str:
+    """SERVE_PATH (`asgi`, the default, or `wsgi`); anything else is a ValueError naming it."""
+    value = (os.environ if environ is None else environ).get(SERVE_PATH_ENV, "").strip().lower() or PATHS[0]
+    if value not in PATHS:
+        raise ValueError(f"{SERVE_PATH_ENV}={value!r} is invalid: expected one of {', '.join(PATHS)}")
+    return value
+
+
+def target(name: str, path: str) -> str:
+    """The functions-framework target of function `name` on serving path `path`."""
+    check_function(name)
+    return name if path == "asgi" else f"{name}_wsgi"
+
+
+def gunicorn_argv(name: str, settings: Settings, path: str = "asgi") -> list[str]:
+    """The gunicorn command line of function `name`: an 8 s graceful timeout, WEB_WORKERS
+    processes (0: one per CPU), bound to HOST and the port above; on the asgi path uvicorn
+    workers on the ASGI app, on the wsgi path gthread with the function's thread count."""
+    if path not in PATHS:
+        raise ValueError(f"unknown serving path {path!r}; expected one of {', '.join(PATHS)}")
+    common = [
         "--bind",
         f"{settings.host}:{port(name, settings)}",
-        "--worker-class",
-        "gthread",
         "--workers",
         str(settings.web_workers or os.cpu_count() or 1),
-        "--threads",
-        str(threads),
         "--graceful-timeout",
         str(GRACEFUL_TIMEOUT_S),
         "--timeout",
@@ -69,5 +87,11 @@ def gunicorn_argv(name: str, settings: Settings) -> list[str]:
         "--keep-alive",
         str(KEEP_ALIVE_S),
         "--no-control-socket",  # gunicorn 27 would open one in ~/.gunicorn/, shared by every server on the host
-        f"functions_framework:create_app(target={name!r}, source={source(name)!r})",
     ]
+    app = f"(target={target(name, path)!r}, source={source(name)!r})"
+    if path == "asgi":
+        return [sys.executable, "-m", "gunicorn", "--worker-class", ASGI_WORKER, *common,
+                f"functions_framework.aio:create_asgi_app{app}"]
+    threads = settings.enqueue_threads if name == "enqueue" else settings.status_threads
+    return [sys.executable, "-m", "gunicorn", "--worker-class", "gthread", "--threads", str(threads), *common,
+            f"functions_framework:create_app{app}"]

@@ -4,6 +4,8 @@
   documents exactly the routes and methods the function's router has;
 - each function serves its document at `GET /openapi.json`, unauthenticated, equal to the
   file with what its settings decide filled in (`MAX_WAIT_S`, the task defaults, `API_KEYS`);
+- every test that runs the functions runs them on both serving paths (`SERVE_PATH`: `asgi`, the
+  default, and `wsgi`);
 - schemathesis runs every check against both functions (open, and with API keys and a
   webhook source), with a fixed seed and `SCHEMATHESIS_MAX_EXAMPLES` (default 25) cases per
   operation; a chaos run sets it (and `SCHEMATHESIS_PHASES`, `SCHEMATHESIS_KEYED_PHASES`,
@@ -40,6 +42,7 @@ from local.embedded import free_port
 from taskbus import openapi
 from taskbus.http import enqueue_api, status_api
 from taskbus.settings import Settings
+from testkit.functions import function_pair
 from testkit.procs import Proc, spawn, wait_until
 
 FUNCTIONS = ("enqueue", "status")
@@ -62,6 +65,25 @@ REJECTIONS = ["400", "401", "403", "404", "405", "406", "409", "413", "414", "41
 
 
 # --------------------------------------------------------------------------- helpers
+
+
+@pytest.fixture(scope="module", params=["asgi", "wsgi"])
+def serving(request: pytest.FixtureRequest) -> str:
+    """The serving path under test (`taskbus serve` with SERVE_PATH)."""
+    return str(request.param)
+
+
+@pytest.fixture(scope="module")
+def served(base_settings: Settings, tmp_path_factory: pytest.TempPathFactory, serving: str) -> Iterator[dict[str, str]]:
+    with function_pair(base_settings, tmp_path_factory.mktemp(f"openapi-{serving}"),
+                       env={"SERVE_PATH": serving}) as pair:
+        yield pair.urls
+
+
+@pytest.fixture
+def functions(served: dict[str, str]) -> dict[str, str]:
+    """This module's own pair on the serving path under test."""
+    return served
 
 
 def resolve(doc: dict[str, Any], node: dict[str, Any]) -> dict[str, Any]:
@@ -276,10 +298,11 @@ def test_schemathesis_finds_nothing(functions: dict[str, str], tmp_path: Path) -
 
 
 @pytest.fixture(scope="module")
-def keyed_functions(base_settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+def keyed_functions(base_settings: Settings, tmp_path_factory: pytest.TempPathFactory,
+                    serving: str) -> Iterator[dict[str, str]]:
     """Both functions with API_KEYS, a `github` webhook source, MAX_WAIT_S=1 and BODY_TIMEOUT_S=0.5."""
     settings = fresh_ports(base_settings, max_wait_s=1.0, key_prefix="tbk", body_timeout_s=0.5)
-    procs, urls = start_pair(settings, tmp_path_factory.mktemp("keyed"), **KEYED_ENV)
+    procs, urls = start_pair(settings, tmp_path_factory.mktemp("keyed"), **KEYED_ENV, SERVE_PATH=serving)
     try:
         yield urls
     finally:
@@ -446,10 +469,10 @@ def test_real_webhooks_and_api_keys_match_the_documents(keyed_functions: dict[st
 
 
 @pytest.fixture(scope="module")
-def dead_redis_functions(base_settings: Settings,
-                         tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+def dead_redis_functions(base_settings: Settings, tmp_path_factory: pytest.TempPathFactory,
+                         serving: str) -> Iterator[dict[str, str]]:
     settings = fresh_ports(base_settings, redis_url=f"redis://127.0.0.1:{free_port()}/0")
-    procs, urls = start_pair(settings, tmp_path_factory.mktemp("openapi-dead-redis"))
+    procs, urls = start_pair(settings, tmp_path_factory.mktemp("openapi-dead-redis"), SERVE_PATH=serving)
     try:
         yield urls
     finally:

@@ -1,1 +1,1 @@
-from taskbus.functions.enqueue import enqueue
+from taskbus.functions.enqueue import enqueue, enqueue_wsgi

@@ -1,1 +1,1 @@
-from taskbus.functions.status import status
+from taskbus.functions.status import status, status_wsgi

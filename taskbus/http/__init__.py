@@ -1,26 +1,32 @@
-"""The HTTP layer both functions share: routing, bearer keys, and JSON errors.
+"""The HTTP layer both functions share: routing, bearer keys, body limits and JSON errors,
+written once against the neutral `core.Request` / `core.Response`.
 
 Every response is JSON. Error classes map to statuses in `STATUS` only; no input of any
 shape reaches the framework's 500 handler.
 
-    enqueue_api   EnqueueAPI: POST /tasks, /tasks/batch, /enqueue, /hooks/<source>
-    status_api    StatusAPI: GET /tasks/<id>[?wait=s], /task/<id>
-    body          reading bodies within size, type and time limits
-    gunicorn      JSON for gunicorn's own refusals; the CLI's thread count
+    core           the neutral request and response
+    enqueue_api    EnqueueAPI: POST /tasks, /tasks/batch, /enqueue, /hooks/<source>
+    status_api     StatusAPI: GET /tasks/<id>[?wait=s], /task/<id>
+    body           the body rules: size, type, charset, time
+    flask_adapter  the WSGI path: flask.Request in, flask.Response out
+    asgi           the ASGI path: Starlette request in, Starlette response out
+    gunicorn       JSON for gunicorn's own refusals; the CLI's thread count
+    uvicorn        JSON for uvicorn's own refusals; the worker class `taskbus serve` runs
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import hmac
 import logging
-from collections.abc import Callable
-from typing import Any, Protocol
+from collections.abc import Awaitable, Callable
+from typing import Any, NamedTuple, Protocol
 
-import flask
+import anyio.to_thread
 import werkzeug.exceptions
 from werkzeug.routing import Map, Rule
 
-from taskbus import codec
 from taskbus.errors import (
     BadRequest,
     DataLost,
@@ -34,12 +40,13 @@ from taskbus.errors import (
     UnsupportedMediaType,
     ValidationError,
 )
-from taskbus.http.body import skip_unread_body
+from taskbus.http.body import admit_body
+from taskbus.http.core import Request, Response, error_response, json_response
 from taskbus.settings import Settings
 
-log = logging.getLogger(__name__)
+__all__ = ["STATUS", "Service", "json_response", "error_response", "not_found", "status_of", "status_url"]
 
-Endpoint = Callable[..., flask.Response]
+log = logging.getLogger(__name__)
 
 # The one map from error classes to HTTP statuses (most specific class first).
 STATUS: dict[type[TaskbusError], int] = {
@@ -55,6 +62,11 @@ STATUS: dict[type[TaskbusError], int] = {
     Unavailable: 503,
 }
 
+# What a route reads: None (no body), () (any media type), or the media types accepted.
+BodyRule = tuple[str, ...] | None
+Reader = Callable[[Request], bytes]
+AsyncReader = Callable[[Request], Awaitable[bytes]]
+
 
 def status_of(exc: TaskbusError) -> int:
     """The HTTP status of an error, by its nearest class in `STATUS`."""
@@ -62,33 +74,39 @@ def status_of(exc: TaskbusError) -> int:
 
 
 class API(Protocol):
-    """One function's endpoints: `routes` are (path, method, endpoint method name); the
-    endpoints in `keyed` need an API key when API_KEYS is set."""
+    """One function's endpoints: `routes` are (path, method, endpoint method name, body rule);
+    the endpoints in `keyed` need an API key when API_KEYS is set. An endpoint `x` may have an
+    `x_async` twin, which the ASGI path awaits instead of running `x` on a thread."""
 
-    routes: tuple[tuple[str, str, str], ...]
+    routes: tuple[tuple[str, str, str, BodyRule], ...]
     keyed: frozenset[str]
+
+    def admit(self, endpoint: str, args: dict[str, str]) -> None:
+        """Refuse, before any body is read, what the path alone decides (an unknown webhook source)."""
 
     def close(self) -> None:
         """Let go of connections."""
 
 
-def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> flask.Response:
-    return flask.Response(codec.dumps(body), status=status, headers=headers, mimetype="application/json")
+class Plan(NamedTuple):
+    """A routed, authenticated request: which endpoint, its path arguments, its body rule."""
 
-
-def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> flask.Response:
-    return json_response({"error": {"code": code, "message": message}}, status, headers)
+    endpoint: str
+    args: dict[str, str]
+    body: BodyRule
 
 
 class Service:
     """Routes requests of one function to its API's methods and turns every error into JSON."""
 
-    def __init__(self, settings: Settings, api: API) -> None:
+    def __init__(self, settings: Settings, api: API, threads: int = 40) -> None:
         self.settings = settings
         self.api = api
-        rules = [Rule(path, methods=[method], endpoint=endpoint) for path, method, endpoint in api.routes]
+        self.threads = threads  # ASGI path: sync endpoints at once per process (the WSGI path's thread count)
+        rules = [Rule(path, methods=[method], endpoint=endpoint) for path, method, endpoint, _ in api.routes]
         self.routes = Map(rules, strict_slashes=False, merge_slashes=False)
         self.keyed = api.keyed
+        self._bodies = {endpoint: body for _, _, endpoint, body in api.routes}
         self._adapter = self.routes.bind("")  # routing needs only path and method: bind once
         self._keys = [k.encode() for k in settings.api_keys]
         self._retry_after = {"Retry-After": str(settings.retry_after_s)}
@@ -97,38 +115,69 @@ class Service:
                 "API_KEYS is not set: %s are open to anyone who can reach this function", ", ".join(sorted(api.keyed))
             )
 
-    def __call__(self, request: flask.Request) -> flask.Response:
-        try:
-            return self._dispatch(request)
-        finally:
-            skip_unread_body(request, self.settings)
+    def plan(self, request: Request) -> Plan:
+        """Route, authenticate, and check what can be checked before the body is read."""
+        endpoint, matched = self._adapter.match(request.path, request.method)
+        args = {name: str(value) for name, value in matched.items()}
+        if endpoint in self.api.keyed and self._keys:
+            self._authenticate(request)
+        self.api.admit(endpoint, args)
+        body = self._bodies[endpoint]
+        if body is not None:
+            admit_body(request, self.settings, body)
+        return Plan(endpoint, args, body)
 
-    def _dispatch(self, request: flask.Request) -> flask.Response:
+    def handle(self, request: Request, read: Reader) -> Response:
+        """The WSGI path: everything on the calling thread."""
         try:
-            endpoint, args = self._adapter.match(request.path, request.method)
-            if endpoint in self.api.keyed and self._keys:
-                self._authenticate(request)
-            response: flask.Response = getattr(self.api, endpoint)(request, **args)
+            plan = self.plan(request)
+            if plan.body is not None:
+                request = dataclasses.replace(request, body=read(request))
+            response: Response = getattr(self.api, plan.endpoint)(request, **plan.args)
             return response
-        except RequestError as exc:
+        except Exception as exc:
+            return self.error(request, exc)
+
+    async def handle_async(self, request: Request, read: AsyncReader) -> Response:
+        """The ASGI path: the body is awaited; an endpoint without an `_async` twin (it calls
+        the sync Redis client or the Kafka producer) runs on a worker thread."""
+        try:
+            plan = self.plan(request)
+            if plan.body is not None:
+                request = dataclasses.replace(request, body=await read(request))
+            twin = getattr(self.api, f"{plan.endpoint}_async", None)
+            if twin is not None:
+                response: Response = await twin(request, **plan.args)
+                return response
+            call = functools.partial(getattr(self.api, plan.endpoint), request, **plan.args)
+            limiter = anyio.to_thread.current_default_thread_limiter()  # one per event loop
+            if limiter.total_tokens != self.threads:
+                limiter.total_tokens = self.threads
+            response = await anyio.to_thread.run_sync(call)
+            return response
+        except Exception as exc:
+            return self.error(request, exc)
+
+    def error(self, request: Request, exc: Exception) -> Response:
+        """Every error as JSON: ours by `STATUS`, routing errors as 404/405, anything else 500."""
+        if isinstance(exc, RequestError):
             return error_response(status_of(exc), exc.code, exc.message, exc.headers)
-        except DataLost as exc:
+        if isinstance(exc, DataLost):
             log.error("reporting data loss on /healthz", extra={"fields": {"error": str(exc)}})
             return error_response(status_of(exc), "data_lost", str(exc), self._retry_after)
-        except Unavailable as exc:
+        if isinstance(exc, Unavailable):
             log.warning("store or channel unavailable: answering 503", extra={"fields": {"error": str(exc)}})
             message = "the task store or channel is unavailable; retry later"
             return error_response(status_of(exc), "unavailable", message, self._retry_after)
-        except werkzeug.exceptions.HTTPException as exc:
+        if isinstance(exc, werkzeug.exceptions.HTTPException):
             return _routing_error(request, exc)
-        except Exception:
-            log.exception("unexpected error")
-            return error_response(500, "internal", "internal error")
+        log.error("unexpected error", exc_info=exc)
+        return error_response(500, "internal", "internal error")
 
     def close(self) -> None:
         self.api.close()
 
-    def _authenticate(self, request: flask.Request) -> None:
+    def _authenticate(self, request: Request) -> None:
         """Constant-time check of `Authorization: Bearer <key>` against every configured key."""
         scheme, _, given = request.headers.get("Authorization", "").partition(" ")
         token = given.strip().encode("utf-8", "replace")
@@ -143,7 +192,7 @@ class Service:
             )
 
 
-def _routing_error(request: flask.Request, exc: werkzeug.exceptions.HTTPException) -> flask.Response:
+def _routing_error(request: Request, exc: werkzeug.exceptions.HTTPException) -> Response:
     if isinstance(exc, werkzeug.exceptions.MethodNotAllowed):
         allow = ", ".join(sorted(exc.valid_methods or []))
         return error_response(405, "method_not_allowed", f"{request.method} is not allowed here", {"Allow": allow})
@@ -159,3 +208,9 @@ def status_url(settings: Settings, task_id: str) -> str:
 
 def not_found(task_id: str) -> NotFound:
     return NotFound(f"no task with id {task_id[:200]!r}")
+
+
+def query_value(request: Request, name: str) -> str | None:
+    """A query parameter, or None. Both frameworks give their multi-dicts' `get` (first value)."""
+    value: Any = request.query.get(name)
+    return None if value is None else str(value)

@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping
-from typing import Any, cast
-
-import flask
+from collections.abc import Callable
+from typing import Any
 
 from taskbus import openapi, webhooks
 from taskbus.enqueue import Enqueuer
 from taskbus.errors import NotFound, RequestError, ValidationError
 from taskbus.http import Service, json_response, status_url
-from taskbus.http.body import read_body, read_json
+from taskbus.http.body import json_body
+from taskbus.http.core import JSON_TYPE, Request, Response
 from taskbus.settings import Settings
 from taskbus.state.reader import StatusReader
 from taskbus.task import DEFAULTABLE, TaskSpec, check_idempotency_key, iso, parse_spec
@@ -25,13 +24,13 @@ MAX_BATCH = 1000
 
 
 class EnqueueAPI:
-    routes: tuple[tuple[str, str, str], ...] = (
-        ("/tasks", "POST", "create"),
-        ("/tasks/batch", "POST", "create_batch"),
-        ("/enqueue", "POST", "enqueue_legacy"),
-        ("/hooks/<source>", "POST", "hook"),
-        ("/healthz", "GET", "healthz"),
-        ("/openapi.json", "GET", "openapi"),
+    routes: tuple[tuple[str, str, str, tuple[str, ...] | None], ...] = (
+        ("/tasks", "POST", "create", (JSON_TYPE,)),
+        ("/tasks/batch", "POST", "create_batch", (JSON_TYPE,)),
+        ("/enqueue", "POST", "enqueue_legacy", (JSON_TYPE,)),
+        ("/hooks/<source>", "POST", "hook", ()),  # any media type: the signature covers the raw body
+        ("/healthz", "GET", "healthz", None),
+        ("/openapi.json", "GET", "openapi", None),
     )
     keyed = frozenset({"create", "create_batch", "enqueue_legacy"})
 
@@ -52,14 +51,14 @@ class EnqueueAPI:
             extra=extra,
         )
 
-    def create(self, request: flask.Request) -> flask.Response:
-        spec = self._spec(read_json(request, self.settings))
+    def create(self, request: Request) -> Response:
+        spec = self._spec(json_body(request))
         return self._submit(request, spec, lambda task_id, status: {"id": task_id, "status": status})
 
-    def create_batch(self, request: flask.Request) -> flask.Response:
+    def create_batch(self, request: Request) -> Response:
         """`{"tasks": [...]}`, up to MAX_BATCH: each item enqueued atomically or refused alone
         (like SQS SendMessageBatch); results in request order, all in one pipelined round trip."""
-        body = read_json(request, self.settings)
+        body = json_body(request)
         if not isinstance(body, dict) or set(body) != {"tasks"}:
             raise ValidationError("body", 'must be {"tasks": [...]}')
         items = body["tasks"]
@@ -83,9 +82,9 @@ class EnqueueAPI:
                 results[index] = {"id": task_id, "status": status, "status_url": status_url(self.settings, task_id)}
         return json_response({"results": results}, 200)
 
-    def enqueue_legacy(self, request: flask.Request) -> flask.Response:
+    def enqueue_legacy(self, request: Request) -> Response:
         """The blog design's route: any JSON object becomes the payload of a `default` task."""
-        body = read_json(request, self.settings)
+        body = json_body(request)
         if not isinstance(body, dict):
             raise ValidationError("body", "must be a JSON object")
         spec = TaskSpec(
@@ -101,20 +100,18 @@ class EnqueueAPI:
             lambda task_id, status: {"message": "Task published", "task_id": task_id, "id": task_id, "status": status},
         )
 
-    def _submit(self, request: flask.Request, spec: TaskSpec, shape: Shape) -> flask.Response:
+    def _submit(self, request: Request, spec: TaskSpec, shape: Shape) -> Response:
         key = request.headers.get("Idempotency-Key")
         if key is not None:
             check_idempotency_key("Idempotency-Key", key)
         return self._accepted(spec, key, None, shape)
 
-    def hook(self, request: flask.Request, source: str) -> flask.Response:
+    def hook(self, request: Request, source: str) -> Response:
         """A signed webhook: verify the raw body, answer what must be answered now, else enqueue."""
-        src = self.sources.get(source)
-        if src is None:
-            raise NotFound(f"no webhook source named {source[:64]!r} is configured")
-        body = read_body(request, self.settings)
+        src = self.sources[source]  # `admit` refused unknown ones before the body was read
+        body = request.body
         received = time.time()
-        headers = cast(Mapping[str, str], request.headers)  # werkzeug's: case-insensitive, str to str
+        headers = request.headers  # either framework's: case-insensitive
         verified = webhooks.verify(src, headers, body, request.mimetype, received, self.settings.webhook_tolerance_s)
         if verified.reply is not None:
             return json_response(verified.reply)
@@ -138,21 +135,26 @@ class EnqueueAPI:
             spec, dedupe, self.settings.webhook_dedupe_ttl_s, lambda task_id, status: {"id": task_id, "status": status}
         )
 
-    def _accepted(self, spec: TaskSpec, key: str | None, ttl_s: int | None, shape: Shape) -> flask.Response:
+    def _accepted(self, spec: TaskSpec, key: str | None, ttl_s: int | None, shape: Shape) -> Response:
         task_id, status, created = self.enqueuer.enqueue(spec, key, ttl_s)
         url = status_url(self.settings, task_id)
         body = shape(task_id, status)
         body["status_url"] = url
         return json_response(body, 202 if created else 200, {"Location": url})
 
-    def openapi(self, request: flask.Request) -> flask.Response:
-        return openapi.response("enqueue", self.settings)
+    def admit(self, endpoint: str, args: dict[str, str]) -> None:
+        """An unknown webhook source is a 404 before its body is read."""
+        if endpoint == "hook" and args["source"] not in self.sources:
+            raise NotFound(f"no webhook source named {args['source'][:64]!r} is configured")
+
+    def openapi(self, request: Request) -> Response:
+        return Response(200, openapi.encoded("enqueue", self.settings))
 
     def close(self) -> None:
         self.enqueuer.close()
         self.reader.close()
 
-    def healthz(self, request: flask.Request) -> flask.Response:
+    def healthz(self, request: Request) -> Response:
         """Redis, and with CHANNEL=kafka the broker, answer; no queue lost its data."""
         self.enqueuer.ping()
         self.reader.ping()
@@ -160,4 +162,4 @@ class EnqueueAPI:
 
 
 def make_service(settings: Settings) -> Service:
-    return Service(settings, EnqueueAPI(settings))
+    return Service(settings, EnqueueAPI(settings), threads=settings.enqueue_threads)

@@ -5,13 +5,19 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
+from collections.abc import Callable
+from types import FrameType
+from typing import Any
 
 import flask
 import gunicorn.util
+import gunicorn.workers.base
 import werkzeug.exceptions
 
-from taskbus.http import error_response
+from taskbus.http.core import error_response
+from taskbus.http.flask_adapter import to_flask
 
 GUNICORN_CODES = {
     400: "bad_request",
@@ -43,7 +49,7 @@ def install(app: flask.Flask, threads: int) -> None:
 
     def framework_error(exc: werkzeug.exceptions.HTTPException) -> flask.Response:
         code = exc.code or 500
-        return error_response(code, "not_found" if code == 404 else "error", exc.description or "")
+        return to_flask(error_response(code, "not_found" if code == 404 else "error", exc.description or ""))
 
     app.register_error_handler(werkzeug.exceptions.HTTPException, framework_error)
     gunicorn.util.write_error = write_gunicorn_error
@@ -59,3 +65,20 @@ def write_gunicorn_error(sock: socket.socket, status_int: int, reason: str, mesg
         f"Content-Length: {len(body)}\r\n\r\n"
     )
     gunicorn.util.write_nonblock(sock, head.encode("latin-1") + body)
+
+
+def on_term(hook: Callable[[], None]) -> None:
+    """Run `hook` first when this gunicorn worker is told to stop (SIGTERM), then gunicorn's own
+    handler: the status function wakes its long-polls, so they answer within the graceful
+    timeout. Only where the module loads in a gunicorn worker that has installed its signals
+    (`taskbus serve --wsgi`); under the functions-framework CLI the module loads in the master,
+    before the fork, and nothing is chained (long-polls there run to their wait or the kill)."""
+    current: Any = signal.getsignal(signal.SIGTERM)
+    if not isinstance(getattr(current, "__self__", None), gunicorn.workers.base.Worker):
+        return
+
+    def handle(sig: int, frame: FrameType | None) -> None:
+        hook()
+        current(sig, frame)
+
+    signal.signal(signal.SIGTERM, handle)

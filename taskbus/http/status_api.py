@@ -1,54 +1,76 @@
-"""Endpoints of the status function: read a task, or long-poll until it finishes. Never writes."""
+"""Endpoints of the status function: read a task, or long-poll until it finishes. Never writes.
+
+`show` serves the WSGI path (the long-poll holds its thread); `show_async` the ASGI path (the
+long-poll awaits redis-py's asyncio client and holds no thread)."""
 
 from __future__ import annotations
 
 import math
 
-import flask
-
 from taskbus import openapi
 from taskbus import task as tasks
 from taskbus.errors import ValidationError
-from taskbus.http import Service, json_response, not_found
+from taskbus.http import Service, json_response, not_found, query_value
+from taskbus.http.core import Request, Response
 from taskbus.settings import Settings
+from taskbus.state.async_reader import AsyncStatusReader
 from taskbus.state.reader import StatusReader
 
 
 class StatusAPI:
-    routes: tuple[tuple[str, str, str], ...] = (
-        ("/tasks/<task_id>", "GET", "show"),
-        ("/task/<task_id>", "GET", "show"),
-        ("/healthz", "GET", "healthz"),
-        ("/openapi.json", "GET", "openapi"),
+    routes: tuple[tuple[str, str, str, tuple[str, ...] | None], ...] = (
+        ("/tasks/<task_id>", "GET", "show", None),
+        ("/task/<task_id>", "GET", "show", None),
+        ("/healthz", "GET", "healthz", None),
+        ("/openapi.json", "GET", "openapi", None),
     )
     keyed = frozenset({"show"})
 
     def __init__(self, settings: Settings, reader: StatusReader | None = None) -> None:
         self.settings = settings
         self.reader = reader or StatusReader(settings)
+        self.async_reader = AsyncStatusReader(settings)
 
-    def show(self, request: flask.Request, task_id: str) -> flask.Response:
+    def admit(self, endpoint: str, args: dict[str, str]) -> None:
+        """Nothing to refuse from the path alone."""
+
+    def show(self, request: Request, task_id: str) -> Response:
+        wait_s = self._checked(request, task_id)
+        record = self.reader.wait(task_id, wait_s) if wait_s > 0 else self.reader.get(task_id)
+        return _view(task_id, record)
+
+    async def show_async(self, request: Request, task_id: str) -> Response:
+        wait_s = self._checked(request, task_id)
+        reader = self.async_reader
+        record = await reader.wait(task_id, wait_s) if wait_s > 0 else await reader.get(task_id)
+        return _view(task_id, record)
+
+    def _checked(self, request: Request, task_id: str) -> float:
+        """The wait asked for; a malformed id is a 404 that never reaches a Redis key."""
         wait_s = _wait_param(request, self.settings.max_wait_s)
         if tasks.queue_of(task_id) is None:
-            raise not_found(task_id)  # malformed ids never reach a Redis key
-        record = self.reader.wait(task_id, wait_s) if wait_s > 0 else self.reader.get(task_id)
-        if record is None:
             raise not_found(task_id)
-        return json_response(tasks.view(record))
+        return wait_s
 
-    def openapi(self, request: flask.Request) -> flask.Response:
-        return openapi.response("status", self.settings)
+    def openapi(self, request: Request) -> Response:
+        return Response(200, openapi.encoded("status", self.settings))
 
     def close(self) -> None:
         self.reader.close()
 
-    def healthz(self, request: flask.Request) -> flask.Response:
+    def healthz(self, request: Request) -> Response:
         self.reader.ping()
         return json_response({"status": "ok"})
 
 
-def _wait_param(request: flask.Request, max_wait_s: float) -> float:
-    raw = request.args.get("wait")
+def _view(task_id: str, record: dict[str, str] | None) -> Response:
+    if record is None:
+        raise not_found(task_id)
+    return json_response(tasks.view(record))
+
+
+def _wait_param(request: Request, max_wait_s: float) -> float:
+    raw = query_value(request, "wait")
     if raw is None or raw == "":
         return 0.0
     try:
@@ -61,4 +83,4 @@ def _wait_param(request: flask.Request, max_wait_s: float) -> float:
 
 
 def make_service(settings: Settings) -> Service:
-    return Service(settings, StatusAPI(settings))
+    return Service(settings, StatusAPI(settings), threads=settings.status_threads)

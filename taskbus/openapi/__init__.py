@@ -18,8 +18,6 @@ import importlib.resources
 import json
 from typing import Any
 
-import flask
-
 from taskbus import codec
 from taskbus.settings import Settings
 
@@ -36,7 +34,7 @@ def load(name: str) -> dict[str, Any]:
 
 
 def document(name: str, settings: Settings) -> dict[str, Any]:
-    """The document function `name` serves under `settings`."""
+    """The document function `name` serves under `settings` (`encoded` gives it as JSON bytes)."""
     doc = copy.deepcopy(load(name))
     if name == "status":
         doc["components"]["parameters"]["Wait"]["schema"]["maximum"] = _number(settings.max_wait_s)
@@ -52,12 +50,8 @@ def document(name: str, settings: Settings) -> dict[str, Any]:
     return doc
 
 
-def response(name: str, settings: Settings) -> flask.Response:
-    return flask.Response(_encoded(name, settings), status=200, mimetype="application/json")
-
-
 @functools.lru_cache(maxsize=8)
-def _encoded(name: str, settings: Settings) -> bytes:
+def encoded(name: str, settings: Settings) -> bytes:
     return codec.dumps(document(name, settings))
 
 

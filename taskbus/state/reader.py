@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import Any
 
@@ -15,6 +16,8 @@ from taskbus.task import TERMINAL, queue_of
 
 # How long a long-poll's blocking connection may stay silent beyond the longest wait.
 WAIT_SOCKET_MARGIN_S = 2.0
+# How often a waiting thread looks at the drain flag (a message wakes it at once regardless).
+DRAIN_CHECK_S = 0.5
 
 
 class StatusReader:
@@ -24,6 +27,11 @@ class StatusReader:
         self.client = connect(settings)
         # Long-polls block inside Redis: they need their own socket timeout and pool.
         self.blocking = connect(settings, socket_timeout_s=settings.max_wait_s + WAIT_SOCKET_MARGIN_S)
+        self.draining = threading.Event()  # set on SIGTERM: every long-poll answers now
+
+    def drain(self) -> None:
+        """Make every long-poll answer with the task as it is, within DRAIN_CHECK_S."""
+        self.draining.set()
 
     def get(self, task_id: str) -> dict[str, str] | None:
         """The stored record of a task, or None when unknown, expired or not a task id."""
@@ -55,9 +63,9 @@ class StatusReader:
                 while True:
                     record = self.client.hgetall(task_key)
                     remaining = deadline - time.monotonic()
-                    if not record or record.get("status") in TERMINAL or remaining <= 0:
+                    if not record or record.get("status") in TERMINAL or remaining <= 0 or self.draining.is_set():
                         return record or None
-                    pubsub.get_sharded_message(timeout=remaining)
+                    pubsub.get_sharded_message(timeout=min(remaining, DRAIN_CHECK_S))
             finally:
                 pubsub.close()
 

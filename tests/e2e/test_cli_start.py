@@ -1,7 +1,9 @@
 """Each function started alone the way the README and a new user start it: the plain
 `python -m functions_framework --source functions/<name>/main.py --target <name>` CLI and
 `python -m worker_fn`, from the repository root, configured by nothing but environment
-variables (no gunicorn command line of ours, no test handlers)."""
+variables (no gunicorn command line of ours, no test handlers). On both serving paths: the
+default targets (`enqueue`, `status`: ASGI, which the CLI detects by itself and serves with
+uvicorn workers) and the Flask ones (`enqueue_wsgi`, `status_wsgi`: gthread)."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import concurrent.futures
 import sys
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -18,23 +21,49 @@ from local.embedded import EmbeddedServer
 from taskbus.keys import Keys
 from taskbus.settings import Settings
 from testkit.env import env_of
-from testkit.functions import function_pair
-from testkit.procs import Proc, wait_until
+from testkit.functions import fresh_ports, url_of
+from testkit.procs import Proc, wait_healthy, wait_until
 
 
-@pytest.fixture(scope="module")
-def stack(server: EmbeddedServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+def cli_function(name: str, target: str, settings: Settings, logs: Path) -> Proc:
+    """`python -m functions_framework --source functions/<name>/main.py --target <target>`, up."""
+    url = url_of(name, settings)
+    argv = [sys.executable, "-m", "functions_framework", "--source", f"functions/{name}/main.py",
+            "--target", target, "--port", url.rsplit(":", 1)[1]]
+    proc = Proc(name, argv, env_of(settings, changed_only=True), logs / f"{target}.log")
+    try:
+        wait_healthy(proc, url, 200)
+    except BaseException:
+        proc.kill()
+        raise
+    return proc
+
+
+@pytest.fixture(scope="module", params=["asgi", "wsgi"])
+def stack(server: EmbeddedServer, tmp_path_factory: pytest.TempPathFactory,
+          request: pytest.FixtureRequest) -> Iterator[dict[str, str]]:
     """enqueue, status and one worker, each as its own CLI process on the session's Valkey,
     given nothing but the variables a user would set (those that differ from the defaults)."""
-    logs = tmp_path_factory.mktemp("cli")
-    settings = Settings(redis_url=server.url, key_prefix=f"cli-{uuid.uuid4().hex[:8]}")
+    logs = tmp_path_factory.mktemp(f"cli-{request.param}")
+    settings = fresh_ports(Settings(redis_url=server.url, key_prefix=f"cli-{uuid.uuid4().hex[:8]}"))
     worker = Proc("worker", [sys.executable, "-m", "worker_fn"], env_of(settings, changed_only=True),
                   logs / "worker.log")  # `taskbus worker` is what spawn() runs; this is the module's own path
+    procs: list[Proc] = []
     try:
-        with function_pair(settings, logs, cli=True) as pair:
-            yield {**pair.urls, "prefix": settings.key_prefix}
+        for name in ("enqueue", "status"):
+            procs.append(cli_function(name, name if request.param == "asgi" else f"{name}_wsgi", settings, logs))
+        yield {"enqueue": url_of("enqueue", settings), "status": url_of("status", settings),
+               "prefix": settings.key_prefix, "serving": request.param}
     finally:
+        for proc in procs:
+            proc.stop()
         worker.stop()
+
+
+def test_the_cli_serves_the_default_targets_with_uvicorn(stack: dict[str, str]) -> None:
+    """The plain CLI, without --asgi, detects the `aio` target and serves it through uvicorn."""
+    server = httpx.get(stack["status"] + "/healthz", timeout=5).headers.get("server", "")
+    assert server == ("uvicorn" if stack["serving"] == "asgi" else "gunicorn"), server
 
 
 def test_a_task_enqueued_through_the_cli_functions_runs_on_the_worker(stack: dict[str, str]) -> None:
@@ -75,9 +104,9 @@ def test_gunicorn_refusals_under_the_cli_are_json(stack: dict[str, str], name: s
 
 
 def test_long_polls_under_the_cli_do_not_starve_other_requests(stack: dict[str, str], server: EmbeddedServer) -> None:
-    """The CLI's gunicorn would run 4 threads per CPU, each long-poll holding one: the status
-    function gives it STATUS_THREADS instead. 24 long-polls wait at once (counted by their
-    subscriptions in Redis), and a health check is still answered."""
+    """The CLI's gunicorn would run 4 threads per CPU, each long-poll holding one: the Flask
+    target gives it STATUS_THREADS instead; the ASGI target holds no thread. 24 long-polls
+    wait at once (counted by their subscriptions in Redis), and a health check is still answered."""
     polls = 24
     with httpx.Client(timeout=30) as http:
         reply = http.post(stack["enqueue"] + "/tasks", json={"type": "echo", "delay_s": 60})

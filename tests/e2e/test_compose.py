@@ -251,10 +251,13 @@ def test_entrypoint_plus_command_is_the_taskbus_command_of_the_service(name: str
 
 @pytest.mark.parametrize("name", HTTP_FUNCTIONS)
 def test_the_served_command_runs_the_service_function_under_gunicorn(name: str) -> None:
-    """`taskbus serve <function>` in that container: gunicorn on the package's own function module."""
+    """`taskbus serve <function>` in that container: gunicorn with uvicorn workers on the ASGI
+    target of the package's own function module (the container sets no SERVE_PATH: the default)."""
+    assert "SERVE_PATH" not in environment(name)
     served = gunicorn_argv(twin(name), container_settings(name))
     assert served[1:3] == ["-m", "gunicorn"]
-    target = f"functions_framework:create_app(target={twin(name)!r}, source={source(twin(name))!r})"
+    assert served[served.index("--worker-class") + 1] == "taskbus.http.uvicorn.Worker"
+    target = f"functions_framework.aio:create_asgi_app(target={twin(name)!r}, source={source(twin(name))!r})"
     assert target in served
     assert source(twin(name)) == str(ROOT / "taskbus" / "functions" / f"{twin(name)}.py")
     assert served[served.index("--bind") + 1] == f"0.0.0.0:{listen_port(name)}"

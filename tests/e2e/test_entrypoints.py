@@ -136,6 +136,11 @@ def test_a_bad_setting_exits_with_one_line(entry: str, case: str, server: Embedd
     assert_one_line_refusal(done, expected)
 
 
+def test_a_bad_serve_path_exits_with_one_line(server: EmbeddedServer) -> None:
+    done = run([*TASKBUS, "serve", "status"], env_with(REDIS_URL=server.url, PORT=str(free_port()), SERVE_PATH="uwsgi"))
+    assert_one_line_refusal(done, ["SERVE_PATH='uwsgi'", "expected one of asgi, wsgi"])
+
+
 @pytest.mark.parametrize("case", BAD_HANDLERS)
 @pytest.mark.parametrize("entry", WORKER_ENTRY_POINTS)
 def test_bad_handlers_exit_with_one_line(entry: str, case: str, server: EmbeddedServer) -> None:

@@ -166,6 +166,6 @@ def test_taskbus_serve_enqueue_from_the_project(venv: Path, project: Path, serve
             assert reply.status_code == 202, reply.text
             done = finished(http, stack, reply.json()["id"])
         assert (done["status"], done["result"]) == ("succeeded", {"text": "hi, Grace!"})
-        assert "Using worker: gthread" in proc.output()  # our gunicorn command line, not the CLI's defaults
+        assert "Using worker: taskbus.http.uvicorn.Worker" in proc.output()  # our gunicorn command line (ASGI path)
     finally:
         proc.stop()

@@ -1,16 +1,20 @@
-"""What only a real server shows: the functions under gunicorn (conftest's `functions`), driven
-over real sockets. 413 before the body is read, chunked bodies, gunicorn's own 400/414/431,
-request targets sent byte for byte, the 408 body deadline, slow-loris, concurrency, and what a
+"""What only a real server shows: the functions under gunicorn, on both serving paths (`asgi`:
+uvicorn workers, the default; `wsgi`: gthread), driven over real sockets. 413 before the body
+is read, chunked bodies, the server's own 400/414/431, request targets
+sent byte for byte, the 408 body deadline, slow-loris, concurrency, and what a
 process writes to its log. Everything else about the HTTP contract runs in process
 (tests/http/).
 """
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import dataclasses
 import hashlib
 import hmac
 import json
+import signal
 import socket
 import statistics
 import time
@@ -24,7 +28,7 @@ import redis
 
 from local.embedded import free_port
 from taskbus.settings import Settings
-from testkit.functions import start_function
+from testkit.functions import FunctionPair, start_function, start_functions
 from testkit.procs import stop
 from tests.http.helpers import JSON, KEYS, MiB, padded_body, queue_keys
 from tests.rawhttp import RawResponse, assert_error, at_once, raw_request
@@ -33,13 +37,33 @@ GITHUB_SECRET = "gh-secret-8c1f9e2d7a"
 API_KEY = "api-key-5d3b1a9f0e"
 
 
+@pytest.fixture(scope="module", params=["asgi", "wsgi"])
+def serving(request: pytest.FixtureRequest) -> str:
+    """The serving path under test (`taskbus serve` with SERVE_PATH): every test runs on both."""
+    return str(request.param)
+
+
 @pytest.fixture(scope="module")
-def guarded(base_settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, object]]:
+def served(base_settings: Settings, tmp_path_factory: pytest.TempPathFactory, serving: str) -> Iterator[FunctionPair]:
+    pair = start_functions(base_settings, tmp_path_factory.mktemp(f"limits-{serving}"), env={"SERVE_PATH": serving})
+    yield pair
+    pair.stop()
+
+
+@pytest.fixture
+def functions(served: FunctionPair) -> dict[str, str]:
+    """This module's own pair on the path under test (conftest's `functions` is the default path only)."""
+    return served.urls
+
+
+@pytest.fixture(scope="module")
+def guarded(base_settings: Settings, tmp_path_factory: pytest.TempPathFactory,
+            serving: str) -> Iterator[dict[str, object]]:
     """An enqueue function at LOG_LEVEL=DEBUG with a webhook secret, an API key and a 1 s body deadline."""
     log_dir = tmp_path_factory.mktemp("guarded")
     settings = dataclasses.replace(base_settings, enqueue_port=free_port(), body_timeout_s=1.0, log_level="DEBUG")
     proc, url = start_function("enqueue", settings, log_dir, env=dict(
-        WEBHOOK_SOURCES="github", WEBHOOK_GITHUB_SECRET=GITHUB_SECRET, API_KEYS=API_KEY))
+        WEBHOOK_SOURCES="github", WEBHOOK_GITHUB_SECRET=GITHUB_SECRET, API_KEYS=API_KEY, SERVE_PATH=serving))
     yield {"url": url, "port": settings.enqueue_port, "proc": proc}
     stop(proc)
 
@@ -96,6 +120,23 @@ def test_announced_huge_body_gets_413_without_being_sent(functions: dict[str, st
                            body=b"", timeout=2.0, send_body=False)
     assert time.monotonic() - start < 2
     assert_error(response, 413, "payload_too_large")
+
+
+@pytest.mark.parametrize("path", ["/tasks", "/nope"])
+def test_a_client_that_sends_its_whole_body_first_still_reads_the_413(functions: dict[str, str], path: str) -> None:
+    """A 2 MB body announced and sent in full before the client reads: it is received and
+    dropped (up to 2 × MAX_BODY_BYTES), so every try reads the answer instead of a reset."""
+    body = b"{" + b" " * (2_000_000 - 2) + b"}"
+    head = (f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n").encode()
+    for _ in range(20):
+        sock = _raw(port_of(functions["enqueue"]), head + body)
+        sock.settimeout(5)
+        reply = b""
+        while b"}}" not in reply and (chunk := sock.recv(4096)):
+            reply += chunk
+        sock.close()
+        assert reply.startswith(b"HTTP/1.1 413" if path == "/tasks" else b"HTTP/1.1 404"), reply[:200]
 
 
 def test_body_that_never_finishes_gets_408(guarded: dict[str, object]) -> None:
@@ -262,3 +303,99 @@ def test_no_secret_or_signature_ever_reaches_the_logs(guarded: dict[str, object]
     assert '"level":"debug"' in log or '"level":"info"' in log or "Booting worker" in log  # logging is on
     for secret in (GITHUB_SECRET, API_KEY, good[7:], bad[7:]):
         assert secret not in log
+
+
+# --------------------------------------------------------------------------- SIGTERM
+
+
+def test_sigterm_answers_waiting_long_polls_and_exits_within_the_graceful_timeout(
+        base_settings: Settings, functions: dict[str, str], tmp_path: Path, serving: str) -> None:
+    """A status function told to stop (as Cloud Run does, 10 s before SIGKILL) answers every
+    waiting `?wait=30` long-poll at once with the task as it is, then exits: nothing is cut."""
+    settings = dataclasses.replace(base_settings, status_port=free_port(), web_workers=1)
+    proc, url = start_function("status", settings, tmp_path, env={"SERVE_PATH": serving})
+    queue = f"q-{uuid.uuid4().hex[:12]}"  # no worker consumes it: the task stays queued
+    with httpx.Client(timeout=10) as http:
+        task_id = http.post(functions["enqueue"] + "/tasks", json={"type": "t", "queue": queue}).json()["id"]
+
+    def long_poll() -> tuple[int, str, float]:
+        began = time.monotonic()
+        with httpx.Client(timeout=30) as http:
+            reply = http.get(f"{url}/tasks/{task_id}", params={"wait": 30})
+        return reply.status_code, reply.json()["status"], time.monotonic() - began
+
+    try:
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            polls = [pool.submit(long_poll) for _ in range(8)]
+            time.sleep(1.5)  # all eight are waiting
+            signalled = time.monotonic()
+            proc.signal(signal.SIGTERM)
+            answers = [poll.result(timeout=10) for poll in polls]
+        assert [(status, state) for status, state, _ in answers] == [(200, "queued")] * 8, answers
+        assert max(took for _, _, took in answers) < 1.5 + 2.0, answers  # answered at once, not at 30 s
+        assert proc.wait(10) is not None
+        assert time.monotonic() - signalled < 8, "exited within the graceful timeout"
+    finally:
+        proc.kill()
+
+
+def test_asgi_long_polls_hold_no_thread(base_settings: Settings, functions: dict[str, str], tmp_path: Path,
+                                        serving: str, r: redis.Redis) -> None:
+    """300 `?wait=` clients on one ASGI status process with a 2-thread pool all wait at once
+    (counted by their subscriptions in Redis) while /healthz answers; the WSGI path would need
+    300 threads for this, so it is not run there."""
+    if serving != "asgi":
+        pytest.skip("on the WSGI path each long-poll holds a gunicorn thread (STATUS_THREADS)")
+    settings = dataclasses.replace(base_settings, status_port=free_port(), web_workers=1, status_threads=2)
+    proc, url = start_function("status", settings, tmp_path, env={"SERVE_PATH": serving})
+    queue = f"q-{uuid.uuid4().hex[:12]}"
+    with httpx.Client(timeout=10) as http:
+        task_id = http.post(functions["enqueue"] + "/tasks", json={"type": "t", "queue": queue}).json()["id"]
+    channel = KEYS.events(task_id)
+    polls = 300
+
+    async def all_wait() -> list[int]:
+        limits = httpx.Limits(max_connections=polls + 10)
+        async with httpx.AsyncClient(timeout=30, limits=limits) as http:
+            waiting = [asyncio.ensure_future(http.get(f"{url}/tasks/{task_id}", params={"wait": 6}))
+                       for _ in range(polls)]
+            deadline = time.monotonic() + 5
+            while dict(r.pubsub_shardnumsub(channel)).get(channel, 0) < polls and time.monotonic() < deadline:
+                await asyncio.sleep(0.1)
+            subscribed = int(dict(r.pubsub_shardnumsub(channel)).get(channel, 0))
+            health = (await http.get(f"{url}/healthz")).status_code
+            replies = await asyncio.gather(*waiting)
+            return [subscribed, health, *(reply.status_code for reply in replies)]
+
+    try:
+        subscribed, health, *statuses = asyncio.run(all_wait())
+        assert subscribed == polls and health == 200
+        assert statuses == [200] * polls
+    finally:
+        proc.kill()
+
+
+def test_a_long_poll_whose_client_left_stops_waiting(base_settings: Settings, functions: dict[str, str],
+                                                      serving: str, r: redis.Redis) -> None:
+    """ASGI path: a `?wait=30` client that closes its connection frees its subscription (and
+    Redis connection) at once, not at the timeout. (On the WSGI path the thread waits it out.)"""
+    if serving != "asgi":
+        pytest.skip("gthread does not notice a client that left while its request waits")
+    queue = f"q-{uuid.uuid4().hex[:12]}"
+    with httpx.Client(timeout=10) as http:
+        task_id = http.post(functions["enqueue"] + "/tasks", json={"type": "t", "queue": queue}).json()["id"]
+    channel = KEYS.events(task_id)
+
+    def subscribers() -> int:
+        return int(dict(r.pubsub_shardnumsub(channel)).get(channel, 0))
+
+    sock = _raw(port_of(functions["status"]), f"GET /tasks/{task_id}?wait=30 HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    deadline = time.monotonic() + 5
+    while subscribers() == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert subscribers() == 1
+    sock.close()
+    deadline = time.monotonic() + 3
+    while subscribers() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert subscribers() == 0, "the long-poll still waits for a client that left"

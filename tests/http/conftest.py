@@ -1,6 +1,10 @@
 """The test_client tier: the real enqueue and status functions, built in this process by
-functions-framework's `create_app(target, source)` and driven through Flask's test client,
-against the session's real Valkey. No gunicorn, no sockets between test and function.
+functions-framework's `create_app(target, source)` and driven through a test client, against
+the session's real Valkey. No gunicorn, no sockets between test and function.
+
+Every test here runs on both serving paths (`serving`: `asgi`, the default targets `enqueue` /
+`status`, through Starlette's TestClient; `wsgi`, the `*_wsgi` Flask targets, through Flask's
+test client), with one client interface (`tests.http.clients`).
 
 A function module reads `Settings.from_env()` when it loads, so `build_app` sets the
 environment for exactly that moment and puts everything back afterwards: the env (including
@@ -17,19 +21,23 @@ import dataclasses
 import logging
 import os
 import sys
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import flask
 import functions_framework
 import gunicorn.util
 import pytest
-from flask.testing import FlaskClient
+
+with warnings.catch_warnings():  # starlette 1.10 prefers httpx2; httpx (what we pin) still works
+    warnings.simplefilter("ignore")
+    from starlette.testclient import TestClient
 
 from taskbus.logs import JsonFormatter
 from taskbus.settings import Settings
 from testkit.env import env_of
+from tests.http.clients import PATHS, AsgiClient, target_of
 
 ROOT = Path(__file__).resolve().parents[2]
 STATUS_BASE = "http://status.test"  # the status_base_url of the apps built here
@@ -38,11 +46,11 @@ LOCAL_ENV = ("FUNCTION_", "WEBHOOK_", "API_KEYS")  # read by create_app or Setti
 
 @dataclasses.dataclass
 class Built:
-    app: flask.Flask
+    app: Any  # a flask.Flask (the wsgi path) or a Starlette app (asgi)
     module: Any  # the function's module (`taskbus.functions.<function>`), holding `settings` and `service`
 
 
-def build_app(function: str, settings: Settings, **extra_env: str) -> Built:
+def build_app(function: str, settings: Settings, path: str = "asgi", **extra_env: str) -> Built:
     """`create_app` for functions/<function>/main.py with `Settings.from_env()` returning
     `settings` (plus `extra_env`: API_KEYS, WEBHOOK_*), leaving the process as it was. main.py is
     one import of `taskbus.functions.<function>`: that module is imported afresh for each build
@@ -66,7 +74,8 @@ def build_app(function: str, settings: Settings, **extra_env: str) -> Built:
             os.environ.update(env_of(settings, **extra_env))
             mp.setattr(sys, "path", list(sys.path))
             mp.setattr(gunicorn.util, "write_error", gunicorn.util.write_error)
-            app = functions_framework.create_app(target=function, source=str(ROOT / "functions" / function / "main.py"))
+            app = functions_framework.create_app(target=target_of(function, path),
+                                                 source=str(ROOT / "functions" / function / "main.py"))
             module = sys.modules[target]
     finally:
         sys.modules.pop(target, None)
@@ -97,9 +106,10 @@ def close(built: Built) -> None:
 class Api:
     """Test clients of one enqueue and one status function built from the same settings."""
 
-    enqueue: FlaskClient
-    status: FlaskClient
+    enqueue: Any  # FlaskClient, or AsgiClient with the same calls
+    status: Any
     settings: Settings
+    serving: str = "asgi"
 
     def path(self, status_url: str) -> str:
         """The status function's path of a `status_url` the enqueue function returned."""
@@ -107,20 +117,40 @@ class Api:
         return status_url.removeprefix(STATUS_BASE)
 
 
+@pytest.fixture(scope="session", params=PATHS)
+def serving(request: pytest.FixtureRequest) -> str:
+    """The serving path under test: every test of this tier runs on both."""
+    return str(request.param)
+
+
+def client_of(built: Built, path: str, entered: list[TestClient]) -> Any:
+    if path == "wsgi":
+        return built.app.test_client()
+    client = TestClient(built.app, raise_server_exceptions=False)
+    client.__enter__()  # one event loop for the client's life: the async Redis clients stay on it
+    entered.append(client)
+    return AsgiClient(client)
+
+
 @pytest.fixture(scope="session")
-def make_api(base_settings: Settings) -> Iterator[Callable[..., Api]]:
+def make_api(base_settings: Settings, serving: str) -> Iterator[Callable[..., Api]]:
     """`make_api(settings=None, status_env=None, **enqueue_env)`: both functions built from
-    `settings` (default: the session's, with STATUS_BASE as status_base_url); `enqueue_env`
-    is extra env for the enqueue function, `status_env` for the status function."""
+    `settings` (default: the session's, with STATUS_BASE as status_base_url) on the serving
+    path under test; `enqueue_env` is extra env for the enqueue function, `status_env` for the
+    status function."""
     built: list[Built] = []
+    entered: list[TestClient] = []
 
     def make(settings: Settings | None = None, status_env: dict[str, str] | None = None, **enqueue_env: str) -> Api:
         settings = settings or dataclasses.replace(base_settings, status_base_url=STATUS_BASE)
-        pair = build_app("enqueue", settings, **enqueue_env), build_app("status", settings, **(status_env or {}))
+        pair = (build_app("enqueue", settings, serving, **enqueue_env),
+                build_app("status", settings, serving, **(status_env or {})))
         built.extend(pair)
-        return Api(pair[0].app.test_client(), pair[1].app.test_client(), settings)
+        return Api(client_of(pair[0], serving, entered), client_of(pair[1], serving, entered), settings, serving)
 
     yield make
+    for client in entered:
+        client.__exit__(None, None, None)
     for one in built:
         close(one)
 

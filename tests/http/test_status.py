@@ -138,3 +138,10 @@ def test_malformed_id_is_404_and_touches_no_key(api: Api, r: redis.Redis, target
     assert time.monotonic() - start < AT_ONCE_S  # never waits, even with ?wait=5
     assert set(r.keys("*")) - before == set()
     assert r.keys("*nope*") == []
+
+
+def test_a_repeated_wait_parameter_counts_its_first_value(api: Api, queue: str) -> None:
+    """Both serving paths read the first of a repeated query parameter."""
+    task_id = create_id(api.enqueue, queue)
+    assert api.status.get(f"/tasks/{task_id}?wait=0&wait=9999").status_code == 200
+    assert_error(api.status.get(f"/tasks/{task_id}?wait=9999&wait=0"), 422, "validation_error")
