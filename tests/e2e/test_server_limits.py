@@ -19,7 +19,7 @@ import socket
 import statistics
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -339,15 +339,14 @@ def test_sigterm_answers_waiting_long_polls_and_exits_within_the_graceful_timeou
         proc.kill()
 
 
-def test_asgi_long_polls_hold_no_thread(base_settings: Settings, functions: dict[str, str], tmp_path: Path,
-                                        serving: str, r: redis.Redis) -> None:
+def test_asgi_long_polls_hold_no_thread(base_settings: Settings, function_servers: Callable[[str], dict[str, str]],
+                                        tmp_path: Path, r: redis.Redis) -> None:
     """300 `?wait=` clients on one ASGI status process with a 2-thread pool all wait at once
     (counted by their subscriptions in Redis) while /healthz answers; the WSGI path would need
     300 threads for this, so it is not run there."""
-    if serving != "asgi":
-        pytest.skip("on the WSGI path each long-poll holds a gunicorn thread (STATUS_THREADS)")
+    functions = function_servers("redis")  # the default (ASGI) pair: enqueue only
     settings = dataclasses.replace(base_settings, status_port=free_port(), web_workers=1, status_threads=2)
-    proc, url = start_function("status", settings, tmp_path, env={"SERVE_PATH": serving})
+    proc, url = start_function("status", settings, tmp_path, env={"SERVE_PATH": "asgi"})
     queue = f"q-{uuid.uuid4().hex[:12]}"
     with httpx.Client(timeout=10) as http:
         task_id = http.post(functions["enqueue"] + "/tasks", json={"type": "t", "queue": queue}).json()["id"]
@@ -375,12 +374,12 @@ def test_asgi_long_polls_hold_no_thread(base_settings: Settings, functions: dict
         proc.kill()
 
 
-def test_a_long_poll_whose_client_left_stops_waiting(base_settings: Settings, functions: dict[str, str],
-                                                      serving: str, r: redis.Redis) -> None:
-    """ASGI path: a `?wait=30` client that closes its connection frees its subscription (and
-    Redis connection) at once, not at the timeout. (On the WSGI path the thread waits it out.)"""
-    if serving != "asgi":
-        pytest.skip("gthread does not notice a client that left while its request waits")
+def test_a_long_poll_whose_client_left_stops_waiting(function_servers: Callable[[str], dict[str, str]],
+                                                      r: redis.Redis) -> None:
+    """ASGI path (the session's default pair): a `?wait=30` client that closes its connection
+    frees its subscription (and Redis connection) at once, not at the timeout. (On the WSGI path
+    the thread waits it out: one reason the ASGI path is the default.)"""
+    functions = function_servers("redis")
     queue = f"q-{uuid.uuid4().hex[:12]}"
     with httpx.Client(timeout=10) as http:
         task_id = http.post(functions["enqueue"] + "/tasks", json={"type": "t", "queue": queue}).json()["id"]
