@@ -13,17 +13,11 @@ import functions_framework.aio
 import starlette.requests
 import starlette.responses
 
-from taskbus import logs, preflight
-from taskbus.http import asgi, flask_adapter, gunicorn, uvicorn
+from taskbus.functions.boot import boot
+from taskbus.http import asgi, flask_adapter
 from taskbus.http.enqueue_api import make_service
 
-settings = preflight.settings_or_exit()  # read at start-up: a bad setting refuses in one line
-logs.configure(settings.log_level)
-if flask.has_app_context():  # functions-framework loads the function module inside its app context
-    gunicorn.install(flask.current_app, settings.enqueue_threads)
-uvicorn.install()
-preflight.check(settings, "enqueue")
-service = make_service(settings)
+settings, service = boot("enqueue", make_service)
 
 
 @functions_framework.aio.http

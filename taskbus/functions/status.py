@@ -13,17 +13,11 @@ import functions_framework.aio
 import starlette.requests
 import starlette.responses
 
-from taskbus import logs, preflight
+from taskbus.functions.boot import boot
 from taskbus.http import asgi, flask_adapter, gunicorn, uvicorn
 from taskbus.http.status_api import StatusAPI, make_service
 
-settings = preflight.settings_or_exit()  # read at start-up: a bad setting refuses in one line
-logs.configure(settings.log_level)
-if flask.has_app_context():  # functions-framework loads the function module inside its app context
-    gunicorn.install(flask.current_app, settings.status_threads)
-uvicorn.install()
-preflight.check(settings, "status")
-service = make_service(settings)
+settings, service = boot("status", make_service)
 api = service.api
 assert isinstance(api, StatusAPI)
 uvicorn.DRAIN_HOOKS.append(api.async_reader.drain)  # SIGTERM: long-polls answer now, on either path

@@ -1,0 +1,24 @@
+"""What each function module does once, when functions-framework (or `taskbus serve`) loads it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import flask
+
+from taskbus import logs, preflight
+from taskbus.http import Service, gunicorn, uvicorn
+from taskbus.settings import Settings
+
+
+def boot(role: str, make_service: Callable[[Settings], Service]) -> tuple[Settings, Service]:
+    """Settings read once (a bad one refuses in one line), logs, JSON for the servers' own
+    refusals under either launcher, the start-up checks, then the function's service."""
+    settings = preflight.settings_or_exit()
+    logs.configure(settings.log_level)
+    if flask.has_app_context():  # functions-framework loads the function module inside its app context
+        threads = settings.enqueue_threads if role == "enqueue" else settings.status_threads
+        gunicorn.install(flask.current_app, threads)
+    uvicorn.install()
+    preflight.check(settings, role)
+    return settings, make_service(settings)
