@@ -102,14 +102,23 @@ def function_servers(base_settings: Settings, tmp_path_factory: pytest.TempPathF
             started[channel] = start_functions(settings, log_dir)
         return started[channel].urls
 
+    get.log_dir = log_dir  # type: ignore[attr-defined]
     yield get
     for pair in started.values():
         pair.stop()
 
 
 @pytest.fixture
-def functions(function_servers: Callable[[str], dict[str, str]], channel: str) -> dict[str, str]:
-    return function_servers(channel)
+def functions(function_servers: Callable[[str], dict[str, str]], channel: str,
+              request: pytest.FixtureRequest) -> Iterator[dict[str, str]]:
+    yield function_servers(channel)
+    failed = getattr(request.node, "rep_call", None)
+    if failed is not None and failed.failed:  # the shared functions' errors, for the report
+        for log in sorted(Path(function_servers.log_dir).glob("*.log")):  # type: ignore[attr-defined]
+            errors = [line for line in log.read_text(errors="replace").splitlines()
+                      if '"level":"error"' in line or "Traceback" in line]
+            if errors:
+                print(f"--- errors in {log.name} ---\n" + "\n".join(errors[-20:])[-6000:])
 
 
 @pytest.fixture
