@@ -103,7 +103,9 @@ class AsyncStatusReader:
                         return record or None
                     await self._next_message(pubsub, remaining)
             finally:
-                await pubsub.aclose()  # type: ignore[no-untyped-call]
+                # shielded: a long-poll cancelled (its client left) must still disconnect the
+                # connection before the pool hands it to another long-poll
+                await asyncio.shield(pubsub.aclose())  # type: ignore[no-untyped-call]
 
     async def _next_message(self, pubsub: Any, timeout_s: float) -> None:
         """A message on the task's channel, the drain signal, or the timeout: whichever is first."""
@@ -112,11 +114,13 @@ class AsyncStatusReader:
         try:
             await asyncio.wait((message, drained), return_when=asyncio.FIRST_COMPLETED)
         finally:
+            # whatever ends the wait (this task cancelled too), no read is left running on the
+            # connection: a second reader on it fails ("another coroutine is already waiting")
             drained.cancel()
-        if not message.done():
-            message.cancel()
-            await asyncio.gather(message, return_exceptions=True)
-        elif message.exception() is not None:
+            if not message.done():
+                message.cancel()
+                await asyncio.gather(message, return_exceptions=True)
+        if not message.cancelled() and message.exception() is not None:
             raise message.exception()
 
     async def close(self) -> None:
