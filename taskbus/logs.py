@@ -25,13 +25,7 @@ class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         batch = record.__dict__.get("batch")
         if batch:  # several state changes logged at once: one line each, one write for all
-            stamp, level = self._time(record.created), record.levelname.lower()
-            return "\n".join(
-                orjson.dumps(
-                    {"time": stamp, "level": level, "logger": record.name, "message": message, **values}, default=str
-                ).decode()
-                for message, values in batch
-            )
+            return self._batch(record, batch)
         line: dict[str, Any] = {
             "time": self._time(record.created),
             "level": record.levelname.lower(),
@@ -44,6 +38,22 @@ class JsonFormatter(logging.Formatter):
         if record.exc_info:
             line["exc"] = self.formatException(record.exc_info)
         return orjson.dumps(line, default=str).decode()
+
+    def _batch(self, record: logging.LogRecord, batch: list[tuple[str, dict[str, Any]]]) -> str:
+        """The lines of a batch share their time, level and logger, and mostly their message: each
+        line is that common head, serialised once per message, then its own fields."""
+        common = {"time": self._time(record.created), "level": record.levelname.lower(), "logger": record.name}
+        heads: dict[str, bytes] = {}
+        lines = []
+        for message, values in batch:
+            if not values or not values.keys().isdisjoint(common) or "message" in values:
+                lines.append(orjson.dumps({**common, "message": message, **values}, default=str))
+                continue
+            head = heads.get(message)
+            if head is None:
+                head = heads[message] = orjson.dumps({**common, "message": message})[:-1] + b","
+            lines.append(head + orjson.dumps(values, default=str)[1:])
+        return b"\n".join(lines).decode()
 
     def _time(self, created: float) -> str:
         second = int(created)

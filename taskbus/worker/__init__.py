@@ -147,8 +147,7 @@ class Worker:
             if started:
                 lines = [("task running", log_fields(r.job, status="running")) for r in started]
                 log.info("task running", extra={"batch": lines})
-                for running in started:
-                    self.runners.submit(running)
+                self.runners.submit(started)
 
     def _settled(self, running: Running, kind: OutcomeKind, body: bytes) -> None:
         self.writer.put(running, kind, body)

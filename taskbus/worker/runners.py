@@ -1,11 +1,20 @@
 """Runner threads: each runs one attempt at a time and hands its outcome to the writer. A
-handler that raises, hangs or returns garbage costs an attempt, never the worker or the task."""
+handler that raises, hangs or returns garbage costs an attempt, never the worker or the task.
+
+Started attempts wait in one queue that every runner takes from. A batch wakes one runner, not
+one per attempt: a runner that finishes an attempt takes the next one itself, so handlers that
+return at once run back to back on one thread, with no hand-off between them. An attempt never
+waits long behind a slow handler: once every busy runner has been inside its current handler
+for `SPREAD_AFTER_S`, a watcher thread wakes one idle runner per waiting attempt (the control
+loop starts no more attempts than there are runners, so there is always one to wake).
+"""
 
 from __future__ import annotations
 
+import collections
 import logging
-import queue as queues
 import threading
+import time
 import traceback
 from collections.abc import Callable
 from typing import Any
@@ -21,6 +30,7 @@ log = logging.getLogger(__name__)
 MAX_RESULT_BYTES = 1024 * 1024
 MAX_MESSAGE_CHARS = 2000
 MAX_TRACEBACK_CHARS = 8000
+SPREAD_AFTER_S = 0.002  # waiting attempts get runners of their own once every busy handler ran this long
 
 Settle = Callable[[Running, OutcomeKind, bytes], None]
 
@@ -30,27 +40,90 @@ class RunnerPool:
         self.registry = registry
         self.inflight = inflight
         self.settle = settle  # where outcomes go: the writer
-        self._jobs: queues.SimpleQueue[Running | None] = queues.SimpleQueue()
+        lock = threading.Lock()
+        self._work = threading.Condition(lock)  # idle runners wait here
+        self._watch = threading.Condition(lock)  # the watcher waits here
+        self._ready: collections.deque[Running] = collections.deque()  # started, not yet taken
+        self._began: dict[int, float] = {}  # per runner thread: when its current handler began
+        self._idle = 0  # runners waiting for work, not yet woken
+        self._looking = 0  # runners awake outside a handler (woken, or between two attempts)
+        self._watcher_parked = False  # the watcher waits for work to appear (no timeout)
 
     def start(self, threads: int) -> None:
+        threading.Thread(target=self._watcher, daemon=True, name="runner-watcher").start()
         for _ in range(threads):
             self._start_runner()
 
-    def submit(self, running: Running) -> None:
-        self._jobs.put(running)
+    def submit(self, batch: list[Running]) -> None:
+        """Queue started attempts; wakes one runner unless one is already looking for work."""
+        with self._work:
+            self._ready.extend(batch)
+            if self._looking == 0:
+                self._wake(1)
+            if self._watcher_parked:
+                self._watcher_parked = False
+                self._watch.notify()
+
+    def _wake(self, n: int) -> None:
+        """Wake up to `n` idle runners (the lock held); they count as looking from now on."""
+        n = min(n, self._idle)
+        if n > 0:
+            self._idle -= n
+            self._looking += n
+            self._work.notify(n)
 
     def _start_runner(self) -> None:
+        with self._work:
+            self._looking += 1
         threading.Thread(target=self._runner, daemon=True, name="runner").start()
 
     def _runner(self) -> None:
+        me = threading.get_ident()
+        began = self._began
         while True:
-            running = self._jobs.get()
-            if running is None:
-                return
+            with self._work:
+                while not self._ready:
+                    self._looking -= 1
+                    self._idle += 1
+                    self._work.wait()  # whoever wakes us counted us as looking again
+                running = self._ready.popleft()
+                self._looking -= 1
+                began[me] = time.monotonic()
+            if running.settled:  # timed out while it waited: its attempt is already failed or retried
+                with self._work:
+                    del began[me]
+                self.inflight.settle(running)
+                return  # the watchdog started a replacement for this thread
             kind, body = self._execute(running.job, running.deadline)
+            with self._work:
+                self._looking += 1
+                del began[me]
             if not self.inflight.settle(running):
+                with self._work:
+                    self._looking -= 1
                 return  # the watchdog counted this attempt as timed out; a replacement took our place
             self.settle(running, kind, body)
+
+    def _watcher(self) -> None:
+        """While attempts wait and no runner is free to take them, wake idle runners for them once
+        every busy runner has been inside its current handler for SPREAD_AFTER_S; sleeps while
+        nothing waits."""
+        with self._watch:
+            while True:
+                if not self._ready:
+                    self._watcher_parked = True
+                    self._watch.wait()
+                    continue
+                if self._looking > 0 or not self._began:
+                    self._watch.wait(SPREAD_AFTER_S)  # a runner is about to take them
+                    continue
+                due = max(self._began.values()) + SPREAD_AFTER_S
+                now = time.monotonic()
+                if now < due:
+                    self._watch.wait(due - now)
+                    continue
+                self._wake(len(self._ready))
+                self._watch.wait(SPREAD_AFTER_S)
 
     def _execute(self, job: Job, deadline: float) -> tuple[OutcomeKind, bytes]:
         handler = self.registry.lookup(job.type)

@@ -8,25 +8,29 @@
 --   then per item i (6 each, from ARGV[6i]): stream entry id to acknowledge ('' for none: the
 --   Kafka channel commits the record's offset instead), task id, attempt,
 --   outcome ('succeeded' | 'retry' | 'failed'), result JSON or error JSON, retry delay ms
--- Returns per item the status written, or false when fenced off.
+-- Returns per item the status written, or false when fenced off. The entries of the writes
+-- that pass their fence are acknowledged together, in one XACK and one XDEL.
 local stream, group, consumer = KEYS[1], ARGV[1], ARGV[2]
 local now = now_ms()
+local acked = {}
 local out = {}
 for i = 1, (#KEYS - 3) / 2 do
   local task, events = KEYS[2 + 2 * i], KEYS[3 + 2 * i]
   local a = 6 * i
   local entry, id, attempt, outcome, body, delay_ms = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4],
     tonumber(ARGV[a + 5])
-  local f = redis.call('HMGET', task, 'status', 'attempts', 'consumer', 'type')
+  local f = redis.call('HMGET', task, 'status', 'attempts', 'consumer', 'type', 'terminal_writes')
   if f[2] == attempt and f[3] == consumer and f[1] ~= 'running' and f[1] ~= 'queued' then
     out[i] = f[1]  -- a retried call whose first try landed (its reply was lost): idempotent
   elseif f[1] ~= 'running' or f[2] ~= attempt or f[3] ~= consumer then
     out[i] = false
   else
-    if entry ~= '' then ack(stream, group, entry) end
+    if entry ~= '' then acked[#acked + 1] = entry end
+    local writes = (tonumber(f[5]) or 0) + 1  -- `terminal`'s count, in the same HSET
     if outcome == 'succeeded' then
-      redis.call('HSET', task, 'status', 'succeeded', 'result', body, 'finished_ms', now, 'error', '')
-      terminal(task, events, 'succeeded', ARGV[3])
+      redis.call('HSET', task, 'status', 'succeeded', 'result', body, 'finished_ms', now, 'error', '',
+        'terminal_writes', writes)
+      announce(task, events, 'succeeded', ARGV[3])
       out[i] = 'succeeded'
     elseif outcome == 'retry' then  -- not announced: long-polls wait for terminal states only
       redis.call('HSET', task, 'status', 'scheduled', 'error', body)
@@ -34,11 +38,12 @@ for i = 1, (#KEYS - 3) / 2 do
       redis.call('EXPIRE', task, ARGV[4])
       out[i] = 'scheduled'
     else
-      redis.call('HSET', task, 'status', 'failed', 'error', body, 'finished_ms', now)
+      redis.call('HSET', task, 'status', 'failed', 'error', body, 'finished_ms', now, 'terminal_writes', writes)
       dead_letter(KEYS[3], ARGV[5], id, f[4], f[2], body)
-      terminal(task, events, 'failed', ARGV[3])
+      announce(task, events, 'failed', ARGV[3])
       out[i] = 'failed'
     end
   end
 end
+ack_all(stream, group, acked)
 return out

@@ -27,7 +27,7 @@ for i = 1, (#KEYS - 4) / 2 do
   local task, events = KEYS[3 + 2 * i], KEYS[4 + 2 * i]
   local id, mine = ARGV[7 + 2 * i], ARGV[8 + 2 * i]
   local f = redis.call('HMGET', task, 'status', 'attempts', 'max_attempts', 'type', 'payload', 'timeout_s',
-    'lease_ms', 'consumer', 'error')
+    'lease_ms', 'consumer', 'error', 'defaults')
   local lease = tonumber(f[7] or '0') or 0
   if not f[1] then
     task_missing(dead, ARGV[3], id, 'expired, or its enqueue was refused')
@@ -40,12 +40,13 @@ for i = 1, (#KEYS - 4) / 2 do
     local err = defer_unknown(task, events, delayed, dead, workers, id, f, now, unknown, ARGV[2], ARGV[3])
     if err then out[i] = {'dead', 'UnknownTaskType', f[4], f[2], err} else out[i] = {'deferred'} end
   else
-    apply_defaults(task, f, handler_of(handlers, f[4]))
+    local extra = defaults_for(f, handler_of(handlers, f[4]), f[10])
     if f[1] == 'running' and tonumber(f[2]) >= tonumber(f[3]) then
+      write_defaults(task, extra)
       local err = worker_lost(task, events, dead, ARGV[2], ARGV[3], id, f[4], f[2], now)
       out[i] = {'dead', 'WorkerLost', f[4], f[2], err}
     else
-      out[i] = begin_attempt(task, f, consumer, now, 'lease_ms', now + tonumber(ARGV[4]))
+      out[i] = begin_attempt(task, f, consumer, now, 'lease_ms', now + tonumber(ARGV[4]), extra)
     end
   end
   if out[i][1] ~= 'busy' then redis.call('ZREM', outbox, id) end

@@ -14,6 +14,47 @@ local function ack(stream, group, entry)
   redis.call('XDEL', stream, entry)
 end
 
+-- `ack` for a list of entries: one XACK and one XDEL for them all (in chunks, for unpack's limit).
+local function ack_all(stream, group, entries)
+  for from = 1, #entries, 1000 do
+    local chunk = {unpack(entries, from, math.min(from + 999, #entries))}
+    redis.call('XACK', stream, group, unpack(chunk))
+    redis.call('XDEL', stream, unpack(chunk))
+  end
+end
+
+-- Whether stream id `a` ('ms-seq', as Redis writes it: no leading zeros) comes before `b`,
+-- compared as the two 64-bit numbers they are (digit count first, then the digits).
+local function id_before(a, b)
+  local am, as = string.match(a, '^(%d+)%-(%d+)$')
+  local bm, bs = string.match(b, '^(%d+)%-(%d+)$')
+  if #am ~= #bm then return #am < #bm end
+  if am ~= bm then return am < bm end
+  if #as ~= #bs then return #as < #bs end
+  return as < bs
+end
+
+-- The lease fence on Redis Streams: the set of `entries` pending for `consumer` right now.
+-- One XPENDING over the entries' id range, filtered by consumer, instead of one per entry;
+-- further pages only while the consumer holds more entries in that range than asked for, so
+-- the answer is exact whatever else it holds.
+local function pending_of(stream, group, consumer, entries)
+  local set = {}
+  if #entries == 0 then return set end
+  local lo, hi = entries[1], entries[1]
+  for i = 2, #entries do
+    if id_before(entries[i], lo) then lo = entries[i] end
+    if id_before(hi, entries[i]) then hi = entries[i] end
+  end
+  local from, page = lo, #entries + 16
+  while true do
+    local p = redis.call('XPENDING', stream, group, from, hi, page, consumer)
+    for j = 1, #p do set[p[j][1]] = true end
+    if #p < page or p[#p][1] == hi then return set end
+    from = '(' .. p[#p][1]
+  end
+end
+
 -- The one dead-letter record shape: id, type, attempts, error JSON, and for an entry that
 -- names no task, the raw entry (`extra`). Unknown fields are ''.
 local function dead_letter(dead, maxlen, id, type, attempts, err, extra)
@@ -22,23 +63,35 @@ local function dead_letter(dead, maxlen, id, type, attempts, err, extra)
 end
 
 -- Take the next attempt of a task: running under `consumer`, fenced by `field` = `value`
--- (the stream entry on Redis Streams, the lease deadline on Kafka). Returns the 'run' verdict
+-- (the stream entry on Redis Streams, the lease deadline on Kafka), in one HSET with the
+-- handler's defaults (`extra`, from `defaults_for`; nil for none). Returns the 'run' verdict
 -- {'run', type, payload, attempt, max_attempts, timeout_s} from HMGET fields
 -- {status, attempts, max_attempts, type, payload, timeout_s}.
-local function begin_attempt(task, f, consumer, now, field, value)
+local function begin_attempt(task, f, consumer, now, field, value, extra)
   local attempt = tonumber(f[2]) + 1
-  redis.call('HSET', task, 'status', 'running', 'attempts', attempt, 'started_ms', now,
-    'consumer', consumer, field, value)
+  if extra then
+    redis.call('HSET', task, 'status', 'running', 'attempts', attempt, 'started_ms', now,
+      'consumer', consumer, field, value, unpack(extra))
+    redis.call('HDEL', task, 'defaults')
+  else
+    redis.call('HSET', task, 'status', 'running', 'attempts', attempt, 'started_ms', now,
+      'consumer', consumer, field, value)
+  end
   return {'run', f[4], f[5], attempt, f[3], f[6]}
 end
 
 -- The end of a task's life, after its status is written: kept for the result TTL, counted
 -- (the fences let a task get here once; `terminal_writes` audits that) and announced to
--- long-polls on the task's events channel (sharded pub/sub: no memory kept).
-local function terminal(task, events, status, ttl)
+-- long-polls on the task's events channel (sharded pub/sub: no memory kept). `announce` is
+-- the same without the count, for a caller that wrote `terminal_writes` in its own HSET.
+local function announce(task, events, status, ttl)
   redis.call('EXPIRE', task, ttl)
-  redis.call('HINCRBY', task, 'terminal_writes', 1)
   redis.call('SPUBLISH', events, status)
+end
+
+local function terminal(task, events, status, ttl)
+  redis.call('HINCRBY', task, 'terminal_writes', 1)
+  announce(task, events, status, ttl)
 end
 
 -- Every attempt was started and the last one never finished: it took its worker down.
@@ -72,20 +125,29 @@ local function handler_of(handlers, task_type)
   return best
 end
 
--- The first start of a task gives the fields its request left out (listed in `defaults`) the
--- handler's own defaults. Keeps `f` (status, attempts, max_attempts, type, payload, timeout_s) in step.
-local function apply_defaults(task, f, d)
-  local left_out = redis.call('HGET', task, 'defaults')
-  if not left_out then return end
+-- The first start of a task gives the fields its request left out (`left_out`: the task's
+-- `defaults` field, nil when none is left) the handler's own defaults `d`. Keeps `f` (status,
+-- attempts, max_attempts, type, payload, timeout_s) in step and returns the field/value pairs to
+-- write (`begin_attempt` writes them and deletes `defaults`), or nil when nothing was left out.
+local function defaults_for(f, d, left_out)
+  if not left_out then return nil end
+  local extra = {}
   for field in string.gmatch(left_out, '[^,]+') do
     if field == 'max_attempts' and d[1] > 0 then
-      redis.call('HSET', task, 'max_attempts', d[1])
+      extra[#extra + 1], extra[#extra + 2] = 'max_attempts', d[1]
       f[3] = tostring(d[1])
     elseif field == 'timeout_s' and d[2] > 0 then
-      redis.call('HSET', task, 'timeout_s', d[2])
+      extra[#extra + 1], extra[#extra + 2] = 'timeout_s', d[2]
       f[6] = tostring(d[2])
     end
   end
+  return extra
+end
+
+-- `defaults_for`'s pairs written on their own (a start that does not begin an attempt).
+local function write_defaults(task, extra)
+  if not extra then return end
+  if #extra > 0 then redis.call('HSET', task, unpack(extra)) end
   redis.call('HDEL', task, 'defaults')
 end
 

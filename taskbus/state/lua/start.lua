@@ -1,5 +1,5 @@
 -- Redis Streams: mark a batch of delivered entries running, fenced by lease ownership (the
--- entry must be pending for this consumer). Only terminal states are announced on the task's
+-- entry must be pending for this consumer: one XPENDING for the batch, see pending_of). Only terminal states are announced on the task's
 -- events channel (long-polls wait for those alone).
 -- KEYS[1] work stream  KEYS[2] dead-letter stream  KEYS[3] delayed zset  KEYS[4] workers hash
 --   then per entry i: KEYS[3+2i] task hash, KEYS[4+2i] events channel
@@ -18,40 +18,48 @@ local stream, dead, delayed, workers, group, consumer = KEYS[1], KEYS[2], KEYS[3
 local handlers = cjson.decode(ARGV[5])
 local unknown = {tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])}
 local now = now_ms()
+local n = (#KEYS - 4) / 2
+local entries = {}
+for i = 1, n do entries[i] = ARGV[7 + 2 * i] end
+local mine = pending_of(stream, group, consumer, entries)
+local acked = {}  -- acknowledged together at the end (the fence above was read first, for all)
 local out = {}
-for i = 1, (#KEYS - 4) / 2 do
+for i = 1, n do
   local task, events = KEYS[3 + 2 * i], KEYS[4 + 2 * i]
-  local entry, id = ARGV[7 + 2 * i], ARGV[8 + 2 * i]
-  local pending = redis.call('XPENDING', stream, group, entry, entry, 1, consumer)
-  if #pending == 0 then
+  local entry, id = entries[i], ARGV[8 + 2 * i]
+  if not mine[entry] then
     out[i] = {'lost'}
   else
-    local f = redis.call('HMGET', task, 'status', 'attempts', 'max_attempts', 'type', 'payload', 'timeout_s')
+    mine[entry] = nil  -- an entry listed twice is started once
+    local f = redis.call('HMGET', task, 'status', 'attempts', 'max_attempts', 'type', 'payload', 'timeout_s',
+      'defaults')
     local handler = f[4] and handler_of(handlers, f[4])
     if not f[1] then
-      ack(stream, group, entry)
+      acked[#acked + 1] = entry
       task_missing(dead, ARGV[4], id, 'expired or never written')
       out[i] = {'dead', 'TaskMissing'}
     elseif f[1] == 'succeeded' or f[1] == 'failed' then
-      ack(stream, group, entry)
+      acked[#acked + 1] = entry
       out[i] = {'done'}
     elseif not handler then
-      ack(stream, group, entry)
+      acked[#acked + 1] = entry
       if defer_unknown(task, events, delayed, dead, workers, id, f, now, unknown, ARGV[3], ARGV[4]) ~= false then
         out[i] = {'dead', 'UnknownTaskType'}
       else
         out[i] = {'deferred'}
       end
     else
-      apply_defaults(task, f, handler)
+      local extra = defaults_for(f, handler, f[7])
       if tonumber(f[2]) >= tonumber(f[3]) then
-        ack(stream, group, entry)
+        write_defaults(task, extra)
+        acked[#acked + 1] = entry
         worker_lost(task, events, dead, ARGV[3], ARGV[4], id, f[4], f[2], now)
         out[i] = {'dead', 'WorkerLost'}
       else
-        out[i] = begin_attempt(task, f, consumer, now, 'entry', entry)
+        out[i] = begin_attempt(task, f, consumer, now, 'entry', entry, extra)
       end
     end
   end
 end
+ack_all(stream, group, acked)
 return out
