@@ -10,7 +10,9 @@ TaskbusError
 └── RequestError          the caller's fault                              → 4xx
     ├── BadRequest              malformed JSON, bad encoding, nesting     → 400
     ├── Unauthorized            bad API key, bad webhook signature        → 401
+    ├── Forbidden               an action on a read-only console          → 403
     ├── NotFound                unknown path or task                      → 404
+    ├── Conflict                the task's state forbids it (finished)    → 409
     ├── RequestTimeout          body not received in time                 → 408
     ├── PayloadTooLarge                                                   → 413
     ├── UnsupportedMediaType                                              → 415
@@ -50,6 +52,7 @@ class RequestError(TaskbusError):
         super().__init__(message)
         self.message = message
         self.headers = headers or {}
+        self.details: dict[str, object] = {}  # extra members of the error object (a 409's final status)
 
 
 class BadRequest(RequestError):
@@ -66,8 +69,24 @@ class Unauthorized(RequestError):
         self.code = code
 
 
+class Forbidden(RequestError):
+    code = "forbidden"
+
+
 class NotFound(RequestError):
     code = "not_found"
+
+
+class Conflict(RequestError):
+    """The task's state forbids the action: `status` is the state it is in (a cancel of a task
+    that already finished names its final status)."""
+
+    code = "conflict"
+
+    def __init__(self, message: str, status: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.details = {"status": status}
 
 
 class RequestTimeout(RequestError):

@@ -72,6 +72,18 @@ class Settings:
     handlers: str = "worker_fn.handlers"
     consumer_name: str = ""  # empty: derived from host name and pid
     unknown_type_grace_s: float = 600.0  # a task no live worker has a handler for fails after this long
+    cancel_grace_s: float = 10.0  # a cancelled running task ends `cancelled` this long after the request at the latest
+    # Operators: dead letters keep the task (payload included) this long, beyond RESULT_TTL_S, for re-drives
+    dead_ttl_s: int = 14 * 24 * 3600
+    dead_max: int = 100_000  # dead letters kept per queue (oldest dropped first, counted as evicted)
+    recent_max: int = 10_000  # per-queue index of recently finished tasks (the console's `finished` list)
+    redrive_rate: float = 50.0  # tasks/s a re-drive moves when it names no rate
+    # The console function: ADMIN_KEYS (or ADMIN_KEYS_FILE) of `label:key` (or bare keys), required
+    # unless CONSOLE_READ_ONLY; CONSOLE_REDACT lists payload field paths shown as "***"
+    admin_keys: tuple[tuple[str, str], ...] = dataclasses.field(default=(), repr=False, metadata=_CUSTOM)
+    console_read_only: bool = False
+    console_port: int = 8082
+    console_redact: tuple[str, ...] = ()
     # Channel: Redis Streams, or Kafka (CHANNEL=kafka; Redis then holds the task state only)
     channel: str = "redis"
     kafka_bootstrap_servers: str = ""
@@ -103,6 +115,7 @@ class Settings:
                 continue
             changes[field.name] = _convert(field.name, field.type, raw)
         changes["api_keys"] = _api_keys(env)
+        changes["admin_keys"] = _admin_keys(env)
         changes["webhooks"] = sources_from_env(env)
         settings = cls(**changes)  # type: ignore[arg-type]
         settings.check()
@@ -116,7 +129,7 @@ class Settings:
         if urlsplit(self.redis_url).scheme not in REDIS_SCHEMES:
             raise _bad("REDIS_URL", mask_url(self.redis_url),
                        "redis://[[user]:password@]host[:port][/db], rediss://... or unix:///path/to/socket")
-        for name in ("port", "enqueue_port", "status_port"):
+        for name in ("port", "enqueue_port", "status_port", "console_port"):
             if not 0 <= getattr(self, name) <= 65535:
                 raise _bad(name.upper(), getattr(self, name), "a TCP port, 1-65535")
         _at_least(self, 0, "web_workers")
@@ -125,7 +138,9 @@ class Settings:
         _at_least(self, 0, "redis_retries")
         _above_zero(self, "redis_connect_timeout_s", "redis_socket_timeout_s", "lease_s", "body_timeout_s",
                     "max_wait_s", "backoff_max_s", "kafka_produce_timeout_s")
-        _at_least(self, 0, "grace_s", "backoff_base_s", "unknown_type_grace_s")
+        _at_least(self, 0, "grace_s", "backoff_base_s", "unknown_type_grace_s", "cancel_grace_s")
+        _at_least(self, 1, "dead_ttl_s", "dead_max", "recent_max")
+        _above_zero(self, "redrive_rate")
         if self.block_ms / 1000 >= self.redis_socket_timeout_s:
             raise _bad("BLOCK_MS", self.block_ms,
                        f"below REDIS_SOCKET_TIMEOUT_S in ms ({self.redis_socket_timeout_s * 1000:g})")
@@ -193,16 +208,31 @@ def mask_url(url: str) -> str:
     return re.sub(r"(?i)([?&]password=)[^&#]*", r"\1***", url)
 
 
-def _api_keys(env: Mapping[str, str]) -> tuple[str, ...]:
-    raw = env.get("API_KEYS", "")
-    if env.get("API_KEYS_FILE"):
+def _api_keys(env: Mapping[str, str], name: str = "API_KEYS") -> tuple[str, ...]:
+    raw = env.get(name, "")
+    if env.get(f"{name}_FILE"):
         try:
-            with open(env["API_KEYS_FILE"], encoding="utf-8") as f:
+            with open(env[f"{name}_FILE"], encoding="utf-8") as f:
                 raw = f.read()
         except OSError as exc:
-            raise ConfigError(f"API_KEYS_FILE={env['API_KEYS_FILE']!r} cannot be read ({exc.strerror}): "
+            raise ConfigError(f"{name}_FILE={env[f'{name}_FILE']!r} cannot be read ({exc.strerror}): "
                               "expected a readable file of keys, one per line") from None
     return tuple(k.strip() for k in raw.replace("\n", ",").split(",") if k.strip())
+
+
+def _admin_keys(env: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
+    """ADMIN_KEYS entries as (label, key): `label:key`, or a bare key labelled `key<n>` by its
+    position. The label names the operator in audit trails; the key is never logged."""
+    keys = []
+    for n, entry in enumerate(_api_keys(env, "ADMIN_KEYS"), start=1):
+        label, sep, key = entry.partition(":")
+        if not sep:
+            label, key = f"key{n}", entry
+        if not key or not NAME_RE.fullmatch(label):
+            raise ConfigError(f"ADMIN_KEYS entry {n} is invalid: expected label:key (label of A-Z a-z 0-9 _ . -) "
+                              "or a bare key")
+        keys.append((label, key))
+    return tuple(keys)
 
 
 def _convert(name: str, type_name: object, raw: str) -> object:

@@ -20,9 +20,10 @@ NAME_RE = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
 ID_RE = re.compile(r"([A-Za-z0-9_.:-]{1,128})~([0-9a-f]{32})")
 IDEMPOTENCY_KEY_RE = re.compile(r"[\x21-\x7e](?:[\x20-\x7e]{0,253}[\x21-\x7e])?")
 
-QUEUED, SCHEDULED, RUNNING, SUCCEEDED, FAILED = "queued", "scheduled", "running", "succeeded", "failed"
-TERMINAL = frozenset({SUCCEEDED, FAILED})
-STATUSES = (QUEUED, SCHEDULED, RUNNING, SUCCEEDED, FAILED)
+QUEUED, SCHEDULED, RUNNING = "queued", "scheduled", "running"
+SUCCEEDED, FAILED, CANCELLED = "succeeded", "failed", "cancelled"
+TERMINAL = frozenset({SUCCEEDED, FAILED, CANCELLED})
+STATUSES = (QUEUED, SCHEDULED, RUNNING, SUCCEEDED, FAILED, CANCELLED)
 
 FIELDS = {"type", "payload", "queue", "max_attempts", "timeout_s", "delay_s"}
 DEFAULTABLE = frozenset({"max_attempts", "timeout_s"})  # a handler may set its own defaults for these

@@ -29,7 +29,9 @@ from werkzeug.routing import Map, Rule
 
 from taskbus.errors import (
     BadRequest,
+    Conflict,
     DataLost,
+    Forbidden,
     NotFound,
     PayloadTooLarge,
     RequestError,
@@ -52,7 +54,9 @@ log = logging.getLogger(__name__)
 STATUS: dict[type[TaskbusError], int] = {
     BadRequest: 400,
     Unauthorized: 401,
+    Forbidden: 403,
     NotFound: 404,
+    Conflict: 409,
     RequestTimeout: 408,
     PayloadTooLarge: 413,
     UnsupportedMediaType: 415,
@@ -161,7 +165,7 @@ class Service:
     def error(self, request: Request, exc: Exception) -> Response:
         """Every error as JSON: ours by `STATUS`, routing errors as 404/405, anything else 500."""
         if isinstance(exc, RequestError):
-            return error_response(status_of(exc), exc.code, exc.message, exc.headers)
+            return error_response(status_of(exc), exc.code, exc.message, exc.headers, exc.details)
         if isinstance(exc, DataLost):
             log.error("reporting data loss on /healthz", extra={"fields": {"error": str(exc)}})
             return error_response(status_of(exc), "data_lost", str(exc), self._retry_after)

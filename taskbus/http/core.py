@@ -68,6 +68,9 @@ def json_response(body: Any, status: int = 200, headers: Mapping[str, str] | Non
     return Response(status, codec.dumps(body), dict(headers or {}))
 
 
-def error_response(status: int, code: str, message: str, headers: Mapping[str, str] | None = None) -> Response:
-    """The one error shape: `{"error": {"code", "message"}}`."""
-    return json_response({"error": {"code": code, "message": message}}, status, headers)
+def error_response(
+    status: int, code: str, message: str, headers: Mapping[str, str] | None = None,
+    details: Mapping[str, object] | None = None,
+) -> Response:
+    """The one error shape: `{"error": {"code", "message"}}` (a 409 adds the task's `status`)."""
+    return json_response({"error": {"code": code, "message": message, **(details or {})}}, status, headers)
