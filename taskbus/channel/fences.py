@@ -19,6 +19,7 @@ from taskbus.registry import HandlerTable
 from taskbus.settings import Settings
 from taskbus.state.scripts import Scripts
 
+TRIM_DEAD_EVERY_S = 60.0  # how often a worker trims its queues' dead letters to DEAD_MAX and DEAD_TTL_S
 PAUSE_CHECK_S = 0.5  # how stale a worker's view of its queues' pause flags may be
 DEFER_MAX_MS = 10_000  # the longest pause before a task of an unknown type is offered again
 FORGET_WORKER_S = 3600.0  # a worker not seen this long leaves the queue's workers hash
@@ -38,6 +39,25 @@ class Fences:
         self.info: Callable[[], dict[str, Any]] = dict  # what the worker says of itself (host, pid, in flight...)
         self._paused: set[str] = set()
         self._paused_read = float("-inf")
+        self._next_trim = 0.0
+
+    def trim_dead(self) -> None:
+        """Drop dead letters older than DEAD_TTL_S and beyond DEAD_MAX (approximately: whole
+        stream nodes), counting them as evicted in the queue's stats, every TRIM_DEAD_EVERY_S."""
+        now = time.monotonic()
+        if now < self._next_trim:
+            return
+        self._next_trim = now + TRIM_DEAD_EVERY_S
+        seconds, micros = self.client.time()
+        cutoff = int(seconds) * 1000 + int(micros) // 1000 - self.settings.dead_ttl_s * 1000
+        for queue in self.settings.queues:
+            dead = self.keys.dead(queue)
+            pipe = self.client.pipeline(transaction=False)
+            pipe.xtrim(dead, minid=f"{max(cutoff, 0)}-0", approximate=True)
+            pipe.xtrim(dead, maxlen=self.settings.dead_max, approximate=True)
+            evicted = sum(int(n) for n in pipe.execute())
+            if evicted:
+                self.client.hincrby(self.keys.stats(queue), "evicted", evicted)
 
     def cancel_requests(self, queue: str) -> set[str]:
         return set(self.client.smembers(self.keys.cancels(queue)))  # type: ignore[arg-type]

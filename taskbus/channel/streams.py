@@ -221,6 +221,7 @@ class StreamsChannel:
         each group's consumer list stays bounded."""
         with self._redis():
             self.fences.announce()
+            self.fences.trim_dead()
             if time.monotonic() < self._next_prune:
                 return
             self._next_prune = time.monotonic() + PRUNE_EVERY_S

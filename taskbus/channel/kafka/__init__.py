@@ -188,6 +188,7 @@ class KafkaChannel:
         """Say which types this worker takes; each queue's outbox sweep, on its own timer."""
         with unavailable_on_redis_errors():
             self.fences.announce()
+            self.fences.trim_dead()
             for queue in self.settings.queues:
                 self.outlet.sweep(queue)
 
