@@ -77,6 +77,14 @@ class Subscriptions:
             raise
         return waiter
 
+    def rearm(self, channel: str, waiter: asyncio.Future[None]) -> asyncio.Future[None]:
+        """A fresh future for the next message, in place of `waiter` (done), still subscribed."""
+        fresh: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        waiters = self._waiters.setdefault(channel, set())
+        waiters.discard(waiter)
+        waiters.add(fresh)
+        return fresh
+
     async def leave(self, channel: str, waiter: asyncio.Future[None]) -> None:
         waiters = self._waiters.get(channel)
         if waiters is None or waiter not in waiters:
@@ -211,8 +219,7 @@ class AsyncStatusReader:
                     await self._next_message(waiter, remaining)
                     if waiter.done():  # a message (read the state again), or the connection's error
                         waiter.result()
-                        await subscriptions.leave(channel, waiter)
-                        waiter = await subscriptions.join(channel)
+                        waiter = subscriptions.rearm(channel, waiter)
             finally:
                 await asyncio.shield(subscriptions.leave(channel, waiter))
 
