@@ -1,0 +1,202 @@
+"""The operator commands (`taskbus queues`, `tasks`, `show`, `cancel`, ...) as an operator runs
+them: `python -m taskbus` processes configured by environment variables only, against the
+session's real Valkey and a real worker process. Each command's `--json` output (exactly one JSON
+document on stdout) and exit code: 0 done, 1 not found or refused, 2 usage or a bad setting,
+3 Redis unavailable (one line on stderr, never a traceback), 130 a re-drive left to the workers."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import signal
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from local.embedded import free_port
+from taskbus.admin import Admin
+from taskbus.admin.redrive import Redrives
+from taskbus.client import Client
+from taskbus.settings import Settings
+from testkit.env import ROOT, env_of
+from testkit.procs import Proc, spawn, wait_until
+
+TASKBUS = [sys.executable, "-m", "taskbus"]
+
+
+@dataclasses.dataclass
+class Site:
+    """The session's Valkey and one live worker serving `served`; other queues have no worker,
+    so their tasks stay queued."""
+
+    settings: Settings
+    served: str
+    worker: Proc
+    logs: Path
+
+
+@pytest.fixture(scope="module")
+def site(base_settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
+    served = f"cli-{uuid.uuid4().hex[:10]}"
+    settings = dataclasses.replace(base_settings, queues=(served,))
+    logs = tmp_path_factory.mktemp("cli-ops")
+    worker = spawn("worker", settings, logs)
+    with contextlib.closing(Admin(settings)) as admin:
+        wait_until(lambda: admin.workers(served), timeout=15, message="the worker's announcement", proc=worker)
+    yield Site(settings, served, worker, logs)
+    worker.kill()
+
+
+@pytest.fixture
+def client(site: Site) -> Iterator[Client]:
+    with Client(site.settings) as client:
+        yield client
+
+
+def taskbus(site: Site, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*TASKBUS, *args], cwd=ROOT, env={**env_of(site.settings), **env}, capture_output=True,
+                          text=True, timeout=30, stdin=subprocess.DEVNULL)
+
+
+def as_json(site: Site, *args: str, code: int = 0, **env: str) -> Any:
+    """Run `taskbus ARGS --json`, check its exit code, and decode its stdout as one JSON document
+    (json.loads refuses anything after the first)."""
+    done = taskbus(site, *args, "--json", **env)
+    assert done.returncode == code, f"exit {done.returncode}, expected {code}:\n{done.stdout}\n{done.stderr}"
+    if code:
+        assert_one_line(done.stderr)
+    return json.loads(done.stdout)
+
+
+def assert_one_line(stderr: str) -> None:
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("taskbus: "), stderr
+    assert "Traceback" not in stderr
+
+
+def test_enqueue_list_show_cancel_retry(site: Site, queue: str) -> None:
+    enqueued = as_json(site, "enqueue", "echo", '{"n": 1}', "--queue", queue)
+    assert (enqueued["status"], enqueued["created"]) == ("queued", True)
+    task_id = enqueued["id"]
+    assert task_id.startswith(f"{queue}~")
+
+    page = as_json(site, "tasks", queue, "--state", "queued")
+    assert [row["id"] for row in page["tasks"]] == [task_id]
+    assert page["next_cursor"] is None
+
+    task = as_json(site, "show", task_id)
+    assert (task["status"], task["payload"], task["history"]) == ("queued", {"n": 1}, [])
+
+    cancelled = as_json(site, "cancel", task_id)
+    assert (cancelled["outcome"], cancelled["task"]["status"]) == ("cancelled", "cancelled")
+    refused = as_json(site, "cancel", task_id, code=1)
+    assert refused["error"]["code"] == "conflict" and refused["error"]["status"] == "cancelled"
+
+    assert as_json(site, "retry", task_id)["status"] == "queued"
+    shown = taskbus(site, "show", task_id)
+    assert shown.returncode == 0, shown.stderr
+    actions = [entry["action"] for entry in as_json(site, "show", task_id)["audit"]]
+    assert actions[:2] == ["cancel", "retry"], actions
+    assert "audit" in shown.stdout and "cli:" in shown.stdout  # the table names the actor cli:<user>
+
+    missing = as_json(site, "show", f"{queue}~{'0' * 32}", code=1)
+    assert missing["error"]["code"] == "not_found"
+
+
+def test_a_failed_task_its_traceback_and_its_redrive(site: Site, r: redis.Redis) -> None:
+    counter = f"cli-runs-{uuid.uuid4().hex[:8]}"
+    done = as_json(site, "enqueue", "permanent", json.dumps({"key": counter}), "--queue", site.served, "--wait", "15")
+    task_id, task = done["id"], done["task"]
+    assert task["status"] == "failed" and task["error"]["type"] == "PermanentError", task
+
+    shown = taskbus(site, "show", task_id)
+    assert shown.returncode == 0, shown.stderr
+    assert "Traceback (most recent call last)" in shown.stdout and "the input can never work" in shown.stdout
+
+    dead = as_json(site, "tasks", site.served, "--state", "failed")  # `failed` reads as `dead`
+    assert task_id in [row["id"] for row in dead["tasks"]]
+
+    filters = ("--error-type", "PermanentError", "--type", "permanent")
+    assert as_json(site, "redrive", site.served, *filters, "--dry-run") == {"dry_run": True, "matched": 1}
+    assert as_json(site, "redrive", site.served, "--error-type", "NoSuchError", "--dry-run")["matched"] == 0
+    job = as_json(site, "redrive", site.served, *filters, "--rate", "100")
+    assert (job["state"], job["moved"], job["total"]) == ("done", 1, 1), job
+    wait_until(lambda: r.hget(counter, task_id) == "2", timeout=15, message="the re-driven task's second run")
+
+
+def test_pause_and_resume_show_in_the_overview(site: Site, queue: str, client: Client) -> None:
+    client.enqueue("echo", queue=queue)  # a queue is known once a task was enqueued to it
+    assert as_json(site, "pause", queue)["paused"] is True
+    overview = {row["queue"]: row for row in as_json(site, "queues")["queues"]}
+    assert overview[queue]["paused"] is True and overview[queue]["counts"]["queued"] == 1
+    assert as_json(site, "resume", queue)["paused"] is False
+    table = taskbus(site, "queues")
+    assert table.returncode == 0, table.stderr
+    assert queue in table.stdout
+
+
+def test_purge_is_refused_without_yes(site: Site, queue: str, client: Client) -> None:
+    ids = [client.enqueue("echo", queue=queue).id for _ in range(2)]
+    refused = as_json(site, "purge", queue, "--state", "queued", code=2)
+    assert refused["error"]["code"] == "confirmation_required"
+    assert "--yes" in refused["error"]["message"] and "2 queued" in refused["error"]["message"]
+    assert [client.get(task_id)["status"] for task_id in ids] == ["queued", "queued"]  # type: ignore[index]
+
+    assert as_json(site, "purge", queue, "--state", "queued", "--yes") == {"queue": queue, "state": "queued",
+                                                                             "purged": 2}
+    assert [client.get(task_id)["status"] for task_id in ids] == ["cancelled", "cancelled"]  # type: ignore[index]
+
+
+def test_workers_lists_the_live_worker(site: Site) -> None:
+    rows = as_json(site, "workers", "--queue", site.served)["workers"]
+    assert [row["pid"] for row in rows] == [site.worker.pid], rows
+    assert site.served in rows[0]["queues"] and "permanent" in rows[0]["types"]
+
+
+def test_ctrl_c_stops_following_a_redrive_which_goes_on(site: Site, client: Client) -> None:
+    """Five dead letters re-driven at 2/s; SIGINT once the first moved: exit 130, and it says the
+    job goes on in the workers (it is still running, not cancelled)."""
+    ids = [client.enqueue("permanent", {"key": "cli-ignored"}, queue=site.served).id for _ in range(5)]
+    wait_until(lambda: all(client.get(i)["status"] == "failed" for i in ids),  # type: ignore[index]
+               timeout=15, message="five dead letters")
+    argv = [*TASKBUS, "redrive", site.served, "--type", "permanent", "--rate", "2"]
+    proc = Proc("redrive", argv, env_of(site.settings), site.logs / f"redrive-{uuid.uuid4().hex[:6]}.log")
+    with contextlib.closing(Redrives(site.settings)) as redrives:
+        job = wait_until(lambda: next((j for j in redrives.list(site.served) if j["moved"] >= 1
+                                       and j["state"] == "running"), None), timeout=15,
+                         message="the re-drive's first step", proc=proc)
+        proc.signal(signal.SIGINT)
+        assert proc.wait(15) == 130, proc.output()
+        assert "goes on in the workers" in proc.output()
+        assert redrives.get(job["id"])["state"] in ("running", "done")  # type: ignore[index]
+
+
+@pytest.mark.parametrize("args", [("queues",), ("enqueue", "echo")])
+def test_an_unreachable_redis_exits_3(site: Site, args: tuple[str, ...]) -> None:
+    url = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
+    failed = as_json(site, *args, code=3, REDIS_URL=url)
+    assert failed["error"]["code"] == "unavailable"
+    assert url in failed["error"]["message"]
+
+
+def test_a_bad_setting_exits_2_with_one_line(site: Site) -> None:
+    done = taskbus(site, "queues", CONCURRENCY="abc")
+    assert done.returncode == 2, done.stderr
+    assert_one_line(done.stderr)
+    assert "CONCURRENCY='abc'" in done.stderr and "expected an integer" in done.stderr
+
+
+@pytest.mark.parametrize("args", [("enqueue", "echo", "{not json"), ("tasks", "q", "--state", "queued",
+                                                                       "--limit", "500"),
+                                   ("redrive", "q", "--since", "yesterday")])
+def test_usage_errors_exit_2(site: Site, args: tuple[str, ...]) -> None:
+    done = taskbus(site, *args, REDIS_URL=f"redis://127.0.0.1:{free_port()}/0")  # refused before Redis
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr and "Error:" in done.stderr
