@@ -120,8 +120,9 @@ def _session(as_json: bool) -> Iterator[Ops]:
         message = str(exc)
         if isinstance(exc, Unavailable) and settings is not None:
             message = f"{message} (REDIS_URL={mask_url(settings.redis_url)})"
-        details = exc.details if isinstance(exc, RequestError) else {}
-        _fail(as_json, code, getattr(exc, "code", "unavailable" if code == 3 else "bad_setting"), message, details)
+        if isinstance(exc, RequestError):
+            _fail(as_json, code, exc.code, message, exc.details)
+        _fail(as_json, code, "unavailable" if isinstance(exc, Unavailable) else "bad_setting", message, {})
 
 
 def _fail(as_json: bool, exit_code: int, code: str, message: str, details: dict[str, object]) -> NoReturn:
@@ -376,7 +377,7 @@ def _follow(ops: Ops, job: dict[str, Any]) -> tuple[dict[str, Any], bool]:
     failure: list[BaseException] = []
     progress = Progress(TextColumn("re-drive {task.description}"), BarColumn(), MofNCompleteColumn(),
                         TimeRemainingColumn(), console=Console(stderr=True), disable=ops.as_json)
-    bar = progress.add_task(job["id"], total=job["total"] or None, completed=job["moved"])
+    bar = progress.add_task(job["id"], total=job["total"], completed=job["moved"])
 
     def on_progress(seen: dict[str, Any]) -> None:
         progress.update(bar, total=seen["total"], completed=seen["moved"])
