@@ -191,6 +191,10 @@ def _cell(value: Any) -> Text:
     return Text(str(value))
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
 def _table(columns: list[str], rows: list[list[Any]], title: str | None = None) -> Table:
     table = Table(*columns, title=title, title_justify="left")
     for row in rows:
@@ -329,12 +333,12 @@ def purge(ops: Ops, queue: str, state: str, yes: bool) -> None:
     """Remove every queued task or every dead letter of QUEUE (with --yes)."""
     if not yes:
         count = ops.admin.overview(queue)["counts"][state]
-        raise ConfirmationRequired(f"purge would remove the {count} {state} tasks of {queue}, with no undo; "
+        raise ConfirmationRequired(f"purge would remove {_count(count, state + ' task')} of {queue}, with no undo; "
                                    f"add --yes to confirm")
     count = ops.admin.purge(queue, state, ops.actor)
     if ops.as_json:
         return ops.emit({"queue": queue, "state": state, "purged": count})
-    ops.say(f"purged {count} {state} tasks of {queue}")
+    ops.say(f"purged {_count(count, state + ' task')} of {queue}")
 
 
 @command
@@ -342,7 +346,7 @@ def purge(ops: Ops, queue: str, state: str, yes: bool) -> None:
 @click.option("--error-type", default=None, help="Only dead letters whose last error is of this type.")
 @click.option("--type", "task_type", default=None, help="Only tasks of this type.")
 @click.option("--since", type=Moment(), default=None, help="Only dead letters dead at or after this time.")
-@click.option("--until", type=Moment(), default=None, help="Only dead letters dead before this time.")
+@click.option("--until", type=Moment(), default=None, help="Only dead letters dead at or before this time.")
 @click.option("--rate", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Tasks per second (default: REDRIVE_RATE, 50).")
 @click.option("--dry-run", is_flag=True, help="Only count the dead letters that match.")
@@ -353,20 +357,20 @@ def redrive(ops: Ops, queue: str, error_type: str | None, task_type: str | None,
     job = ops.redrives.create(queue, actor=ops.actor, error_type=error_type, task_type=task_type,
                               since_ms=since, until_ms=until, rate=rate, dry_run=dry_run)
     if dry_run:
-        return ops.emit(job) if ops.as_json else ops.say(f"{job['matched']} dead letters of {queue} match")
+        return ops.emit(job) if ops.as_json else ops.say(f"{_count(job['matched'], 'dead letter')} of {queue} match")
     job, followed = _follow(ops, job)
     if ops.as_json:
         ops.emit(job)
     if not followed:
         click.echo(f"taskbus: stopped following re-drive {job['id']} ({job['moved']} of {job['total']} moved): "
-                   f"it goes on in the workers", err=True)
+                   f"it goes on in the workers (one takes it over once this command's lease lapses)", err=True)
         raise SystemExit(EXIT_INTERRUPTED)
     if job["state"] == "cancelled":  # by someone else, meanwhile
         click.echo(f"taskbus: re-drive {job['id']} was cancelled by {job['cancelled_by']} after moving "
                    f"{job['moved']} of {job['total']}", err=True)
         raise SystemExit(1)
     if not ops.as_json:
-        ops.say(f"re-drove {job['moved']} of {job['total']} dead letters of {queue} (job {job['id']})")
+        ops.say(f"re-drove {job['moved']} of {_count(job['total'], 'dead letter')} of {queue} (job {job['id']})")
 
 
 def _follow(ops: Ops, job: dict[str, Any]) -> tuple[dict[str, Any], bool]:
