@@ -357,7 +357,9 @@ def redrive(ops: Ops, queue: str, error_type: str | None, task_type: str | None,
     job = ops.redrives.create(queue, actor=ops.actor, error_type=error_type, task_type=task_type,
                               since_ms=since, until_ms=until, rate=rate, dry_run=dry_run)
     if dry_run:
-        return ops.emit(job) if ops.as_json else ops.say(f"{_count(job['matched'], 'dead letter')} of {queue} match")
+        if ops.as_json:
+            return ops.emit(job)
+        return ops.say(f"{_count(job['matched'], 'dead letter')} of {queue} would be re-driven")
     job, followed = _follow(ops, job)
     if ops.as_json:
         ops.emit(job)
