@@ -5,7 +5,7 @@ on stdout, an error too) for scripts.
 
 Exit codes, for scripts to branch on (not `serve`'s 3 for a bad setting: these are stable):
 0 done; 1 not found or refused (a 409: the task's state forbids it); 2 usage or configuration;
-3 Redis unavailable; 130 a re-drive no longer followed after Ctrl-C (it goes on in the workers).
+3 Redis unavailable; 130 interrupted by Ctrl-C (a re-drive no longer followed goes on in the workers).
 Errors are one line on stderr, never a traceback. The audit trail names the actor `cli:<os user>`.
 """
 
@@ -46,7 +46,7 @@ from taskbus.settings import Settings, mask_url
 CONTEXT = {"help_option_names": ["-h", "--help"]}
 EPILOG = ("Configured by environment variables (REDIS_URL, KEY_PREFIX, ...). Exit status: 0 done, 1 not found "
           "or refused, 2 usage or a bad setting, 3 Redis unavailable.")
-EXIT_INTERRUPTED = 130  # the shell's code for a command ended by SIGINT
+EXIT_INTERRUPTED = 130  # the shell's code for a command ended by SIGINT (Ctrl-C)
 # The first class that matches decides; a RequestError not named before it is the caller's (usage).
 EXIT_CODES: tuple[tuple[type[TaskbusError], int], ...] = (
     (Unavailable, 3), (ConfigError, 2), (NotFound, 1), (Conflict, 1), (Forbidden, 1), (RequestError, 2),
@@ -113,6 +113,8 @@ def _session(as_json: bool) -> Iterator[Ops]:
             yield ops
         finally:
             ops.close()
+    except KeyboardInterrupt:  # Ctrl-C on a wait: the shell's code, not click's "Aborted!" and 1
+        raise SystemExit(EXIT_INTERRUPTED) from None
     except TaskbusError as exc:
         code = next((code for kind, code in EXIT_CODES if isinstance(exc, kind)), None)
         if code is None:
@@ -197,6 +199,10 @@ def _count(n: int, noun: str) -> str:
 
 def _table(columns: list[str], rows: list[list[Any]], title: str | None = None) -> Table:
     table = Table(*columns, title=title, title_justify="left")
+    for index, column in enumerate(table.columns):  # numbers right-aligned, as in any report
+        if rows and all(isinstance(row[index], (int, float, type(None))) and not isinstance(row[index], bool)
+                        for row in rows):
+            column.justify = "right"
     for row in rows:
         table.add_row(*(_cell(value) for value in row))
     return table
@@ -241,10 +247,11 @@ def queues(ops: Ops) -> None:
         return ops.emit({"queues": rows})
     ops.out.print(_table(
         ["queue", "paused", "queued", "scheduled", "running", "dead", "oldest queued s", "oldest running s",
-         "succeeded 1h", "failed 1h", "cancelled 1h", "workers"],
+         "succeeded 1h", "failed 1h", "cancelled 1h", "dead evicted", "workers"],
         [[o["queue"], o["paused"], *(o["counts"][k] for k in ("queued", "scheduled", "running", "dead")),
           o["oldest_age_s"]["queued"], o["oldest_age_s"]["running"],
-          *(o["last_hour"][k] for k in ("succeeded", "failed", "cancelled")), o["workers"]] for o in rows]))
+          *(o["last_hour"][k] for k in ("succeeded", "failed", "cancelled")), o["dead_letters"]["evicted"],
+          o["workers"]] for o in rows]))
 
 
 EXTRA_COLUMNS = {"scheduled": ["due_at"], "running": ["worker", "idle_s"], "dead": ["dead_at", "error"]}
