@@ -135,6 +135,16 @@ def test_a_failed_task_its_traceback_and_its_redrive(site: Site, r: redis.Redis)
     wait_until(lambda: r.hget(counter, task_id) == "2", timeout=15, message="the re-driven task's second run")
 
 
+def test_cancel_of_a_running_task_says_cancelling(site: Site, client: Client, r: redis.Redis) -> None:
+    marks = f"cli-marks-{uuid.uuid4().hex[:8]}"
+    task_id = client.enqueue("until_cancelled", {"key": marks, "seconds": 20}, queue=site.served).id
+    wait_until(lambda: r.hget(marks, task_id) == "running", timeout=15, message="the handler running")
+    cancelling = as_json(site.settings, "cancel", task_id)
+    assert cancelling["outcome"] == "cancelling", cancelling
+    done = client.wait(task_id, 15)
+    assert done is not None and done["status"] == "cancelled", done  # the handler saw ctx.cancelled
+
+
 def test_pause_and_resume_show_in_the_overview(site: Site, queue: str, client: Client) -> None:
     client.enqueue("echo", queue=queue)  # a queue is known once a task was enqueued to it
     assert as_json(site.settings, "pause", queue)["paused"] is True
