@@ -35,8 +35,9 @@ ACTOR = f"cli:{getpass.getuser()}"
 
 @dataclasses.dataclass
 class Site:
-    """The session's Valkey and one live worker serving `served`; other queues have no worker,
-    so their tasks stay queued."""
+    """One live worker serving `served` on the session's Valkey, for the tests that need a task to
+    run; the others use `base_settings` and a queue of their own, which no worker serves (its
+    tasks stay queued)."""
 
     settings: Settings
     served: str
@@ -57,8 +58,8 @@ def site(base_settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> I
 
 
 @pytest.fixture
-def client(site: Site) -> Iterator[Client]:
-    with Client(site.settings) as client:
+def client(base_settings: Settings) -> Iterator[Client]:
+    with Client(base_settings) as client:
         yield client
 
 
@@ -84,33 +85,33 @@ def assert_one_line(stderr: str) -> None:
     assert "Traceback" not in stderr
 
 
-def test_enqueue_list_show_cancel_retry(site: Site, queue: str) -> None:
-    enqueued = as_json(site.settings, "enqueue", "echo", '{"n": 1}', "--queue", queue)
+def test_enqueue_list_show_cancel_retry(base_settings: Settings, queue: str) -> None:
+    enqueued = as_json(base_settings, "enqueue", "echo", '{"n": 1}', "--queue", queue)
     assert (enqueued["status"], enqueued["created"]) == ("queued", True)
     task_id = enqueued["id"]
     assert task_id.startswith(f"{queue}~")
 
-    page = as_json(site.settings, "tasks", queue, "--state", "queued")
+    page = as_json(base_settings, "tasks", queue, "--state", "queued")
     assert [row["id"] for row in page["tasks"]] == [task_id]
     assert page["next_cursor"] is None
 
-    task = as_json(site.settings, "show", task_id)
+    task = as_json(base_settings, "show", task_id)
     assert (task["status"], task["payload"], task["history"]) == ("queued", {"n": 1}, [])
 
-    cancelled = as_json(site.settings, "cancel", task_id)
+    cancelled = as_json(base_settings, "cancel", task_id)
     assert (cancelled["outcome"], cancelled["task"]["status"]) == ("cancelled", "cancelled")
-    refused = as_json(site.settings, "cancel", task_id, code=1)
+    refused = as_json(base_settings, "cancel", task_id, code=1)
     assert refused["error"]["code"] == "conflict" and refused["error"]["status"] == "cancelled"
 
-    assert as_json(site.settings, "retry", task_id)["status"] == "queued"
-    shown = taskbus(site.settings, "show", task_id)
+    assert as_json(base_settings, "retry", task_id)["status"] == "queued"
+    shown = taskbus(base_settings, "show", task_id)
     assert shown.returncode == 0, shown.stderr
-    with contextlib.closing(Admin(site.settings)) as admin:
+    with contextlib.closing(Admin(base_settings)) as admin:
         audit = admin.task(task_id)["audit"]  # type: ignore[index]
     assert [(entry["action"], entry["actor"]) for entry in audit] == [("cancel", ACTOR), ("retry", ACTOR)]
     assert "audit" in shown.stdout and ACTOR in shown.stdout
 
-    missing = as_json(site.settings, "show", f"{queue}~{'0' * 32}", code=1)
+    missing = as_json(base_settings, "show", f"{queue}~{'0' * 32}", code=1)
     assert missing["error"]["code"] == "not_found"
 
 
@@ -145,25 +146,25 @@ def test_cancel_of_a_running_task_says_cancelling(site: Site, client: Client, r:
     assert done is not None and done["status"] == "cancelled", done  # the handler saw ctx.cancelled
 
 
-def test_pause_and_resume_show_in_the_overview(site: Site, queue: str, client: Client) -> None:
+def test_pause_and_resume_show_in_the_overview(base_settings: Settings, queue: str, client: Client) -> None:
     client.enqueue("echo", queue=queue)  # a queue is known once a task was enqueued to it
-    assert as_json(site.settings, "pause", queue)["paused"] is True
-    overview = {row["queue"]: row for row in as_json(site.settings, "queues")["queues"]}
+    assert as_json(base_settings, "pause", queue)["paused"] is True
+    overview = {row["queue"]: row for row in as_json(base_settings, "queues")["queues"]}
     assert overview[queue]["paused"] is True and overview[queue]["counts"]["queued"] == 1
-    assert as_json(site.settings, "resume", queue)["paused"] is False
-    table = taskbus(site.settings, "queues")
+    assert as_json(base_settings, "resume", queue)["paused"] is False
+    table = taskbus(base_settings, "queues")
     assert table.returncode == 0, table.stderr
     assert queue in table.stdout
 
 
-def test_purge_is_refused_without_yes(site: Site, queue: str, client: Client) -> None:
+def test_purge_is_refused_without_yes(base_settings: Settings, queue: str, client: Client) -> None:
     ids = [client.enqueue("echo", queue=queue).id for _ in range(2)]
-    refused = as_json(site.settings, "purge", queue, "--state", "queued", code=2)
+    refused = as_json(base_settings, "purge", queue, "--state", "queued", code=2)
     assert refused["error"]["code"] == "confirmation_required"
     assert "--yes" in refused["error"]["message"] and "2 queued" in refused["error"]["message"]
     assert [client.get(task_id)["status"] for task_id in ids] == ["queued", "queued"]  # type: ignore[index]
 
-    assert as_json(site.settings, "purge", queue, "--state", "queued", "--yes") == {"queue": queue, "state": "queued",
+    assert as_json(base_settings, "purge", queue, "--state", "queued", "--yes") == {"queue": queue, "state": "queued",
                                                                              "purged": 2}
     assert [client.get(task_id)["status"] for task_id in ids] == ["cancelled", "cancelled"]  # type: ignore[index]
 
