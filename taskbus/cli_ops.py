@@ -86,7 +86,7 @@ class Ops:
         click.echo(codec.dumps(document).decode())
 
     def say(self, line: str) -> None:
-        self.out.print(line, markup=False)
+        self.out.print(line, markup=False, soft_wrap=True)  # a traceback line stays whole
 
     def close(self) -> None:
         for name in ("admin", "redrives", "client"):
