@@ -176,13 +176,13 @@ def test_workers_lists_the_live_worker(site: Site) -> None:
 
 
 def test_ctrl_c_stops_following_a_redrive_which_goes_on(site: Site, client: Client) -> None:
-    """Dead letters re-driven at 1/s; SIGINT once the first moved: exit 130, saying the job goes
-    on in the workers (it is not cancelled). `flaky3` tasks, so the other re-drive test's filter
-    (`permanent`) never sees these."""
+    """Four dead letters re-driven at 0.5/s (8 s: time enough to interrupt it, even on a loaded
+    machine); SIGINT once the first moved: exit 130, saying the job goes on in the workers (it is
+    not cancelled). `flaky3` tasks, so the other re-drive test's filter (`permanent`) never sees these."""
     ids = [client.enqueue("flaky3", queue=site.served).id for _ in range(4)]
     wait_until(lambda: all(client.get(i)["status"] == "failed" for i in ids),  # type: ignore[index]
                timeout=15, message="four dead letters")
-    argv = [*TASKBUS, "redrive", site.served, "--type", "flaky3", "--rate", "1"]
+    argv = [*TASKBUS, "redrive", site.served, "--type", "flaky3", "--rate", "0.5"]
     proc = Proc("redrive", argv, env_of(site.settings), site.logs / f"redrive-{uuid.uuid4().hex[:6]}.log")
     with contextlib.closing(Redrives(site.settings)) as redrives:
         job = wait_until(lambda: next((j for j in redrives.list(site.served) if j["moved"] >= 1
