@@ -1,4 +1,5 @@
-"""The `taskbus` command: `taskbus serve enqueue|status` and `taskbus worker`.
+"""The `taskbus` command: `taskbus serve enqueue|status`, `taskbus worker`, and the operator
+commands of `taskbus.cli_ops` (queues, tasks, show, cancel, ...).
 
 Every setting is an environment variable (see the README's Configuration table); the command
 line only picks what to run. `--help` anywhere prints usage and starts nothing.
@@ -13,12 +14,14 @@ import threading
 
 import click
 
-from taskbus import preflight, serving
+from taskbus import cli_ops, preflight, serving
 
 ENVIRONMENT = (
     "Configured by environment variables only (REDIS_URL, QUEUES, CONCURRENCY, ...: see the README's "
     "Configuration table). A bad setting exits with status 3 and one line on stderr."
 )
+
+GROUP_ENVIRONMENT = ENVIRONMENT.replace("status 3", "status 3 (the operator commands: 2)")
 
 
 def _version() -> str:
@@ -31,12 +34,13 @@ def _version() -> str:
 CONTEXT = {"help_option_names": ["-h", "--help"]}
 
 
-@click.group(context_settings=CONTEXT, epilog=ENVIRONMENT)
+@click.group(context_settings=CONTEXT, epilog=GROUP_ENVIRONMENT)
 @click.version_option(_version(), prog_name="taskbus")
 def main() -> None:
     """taskbus: serverless-style task functions wired by Redis.
 
-    Run the enqueue and status HTTP functions and the workers that execute your handlers.
+    Run the enqueue and status HTTP functions and the workers that execute your handlers;
+    see and steer queues, tasks, dead letters and workers (queues, tasks, show, cancel, ...).
     """
 
 
@@ -77,3 +81,7 @@ def worker(ctx: click.Context) -> None:
 
     stop = ctx.obj if isinstance(ctx.obj, threading.Event) else None
     sys.exit(run_worker(stop))
+
+
+for _command in cli_ops.COMMANDS:
+    main.add_command(_command)
