@@ -1,0 +1,273 @@
+"""Endpoints of the console function: the admin API under /api/... over the operator core
+(`taskbus.admin`), and the dashboard's static files at / and /static/<path>.
+
+Actions are Google API custom methods (`POST /api/tasks/<id>:cancel`), never a GET; every /api
+route needs an ADMIN_KEYS bearer key (the matched key's label is the actor the audit trail
+names); there are no cookies, so there is nothing for a cross-site request to ride on. With
+CONSOLE_READ_ONLY every action answers 403 `read_only`. The process also continues the running
+re-drives of its queues (a `RedriveRunner`), so a re-drive goes on while any console lives.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+from werkzeug.routing import BaseConverter
+
+from taskbus import openapi, serving
+from taskbus import task as tasks
+from taskbus.admin import STATES, Admin
+from taskbus.admin.redrive import RedriveRunner, Redrives
+from taskbus.errors import Forbidden, NotFound, Unavailable, ValidationError
+from taskbus.http import Service, cancel_response, json_response, not_found, query_value
+from taskbus.http.body import json_body
+from taskbus.http.core import JSON_TYPE, Request, Response
+from taskbus.http.static import StaticFiles
+from taskbus.redact import redact
+from taskbus.settings import Settings
+from taskbus.state.reader import StatusReader
+
+log = logging.getLogger(__name__)
+
+STATIC_DIR = Path(__file__).resolve().parent.parent / "console" / "static"
+MAX_LIMIT = 200
+MAX_CURSOR = 256
+MAX_FILTER = 256
+MAX_RATE = 10_000.0
+PURGEABLE = ("queued", "dead")
+REDRIVE_FIELDS = {"error_type", "type", "since", "until", "rate", "dry_run"}
+
+
+class QueueName(BaseConverter):
+    """A queue in a path: anything but a custom method's suffix, so `GET /api/queues/q:pause`
+    is a 405 rather than the overview of a queue named `q:pause`."""
+
+    regex = r"[^/]+(?<!:pause)(?<!:resume)(?<!:purge)"
+
+
+class ObjectId(BaseConverter):
+    """A task or re-drive id in a path, likewise without a custom method's suffix."""
+
+    regex = r"[^/]+(?<!:cancel)(?<!:retry)"
+
+
+class ReadOnly(Forbidden):
+    code = "read_only"
+
+
+class ConsoleAPI:
+    converters = {"queue": QueueName, "id": ObjectId}
+    routes: tuple[tuple[str, str, str, tuple[str, ...] | None], ...] = (
+        ("/api/queues", "GET", "queues", None),
+        ("/api/queues/<queue:queue>", "GET", "queue", None),
+        ("/api/queues/<queue:queue>/tasks", "GET", "tasks", None),
+        ("/api/queues/<queue:queue>:pause", "POST", "pause", None),
+        ("/api/queues/<queue:queue>:resume", "POST", "resume", None),
+        ("/api/queues/<queue:queue>:purge", "POST", "purge", (JSON_TYPE,)),
+        ("/api/queues/<queue:queue>/redrives", "POST", "create_redrive", (JSON_TYPE,)),
+        ("/api/queues/<queue:queue>/redrives", "GET", "redrives", None),
+        ("/api/tasks/<id:task_id>", "GET", "task", None),
+        ("/api/tasks/<id:task_id>:cancel", "POST", "cancel", None),
+        ("/api/tasks/<id:task_id>:retry", "POST", "retry", None),
+        ("/api/redrives/<id:redrive_id>", "GET", "redrive", None),
+        ("/api/redrives/<id:redrive_id>:cancel", "POST", "cancel_redrive", None),
+        ("/api/workers", "GET", "workers", None),
+        ("/healthz", "GET", "healthz", None),
+        ("/openapi.json", "GET", "openapi", None),
+        ("/", "GET", "index", None),
+        ("/static/<path:path>", "GET", "static", None),
+    )
+    keyed = frozenset(endpoint for path, _, endpoint, _ in routes if path.startswith("/api/"))
+    actions = frozenset(endpoint for _, method, endpoint, _ in routes if method == "POST")
+
+    def __init__(self, settings: Settings, static_dir: Path = STATIC_DIR) -> None:
+        self.settings = settings
+        self.admin = Admin(settings)
+        self.redrives_ = Redrives(settings)
+        self.reader = StatusReader(settings)  # for /healthz: the queues' data-loss flags
+        self.files = StaticFiles(static_dir)
+        self.runner: RedriveRunner | None = None
+
+    def admit(self, endpoint: str, args: dict[str, str]) -> None:
+        """A read-only console refuses every action before its body is read; a malformed
+        queue name or id is a 404 that never reaches a Redis key."""
+        if self.settings.console_read_only and endpoint in self.actions:
+            raise ReadOnly("this console is read-only (CONSOLE_READ_ONLY=true): actions are refused")
+        if "queue" in args and not tasks.NAME_RE.fullmatch(args["queue"]):
+            raise NotFound(f"no queue named {args['queue'][:200]!r}")
+        for name in ("task_id", "redrive_id"):
+            if name in args and tasks.queue_of(args[name]) is None:
+                raise NotFound(f"no {name.removesuffix('_id').replace('redrive', 're-drive')} with id "
+                               f"{args[name][:200]!r}")
+
+    # ----------------------------------------------------------------- queues
+
+    def queues(self, request: Request) -> Response:
+        return json_response({"queues": self.admin.overviews()})
+
+    def queue(self, request: Request, queue: str) -> Response:
+        return json_response(self.admin.overview(queue))
+
+    def tasks(self, request: Request, queue: str) -> Response:
+        state = query_value(request, "state")
+        if state not in STATES:
+            raise ValidationError("state", f"is required: one of {', '.join(STATES)}")
+        cursor = query_value(request, "cursor") or None
+        if cursor is not None and len(cursor) > MAX_CURSOR:
+            raise ValidationError("cursor", "is not a cursor this console returned")
+        return json_response(self.admin.tasks(queue, state, cursor, _limit(request)))
+
+    def pause(self, request: Request, queue: str) -> Response:
+        return json_response(self.admin.pause(queue, actor=request.actor))
+
+    def resume(self, request: Request, queue: str) -> Response:
+        return json_response(self.admin.resume(queue, actor=request.actor))
+
+    def purge(self, request: Request, queue: str) -> Response:
+        """Drops many tasks at once: the body must name the queue again (`confirm`)."""
+        body = _object(json_body(request), {"state", "confirm"})
+        state = body.get("state")
+        if state not in PURGEABLE:
+            raise ValidationError("state", f"must be one of {', '.join(PURGEABLE)}")
+        if body.get("confirm") != queue:
+            raise ValidationError("confirm", "must be the queue's name: a purge cannot be undone")
+        return json_response({"purged": self.admin.purge(queue, state, actor=request.actor)})
+
+    # ----------------------------------------------------------------- tasks
+
+    def task(self, request: Request, task_id: str) -> Response:
+        detail = self.admin.task(task_id)
+        if detail is None:
+            raise not_found(task_id)
+        if self.settings.console_redact and "payload" in detail:
+            detail = {**detail, "payload": redact(detail["payload"], self.settings.console_redact)}
+        return json_response(detail)
+
+    def cancel(self, request: Request, task_id: str) -> Response:
+        return cancel_response(self.admin, task_id, request.actor)
+
+    def retry(self, request: Request, task_id: str) -> Response:
+        return json_response({"task": self.admin.retry(task_id, actor=request.actor)})
+
+    # ----------------------------------------------------------------- re-drives
+
+    def create_redrive(self, request: Request, queue: str) -> Response:
+        filters = _redrive_body(json_body(request))
+        job = self.redrives_.create(queue, actor=request.actor, **filters)
+        if job.get("dry_run"):
+            return json_response(job)
+        return json_response(job, 201, {"Location": f"/api/redrives/{job['id']}"})
+
+    def redrives(self, request: Request, queue: str) -> Response:
+        return json_response({"redrives": self.redrives_.list(queue)})
+
+    def redrive(self, request: Request, redrive_id: str) -> Response:
+        job = self.redrives_.get(redrive_id)
+        if job is None:
+            raise NotFound(f"no re-drive with id {redrive_id[:200]!r}")
+        return json_response(job)
+
+    def cancel_redrive(self, request: Request, redrive_id: str) -> Response:
+        return json_response(self.redrives_.cancel(redrive_id, actor=request.actor))
+
+    # ----------------------------------------------------------------- the rest
+
+    def workers(self, request: Request) -> Response:
+        return json_response({"workers": self.admin.workers()})
+
+    def healthz(self, request: Request) -> Response:
+        self.reader.ping()
+        return json_response({"status": "ok"})
+
+    def openapi(self, request: Request) -> Response:
+        return Response(200, openapi.encoded("console", self.settings))
+
+    def index(self, request: Request) -> Response:
+        return self.files.response("index.html")
+
+    def static(self, request: Request, path: str) -> Response:
+        return self.files.response(path)
+
+    def start(self) -> None:
+        """Continue the running re-drives of the known queues (QUEUES if Redis does not answer yet)."""
+        try:
+            queues = self.admin.queues()
+        except Unavailable:
+            queues = list(self.settings.queues)
+        self.runner = RedriveRunner(self.settings, queues)
+        self.runner.start()
+
+    def close(self) -> None:
+        if self.runner is not None:
+            self.runner.stop()
+        self.redrives_.close()
+        self.admin.close()
+        self.reader.close()
+
+
+def _limit(request: Request) -> int:
+    raw = query_value(request, "limit")
+    if raw is None or raw == "":
+        return 50
+    if not raw.isdigit() or not 1 <= int(raw) <= MAX_LIMIT:
+        raise ValidationError("limit", f"must be an integer from 1 to {MAX_LIMIT}")
+    return int(raw)
+
+
+def _object(body: Any, allowed: set[str]) -> dict[str, Any]:
+    if not isinstance(body, dict):
+        raise ValidationError("body", "must be a JSON object")
+    unknown = sorted(set(body) - allowed)
+    if unknown:
+        raise ValidationError(unknown[0], "is not a field of this request")
+    return body
+
+
+def _redrive_body(body: Any) -> dict[str, Any]:
+    """The filters, rate and dry-run flag of `POST /api/queues/<queue>/redrives`."""
+    body = _object(body, REDRIVE_FIELDS)
+    filters: dict[str, Any] = {}
+    for field, name in (("error_type", "error_type"), ("type", "task_type")):
+        value = body.get(field)
+        if value is not None:
+            if not isinstance(value, str) or not 1 <= len(value) <= MAX_FILTER:
+                raise ValidationError(field, f"must be a string of 1 to {MAX_FILTER} characters")
+            filters[name] = value
+    for field in ("since", "until"):
+        if body.get(field) is not None:
+            filters[f"{field}_ms"] = _rfc3339_ms(field, body[field])
+    rate = body.get("rate")
+    if rate is not None:
+        if isinstance(rate, bool) or not isinstance(rate, int | float) or not math.isfinite(rate) \
+                or not 0 < rate <= MAX_RATE:
+            raise ValidationError("rate", f"must be a number of tasks per second above 0, at most {MAX_RATE:g}")
+        filters["rate"] = float(rate)
+    dry_run = body.get("dry_run", False)
+    if not isinstance(dry_run, bool):
+        raise ValidationError("dry_run", "must be true or false")
+    filters["dry_run"] = dry_run
+    return filters
+
+
+def _rfc3339_ms(field: str, value: object) -> int:
+    message = "must be an RFC 3339 date-time with a time zone, e.g. 2026-12-01T10:00:00Z"
+    if not isinstance(value, str) or len(value) > 64 or "T" not in value.upper():
+        raise ValidationError(field, message)
+    try:
+        when = dt.datetime.fromisoformat(value)
+    except ValueError:
+        raise ValidationError(field, message) from None
+    if when.tzinfo is None:
+        raise ValidationError(field, message)
+    return int(when.timestamp() * 1000)
+
+
+def make_service(settings: Settings) -> Service:
+    """The console's service, guarded by ADMIN_KEYS, with its re-drive runner started."""
+    api = ConsoleAPI(settings)
+    api.start()
+    return Service(settings, api, threads=serving.CONSOLE_THREADS, keys=settings.admin_keys, keys_name="ADMIN_KEYS")
