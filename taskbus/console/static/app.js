@@ -176,6 +176,7 @@ const QUEUE_COLUMNS = [
   ["Scheduled", (o) => o.counts.scheduled, "scheduled"],
   ["Running", (o) => o.counts.running, "running"],
   ["Dead", (o) => link(`#/dead/${enc(o.queue)}`, o.counts.dead), "dead"],
+  ["Dead-letter cap", (o) => (o.dead_letters ? `${o.dead_letters.cap}, ${o.dead_letters.evicted} evicted` : "–"), "dead_cap"],
   ["Oldest queued", (o) => age(o.oldest_age_s.queued), "oldest_queued"],
   ["Oldest running", (o) => age(o.oldest_age_s.running), "oldest_running"],
   ["Paused", (o) => (o.paused ? `paused by ${o.paused_by ?? "?"}` : "no"), "paused"],
@@ -326,8 +327,8 @@ async function deadPage(view, _params, name) {
   const form = h("form", { id: "redrive-form", class: "filters" },
     field("Error type", h("input", { name: "error_type", placeholder: "e.g. PermanentError" })),
     field("Task type", h("input", { name: "type" })),
-    field("Dead since", h("input", { name: "since", type: "datetime-local", step: "1" })),
-    field("until", h("input", { name: "until", type: "datetime-local", step: "1" })),
+    field("Dead since", h("input", { name: "since", type: "datetime-local", step: "1", title: "your browser's local time" })),
+    field("until", h("input", { name: "until", type: "datetime-local", step: "1", title: "your browser's local time" })),
     field("Rate (tasks/s)", h("input", { name: "rate", type: "number", min: "0.1", step: "any", placeholder: "default" })));
   const count = h("output", { id: "dry-run-count" });
   const jobs = h("div", { id: "redrives" });
