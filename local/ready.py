@@ -153,5 +153,5 @@ def console_banner(console: str, key_file: str | None) -> str:
     """Where the console is, and where its admin key is (never the key itself: terminals are logged)."""
     if not key_file:
         return f"console on {console}/ (with the keys of ADMIN_KEYS)"
-    return f"""console on {console}/ (the admin key is in {key_file}; the page asks for it once)
-  curl -s {console}/api/queues -H "Authorization: Bearer $(cut -d: -f2- {key_file})""""
+    curl = f'curl -s {console}/api/queues -H "Authorization: Bearer $(cut -d: -f2- {key_file})"'
+    return f"console on {console}/ (the admin key is in {key_file}; the page asks for it once)\n  {curl}"
