@@ -9,8 +9,8 @@ import time
 import pytest
 from playwright.sync_api import Locator, Page, expect
 
-from tests.browser.conftest import Stack, screenshot, sign_in
 from testkit.procs import wait_until
+from tests.browser.conftest import Stack, screenshot, sign_in
 
 pytestmark = pytest.mark.browser
 
