@@ -79,12 +79,21 @@ function showError(error) {
   flash(`${error.message}${status}`, "error");
 }
 
-/** Run `fn` every `ms` while `el` is on the page and `fn` does not answer false. */
+/** Run `fn` every `ms` while `el` is on the page and `fn` does not answer false; a failure
+ * (Redis down: a 503) is shown until a later run succeeds, and the polling goes on. */
 function poll(el, ms, fn) {
+  let failed = null;
   const tick = async () => {
     if (!el.isConnected) return;
     let again = true;
-    try { again = (await fn()) !== false; } catch (error) { showError(error); }
+    try {
+      again = (await fn()) !== false;
+      if (failed !== null && $("#flash").textContent === failed) flash(null);
+      failed = null;
+    } catch (error) {
+      showError(error);
+      failed = $("#flash").textContent;
+    }
     if (again && el.isConnected) setTimeout(tick, ms);
   };
   setTimeout(tick, ms);
