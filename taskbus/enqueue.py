@@ -26,6 +26,7 @@ class Enqueuer:
         self.client = connect(settings)
         self.scripts = Scripts(self.client)
         self.outlet = outlet or open_outlet(settings, self.scripts)
+        self._noted: set[str] = set()  # queues this process has added to the console's index
 
     def enqueue(
         self, spec: TaskSpec, idempotency_key: str | None = None, idempotency_ttl_s: int | None = None
@@ -55,7 +56,15 @@ class Enqueuer:
                     if created and status == QUEUED
                 ]
             )
+            self._note(list(by_queue))
             return self._with_current_status(results)
+
+    def _note(self, queues: list[str]) -> None:
+        """Add queues seen for the first time to the index the console lists (once per process)."""
+        new = [q for q in queues if q not in self._noted]
+        if new:
+            self.client.sadd(self.keys.queue_index(), *new)
+            self._noted.update(new)
 
     def _call(self, queue: str, items: list[Item], idempotency_ttl_s: int | None) -> tuple[list[str], list[Any]]:
         """KEYS and ARGV of one enqueue.lua call for the tasks of one queue."""

@@ -4,6 +4,7 @@
 TaskbusError
 ├── ConfigError           bad settings: refuse to start
 ├── PermanentError        raised by a handler: fail the task now, no further attempts
+├── Cancelled             raised by `ctx.raise_if_cancelled()`: the task ends cancelled
 ├── Unavailable           the state store (Redis) or the channel (Redis, Kafka) did not answer
 │   │                     in time; safe to retry later                    → 503 + Retry-After
 │   └── DataLost          a queue's consumer group or stream vanished     → 503 on /healthz
@@ -33,6 +34,11 @@ class ConfigError(TaskbusError):
 class PermanentError(TaskbusError):
     """Raise in a handler to fail the task at once: retrying cannot help (bad input, say).
     The task is dead-lettered with this error's type and message."""
+
+
+class Cancelled(TaskbusError):
+    """Raised by `ctx.raise_if_cancelled()` once the task has a cancel request (a handler may
+    raise it itself): the attempt ends and the task is `cancelled`, never retried."""
 
 
 class Unavailable(TaskbusError):

@@ -56,6 +56,40 @@ class Keys:
         answers 503 while it exists. Delete it to acknowledge."""
         return f"{self._queue_prefix(queue)}:data-lost"
 
+    def stats(self, queue: str) -> str:
+        """Hash of per-queue counters: a ring of 10-second buckets of terminal states over an
+        hour (see lib.lua `flush_tally`), and `evicted`, the dead letters dropped by DEAD_MAX/DEAD_TTL_S."""
+        return f"{self._queue_prefix(queue)}:stats"
+
+    def recent(self, queue: str) -> str:
+        """Stream of recently finished tasks (id, status), about RECENT_MAX entries."""
+        return f"{self._queue_prefix(queue)}:recent"
+
+    def cancels(self, queue: str) -> str:
+        """Set of the ids of running tasks with a cancel request; their workers look here."""
+        return f"{self._queue_prefix(queue)}:cancels"
+
+    def paused(self, queue: str) -> str:
+        """Exists while the queue is paused (JSON {by, at_ms}): workers start nothing from it."""
+        return f"{self._queue_prefix(queue)}:paused"
+
+    def redrive(self, redrive_id: str) -> str:
+        """A re-drive job's hash (ids look like task ids: `<queue>~<32 hex>`)."""
+        return f"{self._queue_prefix(_queue(redrive_id))}:redrive:{redrive_id.rsplit('~', 1)[1]}"
+
+    def redrives(self, queue: str) -> str:
+        """Sorted set of the queue's re-drive ids by creation time (ms)."""
+        return f"{self._queue_prefix(queue)}:redrives"
+
+    def active_redrives(self, queue: str) -> str:
+        """Set of the queue's running re-drive ids: what runners look for."""
+        return f"{self._queue_prefix(queue)}:redrives:active"
+
+    def queue_index(self) -> str:
+        """Set of every queue name seen (by workers and enqueuers): the console's list of queues.
+        The one key outside any queue's hash tag; only SADD and SMEMBERS touch it."""
+        return f"{self.prefix}:queues"
+
     def idempotency(self, queue: str, key: str) -> str:
         digest = hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()
         return f"{self._queue_prefix(queue)}:idem:{digest}"

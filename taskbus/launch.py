@@ -2,7 +2,8 @@
 
 Settings (a bad one exits in one line), the handlers module named by `HANDLERS` (imported with the
 current directory importable, as Celery and RQ do, so a user's own project works), the start-up
-checks, `GET /healthz` on `PORT` when it is set, then the worker until SIGTERM/SIGINT.
+checks, `GET /healthz` on `PORT` when it is set, then the worker until SIGTERM/SIGINT, with a
+thread that continues the re-drives of its queues.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import threading
 from types import ModuleType
 
 from taskbus import logs, preflight
+from taskbus.admin.redrive import RedriveRunner
 from taskbus.registry import Registry
 from taskbus.worker import Worker
 from taskbus.worker.health import HealthServer
@@ -36,6 +38,8 @@ def run_worker(stop: threading.Event | None = None) -> int:
     registry = load_registry(settings.handlers)
     preflight.check(settings, "worker")
     worker = Worker(settings, registry, stop_event=stop)
+    redrives = RedriveRunner(settings, settings.queues)  # any worker continues its queues' re-drives
+    redrives.start()
     health = None
     if settings.port:
         try:
@@ -45,6 +49,7 @@ def run_worker(stop: threading.Event | None = None) -> int:
     try:
         return worker.run()
     finally:
+        redrives.stop()
         if health is not None:
             health.close()
 

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
+from taskbus.errors import Cancelled
 from taskbus.task import NAME_RE
 
 MAX_ATTEMPTS_LIMIT = 100
@@ -23,9 +25,16 @@ class Context:
     attempt: int
     max_attempts: int
     deadline: float  # time.monotonic() value after which the attempt counts as timed out
+    # Set once an operator or the application cancels the task: stop soon (CANCEL_GRACE_S at most).
+    cancelled: threading.Event = dataclasses.field(default_factory=threading.Event)
 
     def remaining_s(self) -> float:
         return max(0.0, self.deadline - time.monotonic())
+
+    def raise_if_cancelled(self) -> None:
+        """Raise `Cancelled` if the task has a cancel request: the attempt ends, the task is `cancelled`."""
+        if self.cancelled.is_set():
+            raise Cancelled("the task was cancelled")
 
 
 Handler = Callable[[Any, Context], Any]

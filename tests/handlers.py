@@ -61,3 +61,21 @@ def permanent(payload: Any, ctx: Context) -> Any:
 def too_big(payload: Any, ctx: Context) -> Any:
     _client.hincrby(payload["key"], ctx.id, 1)
     return "x" * (2 * 1024 * 1024)
+
+
+@registry.register("until_cancelled")
+def until_cancelled(payload: Any, ctx: Context) -> Any:
+    """Marks `<payload.key>[id]` = running, then waits for a cancel request (up to
+    `payload.seconds`) and stops cooperatively with `ctx.raise_if_cancelled()`."""
+    _client.hset(payload["key"], ctx.id, "running")
+    ctx.cancelled.wait(float(payload.get("seconds", 30)))
+    ctx.raise_if_cancelled()
+    return {"cancelled": False}
+
+
+@registry.register("ignores_cancel")
+def ignores_cancel(payload: Any, ctx: Context) -> Any:
+    """Marks `<payload.key>[id]` = running, then sleeps `payload.seconds` whatever happens."""
+    _client.hset(payload["key"], ctx.id, "running")
+    time.sleep(float(payload.get("seconds", 30)))
+    return {"ignored": True}

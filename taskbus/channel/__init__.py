@@ -17,7 +17,7 @@ never leave a channel: connection trouble is `Unavailable`, a lost consumer grou
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from taskbus import codec
@@ -27,11 +27,8 @@ from taskbus.settings import Settings
 if TYPE_CHECKING:
     from taskbus.state.scripts import Scripts
 
-# Dead-letter streams keep about this many entries (approximate MAXLEN: trimmed in whole nodes).
-DEAD_MAXLEN = 100_000
-
-OutcomeKind = Literal["succeeded", "retry", "failed"]
-SkipKind = Literal["dead", "done", "busy", "lost", "deferred"]
+OutcomeKind = Literal["succeeded", "retry", "failed", "cancelled"]
+SkipKind = Literal["dead", "done", "busy", "lost", "deferred", "paused"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,7 +67,8 @@ class Skip:
     """Verdict of `start`: not run. `dead`: dead-lettered now (`reason` says why); `done`: already
     finished, acknowledged; `busy`: another worker holds it, asked again later; `lost`: no longer
     ours (reclaimed by another worker); `deferred`: this worker has no handler for its type, so
-    it waits (no attempt spent) for a worker that has one."""
+    it waits (no attempt spent) for a worker that has one; `paused`: its queue is paused, so it
+    waits, still queued, for the queue to be resumed."""
 
     delivery: Delivery
     kind: SkipKind
@@ -135,6 +133,15 @@ class Channel(Protocol):
 
     def heartbeat(self, queue: str, jobs: list[Job]) -> list[str]:
         """Renew the leases; returns the entries this worker no longer holds."""
+
+    def cancel_requests(self, queue: str) -> set[str]:
+        """Ids of the queue's running tasks with a cancel request (this worker's among them)."""
+
+    def paused(self, queue: str) -> bool:
+        """Whether the queue is paused (read again at most every PAUSE_CHECK_S)."""
+
+    def describe(self, info: Callable[[], dict[str, Any]]) -> None:
+        """What this worker's announcements say of it besides its handlers (host, pid, in flight...)."""
 
     def release(self, queue: str, jobs: list[Job]) -> None:
         """Hand unfinished jobs back at shutdown, so another worker takes them at once."""

@@ -7,17 +7,20 @@ their KEYS and ARGV.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 import redis
 
 from taskbus import codec
-from taskbus.channel import DEAD_MAXLEN, Outcome, Target
+from taskbus.channel import Outcome, Target
 from taskbus.keys import Keys
 from taskbus.registry import HandlerTable
 from taskbus.settings import Settings
 from taskbus.state.scripts import Scripts
 
+TRIM_DEAD_EVERY_S = 60.0  # how often a worker trims its queues' dead letters to DEAD_MAX and DEAD_TTL_S
+PAUSE_CHECK_S = 0.5  # how stale a worker's view of its queues' pause flags may be
 DEFER_MAX_MS = 10_000  # the longest pause before a task of an unknown type is offered again
 FORGET_WORKER_S = 3600.0  # a worker not seen this long leaves the queue's workers hash
 
@@ -33,11 +36,59 @@ class Fences:
         self.handlers = codec.dumps(handlers).decode()
         self.live_ms = int(settings.lease_s * 2000)  # two leases without a heartbeat: gone
         self._next_announce = 0.0
+        self.info: Callable[[], dict[str, Any]] = dict  # what the worker says of itself (host, pid, in flight...)
+        self._paused: set[str] = set()
+        self._paused_read = float("-inf")
+        self._next_trim = 0.0
+
+    def trim_dead(self) -> None:
+        """Drop dead letters older than DEAD_TTL_S and beyond DEAD_MAX (approximately: whole
+        stream nodes), counting them as evicted in the queue's stats, every TRIM_DEAD_EVERY_S."""
+        now = time.monotonic()
+        if now < self._next_trim:
+            return
+        self._next_trim = now + TRIM_DEAD_EVERY_S
+        seconds, micros = self.client.time()
+        cutoff = int(seconds) * 1000 + int(micros) // 1000 - self.settings.dead_ttl_s * 1000
+        for queue in self.settings.queues:
+            dead = self.keys.dead(queue)
+            pipe = self.client.pipeline(transaction=False)
+            pipe.xtrim(dead, minid=f"{max(cutoff, 0)}-0", approximate=True)
+            pipe.xtrim(dead, maxlen=self.settings.dead_max, approximate=True)
+            evicted = sum(int(n) for n in pipe.execute())
+            if evicted:
+                self.client.hincrby(self.keys.stats(queue), "evicted", evicted)
+
+    def cancel_requests(self, queue: str) -> set[str]:
+        return set(self.client.smembers(self.keys.cancels(queue)))  # type: ignore[arg-type]
+
+    def paused(self, queue: str) -> bool:
+        """From the pause flags of every queue of this worker, read in one round trip at most
+        every PAUSE_CHECK_S (one command per queue: never one command over several queues)."""
+        now = time.monotonic()
+        if now >= self._paused_read + PAUSE_CHECK_S:
+            pipe = self.client.pipeline(transaction=False)
+            for q in self.settings.queues:
+                pipe.exists(self.keys.paused(q))
+            self._paused = {q for q, n in zip(self.settings.queues, pipe.execute()) if n}
+            self._paused_read = now
+        return queue in self._paused
+
+    def ending_keys(self, queue: str) -> list[str]:
+        """The queue-wide keys every script that ends tasks updates: counters, the recently
+        finished index, the cancel requests."""
+        return [self.keys.stats(queue), self.keys.recent(queue), self.keys.cancels(queue)]
+
+    def start_keys(self, queue: str) -> list[str]:
+        """The start scripts' queue-wide keys after their own: `ending_keys` and the pause flag."""
+        return [*self.ending_keys(queue), self.keys.paused(queue)]
 
     def typing_args(self) -> list[Any]:
         """The start scripts' ARGV about task types: this worker's handler table, the grace
-        before an unknown type fails, how long a worker counts as live, the longest deferral."""
-        return [self.handlers, int(self.settings.unknown_type_grace_s * 1000), self.live_ms, DEFER_MAX_MS]
+        before an unknown type fails, how long a worker counts as live, the longest deferral;
+        then the recently finished index's length."""
+        return [self.handlers, int(self.settings.unknown_type_grace_s * 1000), self.live_ms, DEFER_MAX_MS,
+                self.settings.recent_max]
 
     def announce(self, leaving: bool = False) -> None:
         """Tell each queue this worker is alive and which types it takes (or that it left);
@@ -46,21 +97,25 @@ class Fences:
         if not leaving and now < self._next_announce:
             return
         self._next_announce = now + self.settings.lease_s / 3
+        info = codec.dumps(self.info()).decode()
         for queue in self.settings.queues:
-            args: list[Any] = [self.consumer, "" if leaving else self.handlers, int(FORGET_WORKER_S * 1000)]
+            args: list[Any] = [self.consumer, "" if leaving else self.handlers, int(FORGET_WORKER_S * 1000), info]
             self.scripts.announce(keys=[self.keys.workers(queue)], args=args, client=self.client)
+        if not leaving:
+            self.client.sadd(self.keys.queue_index(), *self.settings.queues)
 
     def finish(self, queue: str, outcomes: list[Outcome], entries: list[str]) -> list[str | None]:
         """Write outcomes in one script call; `entries[i]` is the stream entry to acknowledge with
         outcome i ('' when the channel acknowledges otherwise). Returns per outcome the status
         written, or None where this worker's lease was lost (fenced off)."""
-        keys = [self.keys.stream(queue), self.keys.delayed(queue), self.keys.dead(queue)]
+        keys = [self.keys.stream(queue), self.keys.delayed(queue), self.keys.dead(queue), *self.ending_keys(queue)]
         args: list[Any] = [
             self.settings.consumer_group,
             self.consumer,
             self.settings.result_ttl_s,
             self.settings.pending_ttl_s,
-            DEAD_MAXLEN,
+            self.settings.dead_max,
+            self.settings.recent_max,
         ]
         for outcome, entry in zip(outcomes, entries, strict=True):
             job = outcome.job

@@ -7,14 +7,14 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Collection, Iterator
+from collections.abc import Callable, Collection, Iterator
 from typing import Any
 
 import redis
 
 from taskbus import codec
-from taskbus.channel import DEAD_MAXLEN, Delivery, Job, Outcome, Recorded, Skip, Target, Verdict, run_verdict
-from taskbus.channel.fences import Fences
+from taskbus.channel import Delivery, Job, Outcome, Recorded, Skip, Target, Verdict, run_verdict
+from taskbus.channel.fences import PAUSE_CHECK_S, Fences
 from taskbus.errors import DataLost, Unavailable
 from taskbus.keys import Keys
 from taskbus.registry import ANY_TYPE, HandlerTable
@@ -111,8 +111,12 @@ class StreamsChannel:
         )
 
     def read(self, count: int, block_ms: int) -> list[Delivery]:
-        streams: Any = {self.keys.stream(q): ">" for q in self.settings.queues}
+        """New entries of the queues not paused (a paused queue's entries wait in its stream)."""
         with self._redis():
+            streams: Any = {self.keys.stream(q): ">" for q in self.settings.queues if not self.fences.paused(q)}
+            if not streams:
+                time.sleep(min(block_ms / 1000, PAUSE_CHECK_S))  # every queue paused: look again soon
+                return []
             reply: Any = self.client.xreadgroup(self.group, self.consumer, streams, count=count, block=block_ms)
         by_stream = {self.keys.stream(q): q for q in self.settings.queues}
         return [
@@ -155,8 +159,9 @@ class StreamsChannel:
         return found
 
     def start(self, queue: str, deliveries: list[Delivery]) -> list[Verdict]:
-        keys = [self.keys.stream(queue), self.keys.dead(queue), self.keys.delayed(queue), self.keys.workers(queue)]
-        args: list[Any] = [self.group, self.consumer, self.settings.result_ttl_s, DEAD_MAXLEN,
+        keys = [self.keys.stream(queue), self.keys.dead(queue), self.keys.delayed(queue), self.keys.workers(queue),
+                *self.fences.start_keys(queue)]
+        args: list[Any] = [self.group, self.consumer, self.settings.result_ttl_s, self.settings.dead_max,
                            *self.fences.typing_args()]
         for d in deliveries:
             assert d.task_id is not None
@@ -178,6 +183,17 @@ class StreamsChannel:
             )
         return lost
 
+    def cancel_requests(self, queue: str) -> set[str]:
+        with self._redis():
+            return self.fences.cancel_requests(queue)
+
+    def paused(self, queue: str) -> bool:
+        with self._redis():
+            return self.fences.paused(queue)
+
+    def describe(self, info: Callable[[], dict[str, Any]]) -> None:
+        self.fences.info = info
+
     def release(self, queue: str, jobs: list[Job]) -> None:
         """Mark the entries long idle, so the next reclaim by any worker takes them at once
         instead of after a full lease."""
@@ -191,7 +207,8 @@ class StreamsChannel:
     def reject(self, delivery: Delivery, reason: str) -> None:
         error = codec.dumps({"type": "MalformedEntry", "message": reason, "traceback": None})
         keys = [self.keys.stream(delivery.queue), self.keys.dead(delivery.queue)]
-        args: list[Any] = [self.group, self.consumer, delivery.entry, error, codec.dumps(delivery.fields), DEAD_MAXLEN]
+        args: list[Any] = [self.group, self.consumer, delivery.entry, error, codec.dumps(delivery.fields),
+                           self.settings.dead_max]
         with self._redis():
             self.scripts.dead_letter_malformed(keys=keys, args=args, client=self.client)
 
@@ -204,6 +221,7 @@ class StreamsChannel:
         each group's consumer list stays bounded."""
         with self._redis():
             self.fences.announce()
+            self.fences.trim_dead()
             if time.monotonic() < self._next_prune:
                 return
             self._next_prune = time.monotonic() + PRUNE_EVERY_S

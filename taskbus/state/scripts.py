@@ -27,6 +27,7 @@ class Scripts:
     NAMES = (
         *("enqueue", "start", "finish", "heartbeat", "read_due", "promote", "dead_letter_malformed", "announce"),
         *("kafka_start", "kafka_lease", "kafka_republish", "kafka_undo", "kafka_mark_published"),
+        *("cancel", "requeue", "purge_queued", "redrive_claim", "redrive_step", "redrive_cancel"),
     )
     enqueue: Script
     start: Script
@@ -41,6 +42,12 @@ class Scripts:
     kafka_republish: Script
     kafka_undo: Script
     kafka_mark_published: Script
+    cancel: Script
+    requeue: Script
+    purge_queued: Script
+    redrive_claim: Script
+    redrive_step: Script
+    redrive_cancel: Script
 
     def __init__(self, client: redis.Redis) -> None:
         self.client = client

@@ -10,6 +10,7 @@ What is in flight between them is kept in one place (`inflight.InFlight`).
 
 from __future__ import annotations
 
+import importlib.metadata
 import logging
 import os
 import secrets
@@ -29,6 +30,7 @@ from taskbus.worker.writer import OutcomeWriter
 log = logging.getLogger(__name__)
 
 PROMOTE_AT_LEAST_EVERY_S = 1.0
+CANCEL_CHECK_S = 0.25  # how soon a running handler's ctx.cancelled follows a cancel request
 RECLAIM_AT_MOST_EVERY_S = 5.0
 LOOP_RETRY_MAX_S = 30.0  # an outage is retried quietly: one line per step, the steps growing to this
 
@@ -52,7 +54,9 @@ class Worker:
         self.inflight = InFlight(settings.concurrency)
         self.writer = OutcomeWriter(settings, self.channel, self.inflight, on_scheduled=self._promote_by)
         self.runners = RunnerPool(registry, self.inflight, settle=self._settled)
-        self._next_promote = self._next_heartbeat = self._next_reclaim = 0.0
+        self._next_promote = self._next_heartbeat = self._next_reclaim = self._next_cancel_check = 0.0
+        self.started_at = time.time()
+        self.channel.describe(self.describe)
         self._opened = False
         self._problem: str | None = "starting"  # why the last turn of the loop failed; None: it worked
 
@@ -60,6 +64,12 @@ class Worker:
         """None while the control loop reaches the store and the channel, else why it does not
         (for a health check)."""
         return self._problem
+
+    def describe(self) -> dict[str, object]:
+        """What the console shows of this worker (announced with its heartbeat)."""
+        return {"host": socket.gethostname(), "pid": os.getpid(), "queues": list(self.settings.queues),
+                "concurrency": self.settings.concurrency, "in_flight": len(self.inflight),
+                "started_ms": int(self.started_at * 1000), "version": _version()}
 
     def stop(self) -> None:
         """Ask the worker to stop reading and drain (safe from a signal handler)."""
@@ -118,8 +128,12 @@ class Worker:
             for queue in queues:
                 self._dispatch(self.channel.reclaim(queue, self.inflight.free(), self.inflight.entries()))
             self._next_reclaim = now + min(self.settings.lease_s / 2, RECLAIM_AT_MOST_EVERY_S)
+        if now >= self._next_cancel_check and len(self.inflight):
+            self._check_cancels(now)
         self.channel.maintain()
         next_duty = min(self._next_promote, self._next_heartbeat, self.inflight.next_deadline())
+        if len(self.inflight):
+            next_duty = min(next_duty, self._next_cancel_check)
         wait_ms = max(1, min(self.settings.block_ms, int((next_duty - time.monotonic()) * 1000)))
         free = self.inflight.free()
         if free <= 0:
@@ -127,6 +141,15 @@ class Worker:
             self.inflight.wait(lambda: self.inflight.free() > 0 or self.stopping.is_set(), timeout=wait_ms / 1000)
             return
         self._dispatch(self.channel.read(free, wait_ms))
+
+    def _check_cancels(self, now: float) -> None:
+        """Set ctx.cancelled on the handlers of running tasks that have a cancel request."""
+        self._next_cancel_check = now + CANCEL_CHECK_S
+        for queue in self.inflight.queues():
+            told = self.inflight.cancel(self.channel.cancel_requests(queue), self.settings.cancel_grace_s, now)
+            for r in told:
+                log.info("cancel requested: the handler is told (ctx.cancelled)",
+                         extra={"fields": log_fields(r.job, grace_s=self.settings.cancel_grace_s)})
 
     def _dispatch(self, deliveries: list[Delivery]) -> None:
         by_queue: dict[str, list[Delivery]] = defaultdict(list)
@@ -187,6 +210,13 @@ class Worker:
         return 0
 
 
+def _version() -> str:
+    try:
+        return importlib.metadata.version("taskbus")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
 def _log_skip(verdict: Skip) -> None:
     d = verdict.delivery
     if verdict.kind == "dead":
@@ -197,6 +227,8 @@ def _log_skip(verdict: Skip) -> None:
     elif verdict.kind == "deferred":
         fields = {"task_id": d.task_id, "queue": d.queue}
         log.info("no handler here for the task's type: left for a worker that has one", extra={"fields": fields})
+    elif verdict.kind == "paused":
+        log.debug("queue paused: task left queued", extra={"fields": {"task_id": d.task_id, "queue": d.queue}})
     elif verdict.kind == "busy":
         log.debug("task held by another worker; asking again later", extra={"fields": {"task_id": d.task_id}})
     else:

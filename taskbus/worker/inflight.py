@@ -19,6 +19,12 @@ class Running:
     started: float
     settled: bool = False  # an outcome was produced (by the runner, or by the watchdog on time-out)
     abandoned: bool = False  # timed out: its runner thread retires once the handler returns
+    cancelled: threading.Event = dataclasses.field(default_factory=threading.Event)  # the handler's ctx.cancelled
+    cancel_deadline: float = float("inf")  # a cancel request's grace ends: the attempt ends cancelled
+
+    def due(self) -> float:
+        """When the watchdog settles it if the handler has not returned: timeout or cancel grace."""
+        return min(self.deadline, self.cancel_deadline)
 
 
 class InFlight:
@@ -55,7 +61,7 @@ class InFlight:
     def expire(self, now: float) -> list[Running]:
         """Settle, as abandoned, the attempts past their deadline."""
         with self.cond:
-            late = [r for r in self._running.values() if not r.settled and r.deadline <= now]
+            late = [r for r in self._running.values() if not r.settled and r.due() <= now]
             for r in late:
                 r.settled = r.abandoned = True
                 self.abandoned += 1
@@ -69,7 +75,7 @@ class InFlight:
 
     def next_deadline(self) -> float:
         with self.cond:
-            return min((r.deadline for r in self._running.values() if not r.settled), default=float("inf"))
+            return min((r.due() for r in self._running.values() if not r.settled), default=float("inf"))
 
     def entries(self) -> set[str]:
         with self.cond:
@@ -94,6 +100,22 @@ class InFlight:
     def wait(self, predicate: Callable[[], bool], timeout: float) -> None:
         with self.cond:
             self.cond.wait_for(predicate, timeout=timeout)
+
+    def cancel(self, task_ids: set[str], grace_s: float, now: float) -> list[Running]:
+        """Tell the handlers of these tasks that they are cancelled (once each); their attempts
+        end cancelled when the handler returns, or `grace_s` from now. Returns those told now."""
+        with self.cond:
+            told = [r for r in self._running.values()
+                    if not r.settled and r.job.task_id in task_ids and not r.cancelled.is_set()]
+            for r in told:
+                r.cancelled.set()
+                r.cancel_deadline = now + grace_s
+            return told
+
+    def queues(self) -> set[str]:
+        """Queues with attempts running now."""
+        with self.cond:
+            return {r.job.queue for r in self._running.values() if not r.settled}
 
     def unsettled(self) -> list[Job]:
         with self.cond:

@@ -21,7 +21,7 @@ from typing import Any
 
 from taskbus import codec
 from taskbus.channel import Job, OutcomeKind
-from taskbus.errors import PermanentError
+from taskbus.errors import Cancelled, PermanentError
 from taskbus.registry import Context, Registry
 from taskbus.worker.inflight import InFlight, Running
 
@@ -94,7 +94,7 @@ class RunnerPool:
                     del began[me]
                 self.inflight.settle(running)
                 return  # the watchdog started a replacement for this thread
-            kind, body = self._execute(running.job, running.deadline)
+            kind, body = self._execute(running)
             with self._work:
                 self._looking += 1
                 del began[me]
@@ -125,24 +125,34 @@ class RunnerPool:
                 self._wake(len(self._ready))
                 self._watch.wait(SPREAD_AFTER_S)
 
-    def _execute(self, job: Job, deadline: float) -> tuple[OutcomeKind, bytes]:
+    def _execute(self, running: Running) -> tuple[OutcomeKind, bytes]:
+        job = running.job
         handler = self.registry.lookup(job.type)
         if handler is None:
             # the start script defers types this worker has no handler for: only a registry
             # changed under a running worker gets here
             return "failed", error_json("UnknownTaskType", f"no handler for task type {job.type!r}")
-        ctx = Context(job.task_id, job.type, job.queue, job.attempt, job.max_attempts, deadline)
+        ctx = Context(job.task_id, job.type, job.queue, job.attempt, job.max_attempts, running.deadline,
+                      running.cancelled)
         try:
             result = handler(job.payload, ctx)
+        except Cancelled as exc:
+            return "cancelled", error_json("Cancelled", str(exc) or "the handler stopped on a cancel request")
         except BaseException as exc:  # noqa: BLE001 - a handler must never take the worker down
             return failure(job, exc, traceback.format_exc())
         return encode_result(result)
 
     def expire(self, now: float) -> None:
         """Time out attempts past their deadline: the stuck thread keeps its handler, a new
-        runner restores the capacity, and the attempt fails (or retries) now."""
+        runner restores the capacity, and the attempt fails (or retries) now. A cancelled
+        attempt whose handler outlived CANCEL_GRACE_S ends cancelled the same way."""
         for r in self.inflight.expire(now):
             self._start_runner()
+            if r.cancel_deadline <= now and r.cancel_deadline <= r.deadline:
+                log.warning("cancelled task still running after CANCEL_GRACE_S; its thread is abandoned",
+                            extra={"fields": log_fields(r.job, abandoned=self.inflight.abandoned)})
+                self.settle(r, "cancelled", error_json("Cancelled", "the handler outlived CANCEL_GRACE_S"))
+                continue
             exc = TimeoutError(f"task ran past its timeout of {r.job.timeout_s} s")
             log.warning(
                 "task timed out; its thread is abandoned",

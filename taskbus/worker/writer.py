@@ -103,6 +103,8 @@ class OutcomeWriter:
                 self.on_scheduled(now + outcome.delay_ms / 1000)
             if status == "succeeded":
                 lines.append(("task succeeded", {**fields, "status": status}))
+            elif status == "cancelled":
+                lines.append(("task cancelled", {**fields, "status": status}))
             elif status == "scheduled":
                 retry = {**fields, **_error_fields(outcome.body), "retry_in_s": outcome.delay_ms / 1000}
                 log.warning("task attempt failed; retrying", extra={"fields": retry})

@@ -20,11 +20,11 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from typing import Any
 
 from taskbus import codec
-from taskbus.channel import DEAD_MAXLEN, Delivery, Job, Outcome, Skip, Verdict, run_verdict
+from taskbus.channel import Delivery, Job, Outcome, Skip, Verdict, run_verdict
 from taskbus.channel.fences import Fences
 from taskbus.channel.kafka import client as kafka
 from taskbus.channel.kafka.group import GroupMember
@@ -85,8 +85,9 @@ class KafkaChannel:
         return [d for d in due if self.book.owns(parse_entry(d.entry)[0])]
 
     def start(self, queue: str, deliveries: list[Delivery]) -> list[Verdict]:
-        keys = [self.keys.dead(queue), self.keys.outbox(queue), self.keys.delayed(queue), self.keys.workers(queue)]
-        args: list[Any] = [self.consumer, self.settings.result_ttl_s, DEAD_MAXLEN, self.lease_ms,
+        keys = [self.keys.dead(queue), self.keys.outbox(queue), self.keys.delayed(queue), self.keys.workers(queue),
+                *self.fences.start_keys(queue)]
+        args: list[Any] = [self.consumer, self.settings.result_ttl_s, self.settings.dead_max, self.lease_ms,
                            *self.fences.typing_args()]
         for d in deliveries:
             assert d.task_id is not None
@@ -145,6 +146,19 @@ class KafkaChannel:
     def heartbeat(self, queue: str, jobs: list[Job]) -> list[str]:
         return self._lease(jobs, self.lease_ms)
 
+    def cancel_requests(self, queue: str) -> set[str]:
+        with unavailable_on_redis_errors():
+            return self.fences.cancel_requests(queue)
+
+    def paused(self, queue: str) -> bool:
+        """Kafka keeps consuming a paused queue: its start script sends each task back to the
+        delay schedule, still queued, to be offered again a second later."""
+        with unavailable_on_redis_errors():
+            return self.fences.paused(queue)
+
+    def describe(self, info: Callable[[], dict[str, Any]]) -> None:
+        self.fences.info = info
+
     def release(self, queue: str, jobs: list[Job]) -> None:
         """End their leases now, and leave their offsets uncommitted, so the next owner of the
         partition runs them at once."""
@@ -174,6 +188,7 @@ class KafkaChannel:
         """Say which types this worker takes; each queue's outbox sweep, on its own timer."""
         with unavailable_on_redis_errors():
             self.fences.announce()
+            self.fences.trim_dead()
             for queue in self.settings.queues:
                 self.outlet.sweep(queue)
 

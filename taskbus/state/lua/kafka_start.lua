@@ -5,29 +5,35 @@
 -- it) is 'busy': the caller keeps its offset uncommitted and asks again when the lease may end.
 -- Every task but a busy one leaves the outbox, where it waited to be published again if never started.
 -- KEYS[1] dead-letter stream  KEYS[2] outbox zset  KEYS[3] delayed zset  KEYS[4] workers hash
---   then per task i: KEYS[3+2i] task hash, KEYS[4+2i] events channel
+--   KEYS[5] stats hash  KEYS[6] recently finished stream  KEYS[7] cancel requests set  KEYS[8] paused flag
+--   then per task i: KEYS[7+2i] task hash, KEYS[8+2i] events channel
 -- ARGV[1] consumer  ARGV[2] result TTL s  ARGV[3] dead-letter maxlen  ARGV[4] lease ms
 --   ARGV[5] this worker's handler table (JSON, see handler_of)  ARGV[6] unknown-type grace ms
 --   ARGV[7] ms a worker counts as live after it was last seen  ARGV[8] longest deferral ms
---   then per task i: ARGV[7+2i] task id, ARGV[8+2i] '1' when this consumer may take back a task
+--   ARGV[9] recently finished maxlen
+--   then per task i: ARGV[8+2i] task id, ARGV[9+2i] '1' when this consumer may take back a task
 --   recorded as running under its own name (the reply to its start was lost)
 -- Returns per task one of:
 --   {'run', type, payload, attempt, max_attempts, timeout_s}
 --   {'busy', ms until the holder's lease ends}
 --   {'done', status, type, attempts, error}  terminal, or owned by the delay schedule: not run
---   {'deferred'}  this worker has no handler for its type: back in the delayed zset, still queued
+--                 (a running task with a cancel request whose lease ended is cancelled now)
+--   {'deferred'}  this worker has no handler for its type, or the queue is paused: back in the
+--                 delayed zset, still queued (a paused queue's tasks are offered again every second)
 --   {'dead', reason[, type, attempts, error]}  dead-lettered now: task record missing, the last
 --                 attempt died with its worker, or no live worker has a handler for its type
 local dead, outbox, delayed, workers, consumer = KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[1]
+Q.stats, Q.recent, Q.cancels, Q.recent_max = KEYS[5], KEYS[6], KEYS[7], tonumber(ARGV[9])
+local paused = redis.call('EXISTS', KEYS[8]) == 1
 local handlers = cjson.decode(ARGV[5])
 local unknown = {tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])}
 local now = now_ms()
 local out = {}
-for i = 1, (#KEYS - 4) / 2 do
-  local task, events = KEYS[3 + 2 * i], KEYS[4 + 2 * i]
-  local id, mine = ARGV[7 + 2 * i], ARGV[8 + 2 * i]
+for i = 1, (#KEYS - 8) / 2 do
+  local task, events = KEYS[7 + 2 * i], KEYS[8 + 2 * i]
+  local id, mine = ARGV[8 + 2 * i], ARGV[9 + 2 * i]
   local f = redis.call('HMGET', task, 'status', 'attempts', 'max_attempts', 'type', 'payload', 'timeout_s',
-    'lease_ms', 'consumer', 'error', 'defaults')
+    'lease_ms', 'consumer', 'error', 'defaults', 'cancel_requested_ms', 'cancel_by')
   local lease = tonumber(f[7] or '0') or 0
   if not f[1] then
     task_missing(dead, ARGV[3], id, 'expired, or its enqueue was refused')
@@ -36,6 +42,12 @@ for i = 1, (#KEYS - 4) / 2 do
     out[i] = {'done', f[1], f[4], f[2], f[9] or ''}
   elseif f[1] == 'running' and lease > now and not (mine == '1' and f[8] == consumer) then
     out[i] = {'busy', lease - now}
+  elseif f[1] == 'running' and f[11] then
+    cancel_now(task, events, id, now, f[12] or '', ARGV[2], 'cancelled while running; its worker vanished')
+    out[i] = {'done', 'cancelled', f[4], f[2], ''}
+  elseif paused then
+    redis.call('ZADD', delayed, now + 1000, id)
+    out[i] = {'deferred'}
   elseif not handler_of(handlers, f[4]) then
     local err = defer_unknown(task, events, delayed, dead, workers, id, f, now, unknown, ARGV[2], ARGV[3])
     if err then out[i] = {'dead', 'UnknownTaskType', f[4], f[2], err} else out[i] = {'deferred'} end
@@ -51,4 +63,5 @@ for i = 1, (#KEYS - 4) / 2 do
   end
   if out[i][1] ~= 'busy' then redis.call('ZREM', outbox, id) end
 end
+flush_tally(now)
 return out

@@ -1,6 +1,16 @@
 -- Shared by every script: `state.scripts.load_script` puts it in front of each one (Lua in
 -- Redis has no includes). Only functions here: a script uses what it needs.
 
+-- Queue-wide keys a script that ends tasks sets before it calls the functions below (Lua in Redis
+-- has no globals): the per-queue counters (`stats`), the index of recently finished tasks
+-- (`recent`, kept to about `recent_max` entries) and the set of running tasks with a cancel
+-- request (`cancels`). `counts` gathers this call's terminal states for one `flush_tally`.
+local Q = {stats = nil, recent = nil, recent_max = 10000, cancels = nil, counts = {}}
+
+local function is_terminal(status)
+  return status == 'succeeded' or status == 'failed' or status == 'cancelled'
+end
+
 -- The server's clock in ms: one clock for every worker and function, whatever theirs say.
 local function now_ms()
   local t = redis.call('TIME')
@@ -56,10 +66,58 @@ local function pending_of(stream, group, consumer, entries)
 end
 
 -- The one dead-letter record shape: id, type, attempts, error JSON, and for an entry that
--- names no task, the raw entry (`extra`). Unknown fields are ''.
-local function dead_letter(dead, maxlen, id, type, attempts, err, extra)
-  redis.call('XADD', dead, 'MAXLEN', '~', maxlen, '*', 'id', id or '', 'type', type or '',
-    'attempts', attempts or '', 'error', err, 'entry', extra or '')
+-- names no task, the raw entry (`extra`). Unknown fields are ''. With the task hash (`task`),
+-- the record also keeps what a re-drive needs once the task's own record has expired (queue,
+-- payload, max_attempts, timeout_s), and the task remembers its dead-letter entry. The stream is
+-- trimmed to DEAD_MAX (and DEAD_TTL_S) by the workers, counting what they drop; `maxlen` here is
+-- a backstop twice that.
+local function dead_letter(dead, maxlen, id, type, attempts, err, extra, task)
+  local f = {}
+  if task then f = redis.call('HMGET', task, 'queue', 'payload', 'max_attempts', 'timeout_s') end
+  local entry = redis.call('XADD', dead, 'MAXLEN', '~', 2 * tonumber(maxlen), '*', 'id', id or '',
+    'type', type or '', 'attempts', attempts or '', 'error', err, 'entry', extra or '', 'queue', f[1] or '',
+    'payload', f[2] or '', 'max_attempts', f[3] or '', 'timeout_s', f[4] or '')
+  if task then redis.call('HSET', task, 'dead_entry', entry) end
+  return entry
+end
+
+-- An operator's action on a task, kept in its `audit` field (JSON list, the last 50).
+local function audit(task, now, actor, action, detail)
+  local raw = redis.call('HGET', task, 'audit')
+  local list = {}
+  if raw then list = cjson.decode(raw) end
+  list[#list + 1] = {at_ms = now, actor = actor, action = action, detail = detail or ''}
+  while #list > 50 do table.remove(list, 1) end
+  redis.call('HSET', task, 'audit', cjson.encode(list))
+end
+
+-- One finished attempt in the task's history: field `attempt:<n>` (JSON). The attempt that ends
+-- a series is not written here: the task's own fields (consumer, started_ms, finished_ms,
+-- status, error) describe it until a retry starts a new series (see `requeue`).
+local function record_attempt(task, n, worker, started, finished, outcome, err)
+  local ok, decoded = pcall(cjson.decode, err or 'null')
+  if not ok then decoded = err end
+  redis.call('HSETNX', task, 'attempt:' .. n, cjson.encode({attempt = tonumber(n), worker = worker or '',
+    started_ms = tonumber(started), finished_ms = tonumber(finished), outcome = outcome, error = decoded}))
+end
+
+-- Count a terminal state for `flush_tally` (letters: s succeeded, f failed, c cancelled).
+local function tally(status)
+  local letter = string.sub(status, 1, 1)
+  Q.counts[letter] = (Q.counts[letter] or 0) + 1
+end
+
+-- Add this call's counts to the queue's ring of 10-second buckets (an hour of them: 361 slots,
+-- fields t<slot> = bucket number, s<slot>/f<slot>/c<slot> = counts), reset when a slot is reused.
+local function flush_tally(now)
+  if not Q.stats or next(Q.counts) == nil then return end
+  local bucket = math.floor(now / 10000)
+  local slot = bucket % 361
+  if tonumber(redis.call('HGET', Q.stats, 't' .. slot)) ~= bucket then
+    redis.call('HSET', Q.stats, 't' .. slot, bucket, 's' .. slot, 0, 'f' .. slot, 0, 'c' .. slot, 0)
+  end
+  for letter, n in pairs(Q.counts) do redis.call('HINCRBY', Q.stats, letter .. slot, n) end
+  Q.counts = {}
 end
 
 -- Take the next attempt of a task: running under `consumer`, fenced by `field` = `value`
@@ -69,6 +127,11 @@ end
 -- {status, attempts, max_attempts, type, payload, timeout_s}.
 local function begin_attempt(task, f, consumer, now, field, value, extra)
   local attempt = tonumber(f[2]) + 1
+  if f[1] == 'running' and attempt > 1 then  -- its last attempt's worker vanished: keep it in the history
+    local last = redis.call('HMGET', task, 'consumer', 'started_ms')
+    record_attempt(task, f[2], last[1], last[2], now, 'lost', cjson.encode({type = 'WorkerLost',
+      message = 'the worker running this attempt died or lost its lease'}))
+  end
   if extra then
     redis.call('HSET', task, 'status', 'running', 'attempts', attempt, 'started_ms', now,
       'consumer', consumer, field, value, unpack(extra))
@@ -81,17 +144,64 @@ local function begin_attempt(task, f, consumer, now, field, value, extra)
 end
 
 -- The end of a task's life, after its status is written: kept for the result TTL, counted
--- (the fences let a task get here once; `terminal_writes` audits that) and announced to
--- long-polls on the task's events channel (sharded pub/sub: no memory kept). `announce` is
--- the same without the count, for a caller that wrote `terminal_writes` in its own HSET.
-local function announce(task, events, status, ttl)
+-- (the fences let a task get here once; `terminal_writes` audits that), tallied for the queue,
+-- indexed among the recently finished, and announced to long-polls on the task's events
+-- channel (sharded pub/sub: no memory kept). `announce` is the same without the count, for a
+-- caller that wrote `terminal_writes` in its own HSET.
+local function announce(task, events, status, ttl, id)
   redis.call('EXPIRE', task, ttl)
   redis.call('SPUBLISH', events, status)
+  tally(status)
+  if Q.recent then redis.call('XADD', Q.recent, 'MAXLEN', '~', Q.recent_max, '*', 'id', id, 'status', status) end
+  if Q.cancels then redis.call('SREM', Q.cancels, id) end
 end
 
-local function terminal(task, events, status, ttl)
+local function terminal(task, events, status, ttl, id)
   redis.call('HINCRBY', task, 'terminal_writes', 1)
-  announce(task, events, status, ttl)
+  announce(task, events, status, ttl, id)
+end
+
+-- End a task `cancelled` (whatever it was doing), saying who asked.
+local function cancel_now(task, events, id, now, actor, ttl, why)
+  local err = cjson.encode({type = 'Cancelled', traceback = cjson.null, message = why .. ' (by ' .. actor .. ')'})
+  redis.call('HSET', task, 'status', 'cancelled', 'error', err, 'finished_ms', now)
+  terminal(task, events, 'cancelled', ttl, id)
+end
+
+-- A failed or cancelled task back to `queued` as a new series of attempts under the same id
+-- (retry and re-drive): the series that ended goes into the history; the new series gets as
+-- many attempts as the first had. `target`/`kind`: the work stream (XADD), or, on Kafka, the
+-- delayed zset due now (the next promotion publishes it through the outbox). `fallback` (the
+-- dead-letter record's fields, or nil) recreates a task whose record expired. Returns
+-- {'queued'}, {'missing'} or {'conflict', status}.
+local function requeue(task, target, kind, delayed, dead, dead_entry, id, now, pending_ttl, fallback)
+  local f = redis.call('HMGET', task, 'status', 'attempts', 'max_attempts', 'series_max', 'consumer',
+    'started_ms', 'finished_ms', 'error', 'dead_entry')
+  if not f[1] then
+    if not fallback or fallback.type == '' or fallback.payload == '' then return {'missing'} end
+    redis.call('HSET', task, 'id', id, 'type', fallback.type, 'queue', fallback.queue, 'payload', fallback.payload,
+      'max_attempts', fallback.max_attempts, 'timeout_s', fallback.timeout_s, 'attempts', fallback.attempts,
+      'status', 'failed', 'created_ms', now, 'error', fallback.error)
+    f = {'failed', fallback.attempts, fallback.max_attempts, nil, nil, nil, nil, fallback.error, dead_entry}
+  elseif f[1] ~= 'failed' and f[1] ~= 'cancelled' then
+    return {'conflict', f[1]}
+  end
+  local attempts = tonumber(f[2]) or 0
+  if attempts > 0 and f[6] then record_attempt(task, attempts, f[5], f[6], f[7], f[1], f[8]) end
+  local series_max = tonumber(f[4] or f[3])
+  redis.call('HDEL', task, 'result', 'error', 'finished_ms', 'started_ms', 'consumer', 'cancel_requested_ms',
+    'cancel_by', 'dead_entry', 'entry', 'lease_ms', 'unknown_since', 'deferrals')
+  redis.call('HSET', task, 'status', 'queued', 'max_attempts', attempts + series_max, 'series_max', series_max)
+  redis.call('HINCRBY', task, 'series', 1)
+  redis.call('EXPIRE', task, pending_ttl)
+  if kind == 'stream' then
+    redis.call('XADD', target, '*', 'id', id)
+  else
+    redis.call('ZADD', delayed, now, id)
+  end
+  local entry = dead_entry ~= '' and dead_entry or f[9]
+  if entry then redis.call('XDEL', dead, entry) end
+  return {'queued'}
 end
 
 -- Every attempt was started and the last one never finished: it took its worker down.
@@ -100,8 +210,8 @@ local function worker_lost(task, events, dead, ttl, maxlen, id, type, attempts, 
   local err = cjson.encode({type = 'WorkerLost', traceback = cjson.null,
     message = 'the worker running the last attempt died or lost its lease'})
   redis.call('HSET', task, 'status', 'failed', 'error', err, 'finished_ms', now)
-  dead_letter(dead, maxlen, id, type, attempts, err)
-  terminal(task, events, 'failed', ttl)
+  dead_letter(dead, maxlen, id, type, attempts, err, nil, task)
+  terminal(task, events, 'failed', ttl, id)
   return err
 end
 
@@ -178,8 +288,8 @@ local function defer_unknown(task, events, delayed, dead, workers, id, f, now, u
     local err = cjson.encode({type = 'UnknownTaskType', traceback = cjson.null,
       message = 'no live worker has a handler for task type ' .. f[4]})
     redis.call('HSET', task, 'status', 'failed', 'error', err, 'finished_ms', now)
-    dead_letter(dead, maxlen, id, f[4], f[2], err)
-    terminal(task, events, 'failed', ttl)
+    dead_letter(dead, maxlen, id, f[4], f[2], err, nil, task)
+    terminal(task, events, 'failed', ttl, id)
     return err
   end
   local n = redis.call('HINCRBY', task, 'deferrals', 1)

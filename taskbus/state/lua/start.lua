@@ -1,46 +1,62 @@
 -- Redis Streams: mark a batch of delivered entries running, fenced by lease ownership (the
--- entry must be pending for this consumer: one XPENDING for the batch, see pending_of). Only terminal states are announced on the task's
--- events channel (long-polls wait for those alone).
+-- entry must be pending for this consumer: one XPENDING for the batch, see pending_of). Only
+-- terminal states are announced on the task's events channel (long-polls wait for those alone).
 -- KEYS[1] work stream  KEYS[2] dead-letter stream  KEYS[3] delayed zset  KEYS[4] workers hash
---   then per entry i: KEYS[3+2i] task hash, KEYS[4+2i] events channel
+--   KEYS[5] stats hash  KEYS[6] recently finished stream  KEYS[7] cancel requests set  KEYS[8] paused flag
+--   then per entry i: KEYS[7+2i] task hash, KEYS[8+2i] events channel
 -- ARGV[1] group  ARGV[2] consumer  ARGV[3] result TTL s  ARGV[4] dead-letter maxlen
 --   ARGV[5] this worker's handler table (JSON, see handler_of)  ARGV[6] unknown-type grace ms
 --   ARGV[7] ms a worker counts as live after it was last seen  ARGV[8] longest deferral ms
---   then per entry i: ARGV[7+2i] entry id, ARGV[8+2i] task id
+--   ARGV[9] recently finished maxlen
+--   then per entry i: ARGV[8+2i] entry id, ARGV[9+2i] task id
 -- Returns per entry one of:
 --   {'run', type, payload, attempt, max_attempts, timeout_s}
 --   {'lost'}      the entry is no longer pending for this consumer
---   {'done'}      the task is already terminal (a redelivery): acknowledged, not run again
+--   {'done'}      the task is already terminal (a redelivery, or cancelled before it started),
+--                 or it was running with a cancel request and its worker vanished: it ends
+--                 cancelled now. Acknowledged, not run.
 --   {'deferred'}  this worker has no handler for its type: acknowledged, back in the delayed zset
+--   {'paused'}    the queue is paused: acknowledged, back in the delayed zset (still queued),
+--                 due in a second; workers do not read a paused queue, so it waits in the stream
 --   {'dead', reason}  dead-lettered now: task record missing, the last attempt died with its
 --                 worker, or no live worker has a handler for its type
 local stream, dead, delayed, workers, group, consumer = KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[1], ARGV[2]
+Q.stats, Q.recent, Q.cancels, Q.recent_max = KEYS[5], KEYS[6], KEYS[7], tonumber(ARGV[9])
 local handlers = cjson.decode(ARGV[5])
 local unknown = {tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])}
+local paused = redis.call('EXISTS', KEYS[8]) == 1
 local now = now_ms()
-local n = (#KEYS - 4) / 2
+local n = (#KEYS - 8) / 2
 local entries = {}
-for i = 1, n do entries[i] = ARGV[7 + 2 * i] end
+for i = 1, n do entries[i] = ARGV[8 + 2 * i] end
 local mine = pending_of(stream, group, consumer, entries)
 local acked = {}  -- acknowledged together at the end (the fence above was read first, for all)
 local out = {}
 for i = 1, n do
-  local task, events = KEYS[3 + 2 * i], KEYS[4 + 2 * i]
-  local entry, id = entries[i], ARGV[8 + 2 * i]
+  local task, events = KEYS[7 + 2 * i], KEYS[8 + 2 * i]
+  local entry, id = entries[i], ARGV[9 + 2 * i]
   if not mine[entry] then
     out[i] = {'lost'}
   else
     mine[entry] = nil  -- an entry listed twice is started once
     local f = redis.call('HMGET', task, 'status', 'attempts', 'max_attempts', 'type', 'payload', 'timeout_s',
-      'defaults')
+      'defaults', 'cancel_requested_ms', 'cancel_by')
     local handler = f[4] and handler_of(handlers, f[4])
     if not f[1] then
       acked[#acked + 1] = entry
       task_missing(dead, ARGV[4], id, 'expired or never written')
       out[i] = {'dead', 'TaskMissing'}
-    elseif f[1] == 'succeeded' or f[1] == 'failed' then
+    elseif is_terminal(f[1]) then
       acked[#acked + 1] = entry
       out[i] = {'done'}
+    elseif f[1] == 'running' and f[8] then
+      acked[#acked + 1] = entry
+      cancel_now(task, events, id, now, f[9] or '', ARGV[3], 'cancelled while running; its worker vanished')
+      out[i] = {'done'}
+    elseif paused then
+      acked[#acked + 1] = entry
+      redis.call('ZADD', delayed, now + 1000, id)
+      out[i] = {'paused'}
     elseif not handler then
       acked[#acked + 1] = entry
       if defer_unknown(task, events, delayed, dead, workers, id, f, now, unknown, ARGV[3], ARGV[4]) ~= false then
@@ -62,4 +78,5 @@ for i = 1, n do
   end
 end
 ack_all(stream, group, acked)
+flush_tally(now)
 return out
