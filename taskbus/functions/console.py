@@ -20,6 +20,16 @@ from taskbus.http.console_api import make_service
 settings, service = boot("console", make_service)
 
 
+def _static_wsgi(filename: str) -> flask.Response:
+    """Flask's own `/static/<path:filename>` route (every Flask app has one) would shadow the
+    service's: its endpoint is pointed at the service, so both paths serve the same files."""
+    return flask_adapter.handle(service, flask.request)
+
+
+if flask.has_app_context():  # functions-framework loads this module inside its Flask app's context
+    flask.current_app.view_functions["static"] = _static_wsgi
+
+
 @functions_framework.aio.http
 async def console(request: starlette.requests.Request) -> starlette.responses.Response:
     """The ASGI target: the operator core's Redis calls run on a thread."""

@@ -22,7 +22,7 @@ from taskbus import openapi, serving
 from taskbus import task as tasks
 from taskbus.admin import STATES, Admin
 from taskbus.admin.redrive import RedriveRunner, Redrives
-from taskbus.errors import Forbidden, NotFound, Unavailable, ValidationError
+from taskbus.errors import Forbidden, NotFound, ValidationError
 from taskbus.http import Service, cancel_response, json_response, not_found, query_value
 from taskbus.http.body import json_body
 from taskbus.http.core import JSON_TYPE, Request, Response
@@ -193,12 +193,9 @@ class ConsoleAPI:
         return self.files.response(path)
 
     def start(self) -> None:
-        """Continue the running re-drives of the known queues (QUEUES if Redis does not answer yet)."""
-        try:
-            queues = self.admin.queues()
-        except Unavailable:
-            queues = list(self.settings.queues)
-        self.runner = RedriveRunner(self.settings, queues)
+        """Continue the running re-drives of the known queues (asked again each round, so
+        queues that appear later are followed)."""
+        self.runner = RedriveRunner(self.settings, self.admin.queues)
         self.runner.start()
 
     def close(self) -> None:
