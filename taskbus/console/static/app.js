@@ -53,8 +53,8 @@ function table(columns, rows, empty, attrs = {}) {
   const body = rows.length
     ? rows.map((row) => h("tr", {}, columns.map(([, cell, field]) => h("td", { "data-field": field }, cell(row)))))
     : [h("tr", {}, h("td", { colspan: columns.length, class: "empty" }, empty))];
-  return h("table", attrs, h("thead", {}, h("tr", {}, columns.map(([head]) => h("th", { scope: "col" }, head)))),
-    h("tbody", {}, body));
+  return h("div", { class: "scroll" }, h("table", attrs,
+    h("thead", {}, h("tr", {}, columns.map(([head]) => h("th", { scope: "col" }, head)))), h("tbody", {}, body)));
 }
 
 /** A button that runs `fn` once at a time and reports its failure. */
@@ -185,13 +185,14 @@ const QUEUE_COLUMNS = [
   ["Scheduled", (o) => o.counts.scheduled, "scheduled"],
   ["Running", (o) => o.counts.running, "running"],
   ["Dead", (o) => link(`#/dead/${enc(o.queue)}`, o.counts.dead), "dead"],
-  ["Dead-letter cap", (o) => (o.dead_letters ? `${o.dead_letters.cap}, ${o.dead_letters.evicted} evicted` : "–"), "dead_cap"],
+  ["Evicted", (o) => (o.dead_letters ? h("span", { title: `dead letters kept: at most ${o.dead_letters.cap}, ${
+    o.dead_letters.ttl_s} s` }, o.dead_letters.evicted) : "–"), "evicted"],
   ["Oldest queued", (o) => age(o.oldest_age_s.queued), "oldest_queued"],
   ["Oldest running", (o) => age(o.oldest_age_s.running), "oldest_running"],
   ["Paused", (o) => (o.paused ? `paused by ${o.paused_by ?? "?"}` : "no"), "paused"],
-  ["Succeeded (1 h)", (o) => o.last_hour.succeeded, "succeeded"],
-  ["Failed (1 h)", (o) => o.last_hour.failed, "failed"],
-  ["Cancelled (1 h)", (o) => o.last_hour.cancelled, "cancelled"],
+  ["Succeeded 1 h", (o) => o.last_hour.succeeded, "succeeded"],
+  ["Failed 1 h", (o) => o.last_hour.failed, "failed"],
+  ["Cancelled 1 h", (o) => o.last_hour.cancelled, "cancelled"],
   ["Workers", (o) => o.workers, "workers"],
 ];
 
@@ -356,7 +357,7 @@ async function deadPage(view, _params, name) {
     }
   });
   const [{ redrives }, dead] = await Promise.all([
-    api("GET", `/queues/${enc(name)}/redrives`), api("GET", `/queues/${enc(name)}/tasks?state=dead&limit=20`)]);
+    api("GET", `/queues/${enc(name)}/redrives`), api("GET", `/queues/${enc(name)}/tasks?state=dead&limit=10`)]);
   jobs.append(...redrives.map(redriveCard));
   view.append(h("h1", {}, "Dead letters of ", queueLink(name)), form, h("p", {}, count),
     h("h2", {}, "Re-drives"), jobs,
