@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from playwright.sync_api import Browser, ConsoleMessage, Page, sync_playwright
+from playwright.sync_api import Browser, ConsoleMessage, Page, expect, sync_playwright
 
 from local.embedded import free_port
 from taskbus.admin import Admin
@@ -36,6 +36,7 @@ VIEWPORT = {"width": 1280, "height": 800}
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "browser: drives the dashboard in a real Chromium (runs in make test)")
+    expect.set_options(timeout=10_000)  # `make test` loads 2 cores with 4 runners: room for a 2 s refresh or two
 
 
 @pytest.fixture(scope="session")
