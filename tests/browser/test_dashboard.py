@@ -56,7 +56,7 @@ def test_overview_counts_match_redis_and_the_chart_draws(page: Page, stack: Stac
     expect(page.locator("#chart canvas")).to_have_count(1)
     # live: a task enqueued now shows up without a reload (the table refreshes every 2 s)
     stack.enqueue(idle, "echo")
-    expect(page.locator(f"#queues tr[data-queue='{idle}'] td[data-field=queued]")).to_have_text("4", timeout=6000)
+    expect(page.locator(f"#queues tr[data-queue='{idle}'] td[data-field=queued]")).to_have_text("4")
     page.click(f"#queues tr[data-queue='{idle}'] button[data-action=pause]")
     expect(page.locator(f"#queues tr[data-queue='{idle}'] td[data-field=paused]")).to_have_text("paused by ops")
     assert stack.admin.overview(idle)["paused"] is True
