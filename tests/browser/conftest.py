@@ -83,7 +83,7 @@ class Stack:
 def stack(base_settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """Queues `served[i]` run on a worker with tests/handlers.py; `idle[i]` have no worker."""
     log_dir = tmp_path_factory.mktemp("dashboard")
-    served = tuple(f"dash-{uuid.uuid4().hex[:10]}" for _ in range(3))
+    served = tuple(f"dash-{uuid.uuid4().hex[:10]}" for _ in range(4))
     idle = tuple(f"dash-idle-{uuid.uuid4().hex[:10]}" for _ in range(3))
     # a key prefix of its own: the overview lists this stack's queues, not every test's
     settings = dataclasses.replace(base_settings, key_prefix=f"tbdash{uuid.uuid4().hex[:8]}", queues=served + idle,

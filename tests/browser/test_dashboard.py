@@ -85,6 +85,30 @@ def test_a_failed_task_shows_its_traceback_and_its_payload_as_text(page: Page, s
     expect(page.locator("#retry")).to_be_enabled()
     expect(page.locator("#cancel")).to_be_disabled()
     screenshot(page, "task")
+    page.click("#retry")  # a new attempt series under the same id: it runs (and fails) again
+    expect(page.locator("#flash")).to_contain_text("Queued again")
+    wait_until(lambda: len((stack.admin.task(task_id) or {}).get("history", [])) == 2, timeout=15,
+               message="the retried attempt", proc=stack.worker)
+    page.reload()
+    expect(page.locator("#history td[data-field=outcome]")).to_have_text(["failed", "failed"])
+    expect(page.locator("#audit td[data-field=action]")).to_contain_text([re.compile("retry")])
+
+
+def test_a_queue_page_has_tabs_by_state_and_pages_by_cursor(page: Page, stack: Stack) -> None:
+    queue = stack.idle[2]
+    ids = [stack.enqueue(queue, "echo", {"n": n}) for n in range(53)]
+    stack.enqueue(queue, "echo", delay_s=600)
+    sign_in(page, stack.key)
+    page.click(f"#queues a[href='#/queue/{queue}']")
+    expect(page.locator(".tabs a.active")).to_have_text("queued (53)")
+    first = page.locator("#tasks td[data-field=id]")
+    expect(first).to_have_count(50)
+    assert first.all_inner_texts() == ids[:50]  # stream order, one page of 50
+    page.click(".paging >> text=Next")
+    expect(page.locator("#tasks td[data-field=id]")).to_have_text(ids[50:])
+    expect(page.locator(".paging >> text=Next")).to_have_count(0)  # the last page
+    page.click(".tabs >> text=scheduled (1)")
+    expect(page.locator("#tasks td[data-field=due_at]")).to_have_count(1)
 
 
 def test_cancel_a_queued_task_by_clicking(page: Page, stack: Stack) -> None:
@@ -149,3 +173,23 @@ def test_workers_page_lists_the_live_worker(page: Page, stack: Stack) -> None:
     assert len(live) == 1
     row = page.locator("#workers tr", has=page.locator(f"td[data-field=consumer]:text-is('{live[0]['consumer']}')"))
     expect(row.locator("td[data-field=queues]")).to_have_text(", ".join(live[0]["queues"]))
+
+
+def test_cancel_a_redrive_from_its_card(page: Page, stack: Stack) -> None:
+    queue, total = stack.served[3], 8
+    for _ in range(total):
+        stack.enqueue(queue, "fail", max_attempts=1)
+    wait_until(lambda: stack.admin.overview(queue)["counts"]["dead"] >= total, timeout=20,
+               message="the dead letters", proc=stack.worker)
+    sign_in(page, stack.key)
+    page.goto(f"{stack.url}/#/dead/{queue}")
+    page.fill("#redrive-form input[name=type]", "fail")
+    page.fill("#redrive-form input[name=rate]", "0.5")  # slow enough to be cancelled half-way
+    page.click("#redrive")
+    card = page.locator("[data-redrive]").first
+    card.locator("button[data-action=cancel-redrive]").click()
+    expect(card).to_have_attribute("data-state", "cancelled")
+    expect(card.locator("button[data-action=cancel-redrive]")).to_be_hidden()
+    job = stack.redrives.get(str(card.get_attribute("data-redrive")))
+    assert job is not None and job["state"] == "cancelled" and job["cancelled_by"] == "ops"
+    assert job["moved"] < total
