@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import secrets
 import uuid
 from collections.abc import Iterator
@@ -32,6 +33,7 @@ CHROMIUM_ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-quic"
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 SCREENSHOTS = ROOT / "docs" / "screenshots"
 VIEWPORT = {"width": 1280, "height": 800}
+ACTION_URL = re.compile(r"/api/.*(:|%3A)(cancel|retry|pause|resume|purge)$", re.IGNORECASE)  # custom methods
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -113,6 +115,8 @@ def page(browser: Browser, stack: Stack, request: pytest.FixtureRequest) -> Iter
     tab = context.new_page()
     tab.set_default_timeout(15_000)
     problems: list[str] = []
+    tab.on("request", lambda req: problems.append(f"an action sent as GET: {req.url}")
+           if req.method == "GET" and ACTION_URL.search(req.url) else None)
     tab.on("pageerror", lambda error: problems.append(f"script error: {error}"))
     tab.on("console", lambda message: problems.append(message.text) if _is_problem(message) else None)
     tab.goto(stack.url + "/")
