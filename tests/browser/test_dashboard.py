@@ -129,7 +129,7 @@ def test_cancel_a_queued_task_by_clicking(page: Page, stack: Stack) -> None:
 
 
 def test_redrive_dead_letters_with_the_form_and_follow_its_progress(page: Page, stack: Stack) -> None:
-    queue, total, rate = stack.served[2], 30, 20
+    queue, total, rate = stack.served[2], 24, 20
     dead = [stack.enqueue(queue, "permanent", {"key": f"{queue}:runs"}, max_attempts=1) for _ in range(total)]
     stack.enqueue(queue, "flaky3", max_attempts=1)  # a dead letter the filter leaves out
     wait_until(lambda: stack.admin.overview(queue)["counts"]["dead"] == total + 1, timeout=20,
