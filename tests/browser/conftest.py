@@ -107,6 +107,19 @@ def stack(base_settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> 
             closeable.close()
 
 
+@pytest.fixture(scope="module")
+def open_console(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A second console on the same Redis, CONSOLE_READ_ONLY=true without ADMIN_KEYS: its URL."""
+    settings = dataclasses.replace(stack.settings, console_read_only=True, console_port=free_port())
+    console = spawn("console", settings, tmp_path_factory.mktemp("open-console"))
+    url = f"http://127.0.0.1:{settings.console_port}"
+    try:
+        wait_healthy(console, url)
+        yield url
+    finally:
+        console.stop()
+
+
 @pytest.fixture
 def page(browser: Browser, stack: Stack, request: pytest.FixtureRequest) -> Iterator[Page]:
     """A fresh tab (its own sessionStorage) on the dashboard; the test fails on any script error

@@ -193,3 +193,15 @@ def test_cancel_a_redrive_from_its_card(page: Page, stack: Stack) -> None:
     job = stack.redrives.get(str(card.get_attribute("data-redrive")))
     assert job is not None and job["state"] == "cancelled" and job["cancelled_by"] == "ops"
     assert job["moved"] < total
+
+
+def test_an_open_read_only_console_needs_no_key_and_refuses_actions(page: Page, stack: Stack,
+                                                                    open_console: str) -> None:
+    queue = stack.idle[1]
+    page.goto(open_console + "/")
+    expect(page.locator("#open-note")).to_be_visible()  # no sign-in form: nothing to type
+    expect(page.locator("#login")).to_be_hidden()
+    expect(page.locator("#logout")).to_be_hidden()
+    page.click(f"#queues tr[data-queue='{queue}'] button[data-action=pause]")
+    expect(page.locator("#flash.error")).to_contain_text("read-only")
+    assert stack.admin.overview(queue)["paused"] is False

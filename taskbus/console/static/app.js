@@ -11,6 +11,7 @@ const REFRESH_MS = 2000;
 const FOLLOW_MS = 500;
 const enc = encodeURIComponent;
 const $ = (selector) => document.querySelector(selector);
+const signedIn = () => sessionStorage.getItem(KEY) !== null;  // "" on an open console (no ADMIN_KEYS)
 
 // --- DOM -------------------------------------------------------------------------------------
 
@@ -112,7 +113,8 @@ class ApiError extends Error {
 
 /** One call to the admin API; JSON in and out; a 401 signs out. */
 async function api(method, path, body) {
-  const headers = { Authorization: `Bearer ${sessionStorage.getItem(KEY) ?? ""}` };
+  const key = sessionStorage.getItem(KEY);
+  const headers = key ? { Authorization: `Bearer ${key}` } : {};
   const init = { method, headers, cache: "no-store", credentials: "omit" };
   if (body !== undefined) {
     headers["Content-Type"] = "application/json";
@@ -145,9 +147,12 @@ const ROUTES = [
 
 /** Render the page the hash names into a fresh container (a stale render lands off-page). */
 async function route() {
-  if (!sessionStorage.getItem(KEY)) return showLogin();
+  if (!signedIn()) return showLogin();
+  const open = sessionStorage.getItem(KEY) === "";
   $("#login").hidden = true;
   $("#nav").hidden = false;
+  $("#logout").hidden = open;
+  $("#open-note").hidden = !open;
   const [path, query] = location.hash.slice(1).split("?");
   const view = h("div");
   $("#view").replaceChildren(view);
@@ -452,4 +457,13 @@ $("#search").addEventListener("submit", (event) => {
   if (id) location.hash = `#/task/${enc(id)}`;
 });
 window.addEventListener("hashchange", () => { flash(null); route(); });
-route();
+
+/** A console without ADMIN_KEYS (read-only) answers without a key: then there is nothing to type. */
+async function start() {
+  if (!signedIn()) {
+    const probe = await fetch("/api/queues", { cache: "no-store", credentials: "omit" }).catch(() => null);
+    if (probe?.ok) sessionStorage.setItem(KEY, "");
+  }
+  await route();
+}
+start();
