@@ -128,6 +128,21 @@ def test_cancel_a_queued_task_by_clicking(page: Page, stack: Stack) -> None:
     expect(page.locator("#retry")).to_be_enabled()  # a cancelled task may be retried
 
 
+def test_cancel_a_running_task_and_watch_it_end_cancelled(page: Page, stack: Stack) -> None:
+    queue = stack.served[1]
+    task_id = stack.enqueue(queue, "until_cancelled", {"key": f"{queue}:runs", "seconds": 30})
+    stack.wait_status(task_id, "running")
+    sign_in(page, stack.key)
+    page.goto(f"{stack.url}/#/task/{task_id}")
+    expect(page.locator("#task-status")).to_have_text("running")
+    page.click("#cancel")
+    expect(page.locator("#flash")).to_contain_text("Cancelling")
+    expect(page.locator("#task-status")).to_have_text("cancelled")  # the page follows it to the end
+    task = stack.admin.task(task_id)
+    assert task is not None and task["status"] == "cancelled" and task["cancel_requested_at"]
+    assert [attempt["outcome"] for attempt in task["history"]] == ["cancelled"]
+
+
 def test_redrive_dead_letters_with_the_form_and_follow_its_progress(page: Page, stack: Stack) -> None:
     queue, total, rate = stack.served[2], 24, 20
     dead = [stack.enqueue(queue, "permanent", {"key": f"{queue}:runs"}, max_attempts=1) for _ in range(total)]
