@@ -334,7 +334,7 @@ async function taskPage(view, _params, id) {
     h("h2", {}, "Attempts"), table(HISTORY_COLUMNS, task.history ?? [], "No attempt yet.", { id: "history" }),
     h("h2", {}, "Audit trail"), table(AUDIT_COLUMNS, task.audit ?? [], "No operator action yet.", { id: "audit" }),
   );
-  if (task.cancel_requested_at && !terminal) poll(view, REFRESH_MS, () => route().then(() => false));
+  if (task.cancel_requested_at && !terminal) poll(view, FOLLOW_MS, () => route().then(() => false));  // until it ends
 }
 
 async function deadPage(view, _params, name) {
