@@ -30,14 +30,15 @@ function h(tag, attrs = {}, ...children) {
 }
 
 const link = (href, text) => h("a", { href }, text);
-const taskLink = (id) => link(`#/task/${enc(id)}`, id);
+/** A task's link; in a queue's own listing the id without its queue prefix (`~<hex>`, whole in the title). */
+const taskLink = (id) => h("a", { href: `#/task/${enc(id)}`, title: id, "data-id": id }, id.slice(id.lastIndexOf("~")));
 const queueLink = (name) => link(`#/queue/${enc(name)}`, name);
 const pre = (value, cls = "json") => h("pre", { class: cls }, value === undefined || value === null ? "null" : JSON.stringify(value, null, 2));
 /** A moment (ISO text, or epoch ms) shown in UTC. */
 function time(moment) {
   if (moment === null || moment === undefined || moment === "") return "–";
   const iso = typeof moment === "number" ? new Date(moment).toISOString() : String(moment);
-  return h("time", { datetime: iso }, iso.replace("T", " ").replace("Z", " UTC"));
+  return h("time", { datetime: iso, title: iso }, iso.replace("T", " ").replace(/(\.\d+)?Z$/, " UTC"));  // ms in the title
 }
 const errorText = (error) => (error ? `${error.type ?? "error"}: ${error.message ?? ""}` : "–");
 
