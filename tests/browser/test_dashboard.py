@@ -84,7 +84,6 @@ def test_a_failed_task_shows_its_traceback_and_its_payload_as_text(page: Page, s
     assert page.locator("main img").count() == 0 and page.title() == "taskbus console"
     expect(page.locator("#retry")).to_be_enabled()
     expect(page.locator("#cancel")).to_be_disabled()
-    screenshot(page, "task")
     page.click("#retry")  # a new attempt series under the same id: it runs (and fails) again
     expect(page.locator("#flash")).to_contain_text("Queued again")
     wait_until(lambda: len((stack.admin.task(task_id) or {}).get("history", [])) == 2, timeout=15,
@@ -92,6 +91,7 @@ def test_a_failed_task_shows_its_traceback_and_its_payload_as_text(page: Page, s
     page.reload()
     expect(page.locator("#history td[data-field=outcome]")).to_have_text(["failed", "failed"])
     expect(page.locator("#audit td[data-field=action]")).to_contain_text([re.compile("retry")])
+    screenshot(page, "task")
 
 
 def test_a_queue_page_has_tabs_by_state_and_pages_by_cursor(page: Page, stack: Stack) -> None:

@@ -301,7 +301,7 @@ const HISTORY_COLUMNS = [
 ];
 const AUDIT_COLUMNS = [
   ["At", (e) => time(e.at)], ["Who", (e) => e.actor], ["Action", (e) => e.action, "action"],
-  ["Detail", (e) => (e.detail === null || e.detail === undefined ? "–"
+  ["Detail", (e) => (e.detail === null || e.detail === undefined || e.detail === "" ? "–"
     : typeof e.detail === "string" ? e.detail : JSON.stringify(e.detail))],
 ];
 
