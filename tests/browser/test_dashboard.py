@@ -7,8 +7,10 @@ import re
 import time
 
 import pytest
+import redis
 from playwright.sync_api import Locator, Page, expect
 
+from taskbus.keys import Keys
 from testkit.procs import wait_until
 from tests.browser.conftest import Stack, screenshot, sign_in
 
@@ -113,7 +115,7 @@ def test_a_queue_page_has_tabs_by_state_and_pages_by_cursor(page: Page, stack: S
     expect(page.locator("#tasks td[data-field=due_at]")).to_have_count(1)
 
 
-def test_cancel_a_queued_task_by_clicking(page: Page, stack: Stack) -> None:
+def test_cancel_a_queued_task_by_clicking(page: Page, stack: Stack, r: redis.Redis) -> None:
     task_id = stack.enqueue(stack.idle[1], "echo", {"wait": "forever"})
     sign_in(page, stack.key)
     page.fill("#search input[name=id]", task_id)  # search by id opens the task page
@@ -123,6 +125,7 @@ def test_cancel_a_queued_task_by_clicking(page: Page, stack: Stack) -> None:
     expect(page.locator("#task-status")).to_have_text("cancelled")
     expect(page.locator("#flash")).to_have_text("Cancelled.")
     expect(page.locator("#audit td[data-field=action]")).to_contain_text([re.compile("cancel")])
+    assert r.hget(Keys(stack.settings.key_prefix).task(task_id), "status") == "cancelled"  # in Redis itself
     task = stack.admin.task(task_id)
     assert task is not None and task["status"] == "cancelled"
     assert [entry["actor"] for entry in task["audit"]] == ["ops"]  # the key's label is the actor
