@@ -25,7 +25,7 @@ from taskbus.admin.redrive import Redrives
 from taskbus.enqueue import Enqueuer
 from taskbus.settings import Settings
 from taskbus.task import TaskSpec
-from testkit.env import ROOT
+from testkit.env import ROOT, env_of
 from testkit.procs import Proc, spawn, wait_healthy, wait_until
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -81,6 +81,12 @@ class Stack:
                                proc=self.worker))
 
 
+def console_env(settings: Settings, **extra: str) -> dict[str, str]:
+    """A console's environment: no ADMIN_KEYS or ADMIN_KEYS_FILE of the developer's (testkit's
+    clean_env keeps them), only the `extra` given."""
+    return {**{k: v for k, v in env_of(settings).items() if not k.startswith("ADMIN_KEYS")}, **extra}
+
+
 @pytest.fixture(scope="module")
 def stack(base_settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """Queues `served[i]` run on a worker with tests/handlers.py; `idle[i]` have no worker."""
@@ -92,7 +98,7 @@ def stack(base_settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> 
                                    console_port=free_port())
     key = secrets.token_urlsafe(24)
     admin, redrives, enqueuer = Admin(settings), Redrives(settings), Enqueuer(settings)
-    console = spawn("console", settings, log_dir, ADMIN_KEYS=f"ops:{key}")
+    console = spawn("console", settings, log_dir, env=console_env(settings, ADMIN_KEYS=f"ops:{key}"))
     worker = spawn("worker", dataclasses.replace(settings, queues=served), log_dir)
     url = f"http://127.0.0.1:{settings.console_port}"
     try:
@@ -111,7 +117,7 @@ def stack(base_settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> 
 def open_console(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A second console on the same Redis, CONSOLE_READ_ONLY=true without ADMIN_KEYS: its URL."""
     settings = dataclasses.replace(stack.settings, console_read_only=True, console_port=free_port())
-    console = spawn("console", settings, tmp_path_factory.mktemp("open-console"))
+    console = spawn("console", settings, tmp_path_factory.mktemp("open-console"), env=console_env(settings))
     url = f"http://127.0.0.1:{settings.console_port}"
     try:
         wait_healthy(console, url)
