@@ -94,8 +94,9 @@ def stack(base_settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> 
     served = tuple(f"dash-{uuid.uuid4().hex[:10]}" for _ in range(4))
     idle = tuple(f"dash-idle-{uuid.uuid4().hex[:10]}" for _ in range(3))
     # a key prefix of its own: the overview lists this stack's queues, not every test's
+    # (and one gunicorn worker per console: half the start-up on a 2-core machine)
     settings = dataclasses.replace(base_settings, key_prefix=f"tbdash{uuid.uuid4().hex[:8]}", queues=served + idle,
-                                   console_port=free_port())
+                                   console_port=free_port(), web_workers=1)
     key = secrets.token_urlsafe(24)
     admin, redrives, enqueuer = Admin(settings), Redrives(settings), Enqueuer(settings)
     console = spawn("console", settings, log_dir, env=console_env(settings, ADMIN_KEYS=f"ops:{key}"))
@@ -108,7 +109,7 @@ def stack(base_settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> 
         yield Stack(url, key, settings, admin, redrives, enqueuer, console, worker, served, idle)
     finally:
         for proc in (worker, console):
-            proc.stop()
+            proc.kill()  # nothing of theirs outlives the module (a prefix of its own): no drain to wait for
         for closeable in (enqueuer, redrives, admin):
             closeable.close()
 
@@ -123,7 +124,7 @@ def open_console(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iter
         wait_healthy(console, url)
         yield url
     finally:
-        console.stop()
+        console.kill()
 
 
 @pytest.fixture
