@@ -223,7 +223,8 @@ def static_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("console-static")
     (root / "static").mkdir()
     files = {"index.html": "<!doctype html><title>taskbus</title>", "app.js": "export {};", "app.css": "body{}",
-             "vendor/uplot/LICENSE.txt": "MIT", "logo.svg": "<svg/>", "data.bin": "\x00", ".env": "SECRET=1"}
+             "vendor/uplot/LICENSE.txt": "MIT", "vendor/uplot/LICENSE": "The MIT License", "logo.svg": "<svg/>",
+             "data.bin": "\x00", ".env": "SECRET=1"}
     for name, text in files.items():
         (root / "static" / name).parent.mkdir(parents=True, exist_ok=True)
         (root / "static" / name).write_text(text)
@@ -245,6 +246,7 @@ def test_the_dashboard_files_are_served_with_their_types_and_a_strict_policy(das
                                    ("/static/app.js", "text/javascript", "export"),
                                    ("/static/app.css", "text/css", "body"),
                                    ("/static/vendor/uplot/LICENSE.txt", "text/plain", "MIT"),
+                                   ("/static/vendor/uplot/LICENSE", "text/plain", "The MIT License"),
                                    ("/static/logo.svg", "image/svg+xml", "<svg"),
                                    ("/static/data.bin", "application/octet-stream", "\x00")):
         response = dashboard.get(path)  # no key: the page asks for it, the API needs it
