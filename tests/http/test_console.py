@@ -357,3 +357,19 @@ def test_with_redis_down_every_api_route_is_a_503_with_retry_after(make_console:
     error_of(console.get("/api/queues/dead-q/tasks?state=bogus", headers=AS_ALICE), 422, "validation_error")
     error_of(console.get("/api/queues", headers={"Authorization": "Bearer wrong"}), 401, "unauthorized")
     assert console.get("/openapi.json").status_code == 200
+
+
+def test_cancel_a_running_task_answers_202_and_it_ends_cancelled(console: Any, app_api: Api, queue: str,
+                                                                 workers: Callable[..., Proc]) -> None:
+    marks = f"tb:{{{queue}}}:test-marks"
+    task_id = create_id(app_api.enqueue, queue, type="until_cancelled", payload={"key": marks, "seconds": 20})
+    workers(handlers="tests.handlers")
+    wait_until(lambda: app_api.status.get(f"/tasks/{task_id}").json["status"] == "running", timeout=20,
+               message="the task to run")
+    cancelling = console.post(f"/api/tasks/{task_id}:cancel", headers=AS_BOB)
+    assert cancelling.status_code == 202, cancelling.text
+    assert cancelling.json["outcome"] == "cancelling" and cancelling.json["task"]["status"] == "running"
+    done = app_api.status.get(f"/tasks/{task_id}", query_string={"wait": "15"}).json
+    assert done["status"] == "cancelled", done
+    assert error_of(console.post(f"/api/tasks/{task_id}:cancel", headers=AS_BOB), 409, "conflict")["status"] == \
+        "cancelled"
