@@ -165,24 +165,30 @@ class Redrives:
         assert found is not None
         return found
 
-    def run(self, redrive_id: str, stop: threading.Event, on_progress: Progress | None = None) -> dict[str, Any]:
-        """Run the re-drive in this thread, paced at its rate, until it ends, `stop` is set, or
-        another runner holds it; returns the job as it then is."""
+    def run(self, redrive_id: str, stop: threading.Event, on_progress: Progress | None = None,
+            wait_for_others: bool = True) -> dict[str, Any]:
+        """Run the re-drive in this thread, paced at its rate, until it ends or `stop` is set;
+        while another runner holds its lease, follow it (`on_progress`) and take over if that
+        runner dies (`wait_for_others=False`: return instead, as the workers' runner does, which
+        looks again a second later). Returns the job as it then is."""
         queue = queue_of(redrive_id)
         if queue is None:
             raise NotFound(f"no re-drive with id {redrive_id[:200]!r}")
         key = self.keys.redrive(redrive_id)
         while not stop.is_set():
-            with unavailable_on_redis_errors():
-                held = self.scripts.redrive_claim(keys=[key], args=[self.name, LEASE_MS], client=self.client)
-            if not held:
-                break
             try:
-                if not self._drive(redrive_id, queue, stop, on_progress):
+                with unavailable_on_redis_errors():
+                    held = self.scripts.redrive_claim(keys=[key], args=[self.name, LEASE_MS], client=self.client)
+                if held:
+                    self._drive(redrive_id, queue, stop, on_progress)
+                job = self.get(redrive_id)
+                if job is None or job["state"] != "running" or (not held and not wait_for_others):
                     break
+                if on_progress:
+                    on_progress(job)
             except Unavailable as exc:  # retried from the cursor: a step that landed is not redone
                 log.warning("re-drive paused: Redis unavailable", extra={"fields": {"error": str(exc)[:200]}})
-                stop.wait(1.0)
+            stop.wait(FOLLOW_S)
         found = self.get(redrive_id)
         if found is None:
             raise NotFound(f"no re-drive with id {redrive_id[:200]!r}")
@@ -304,7 +310,7 @@ class RedriveRunner:
                 queues = self.queues() if callable(self.queues) else self.queues
                 for queue in queues:
                     for redrive_id in self.redrives.active(queue):
-                        self.redrives.run(redrive_id, self._stop)
+                        self.redrives.run(redrive_id, self._stop, wait_for_others=False)
             except Unavailable:
                 continue  # Redis is away: look again later
             except Exception:  # noqa: BLE001 - the runner must outlive any one job
