@@ -1,4 +1,4 @@
-"""The HTTP layer both functions share: routing, bearer keys, body limits and JSON errors,
+"""The HTTP layer the functions share: routing, bearer keys, body limits and JSON errors,
 written once against the neutral `core.Request` / `core.Response`.
 
 Every response is JSON. Error classes map to statuses in `STATUS` only; no input of any
@@ -9,6 +9,7 @@ shape reaches the framework's 500 handler.
     status_api     StatusAPI: GET /tasks/<id>[?wait=s], /task/<id>
     console_api    ConsoleAPI: the admin API under /api/... and the dashboard's static files
     body           the body rules: size, type, charset, time
+    static         the console's dashboard files: types, a strict CSP, nothing outside its folder
     flask_adapter  the WSGI path: flask.Request in, flask.Response out
     asgi           the ASGI path: Starlette request in, Starlette response out
     gunicorn       JSON for gunicorn's own refusals; the CLI's thread count

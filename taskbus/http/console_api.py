@@ -86,7 +86,7 @@ class ConsoleAPI:
     def __init__(self, settings: Settings, static_dir: Path = STATIC_DIR) -> None:
         self.settings = settings
         self.admin = Admin(settings)
-        self.redrives_ = Redrives(settings)
+        self.jobs = Redrives(settings)
         self.reader = StatusReader(settings)  # for /healthz: the queues' data-loss flags
         self.files = StaticFiles(static_dir)
         self.runner: RedriveRunner | None = None
@@ -156,22 +156,22 @@ class ConsoleAPI:
 
     def create_redrive(self, request: Request, queue: str) -> Response:
         filters = _redrive_body(json_body(request))
-        job = self.redrives_.create(queue, actor=request.actor, **filters)
+        job = self.jobs.create(queue, actor=request.actor, **filters)
         if job.get("dry_run"):
             return json_response(job)
         return json_response(job, 201, {"Location": f"/api/redrives/{job['id']}"})
 
     def redrives(self, request: Request, queue: str) -> Response:
-        return json_response({"redrives": self.redrives_.list(queue)})
+        return json_response({"redrives": self.jobs.list(queue)})
 
     def redrive(self, request: Request, redrive_id: str) -> Response:
-        job = self.redrives_.get(redrive_id)
+        job = self.jobs.get(redrive_id)
         if job is None:
             raise NotFound(f"no re-drive with id {redrive_id[:200]!r}")
         return json_response(job)
 
     def cancel_redrive(self, request: Request, redrive_id: str) -> Response:
-        return json_response(self.redrives_.cancel(redrive_id, actor=request.actor))
+        return json_response(self.jobs.cancel(redrive_id, actor=request.actor))
 
     # ----------------------------------------------------------------- the rest
 
@@ -200,7 +200,7 @@ class ConsoleAPI:
     def close(self) -> None:
         if self.runner is not None:
             self.runner.stop()
-        self.redrives_.close()
+        self.jobs.close()
         self.admin.close()
         self.reader.close()
 

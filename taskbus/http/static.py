@@ -35,6 +35,7 @@ TYPES = {
     ".ico": "image/vnd.microsoft.icon",
     ".woff2": "font/woff2",
     ".txt": "text/plain",
+    "": "text/plain",  # LICENSE, README: a vendored library's licence is text
 }
 
 

@@ -41,7 +41,7 @@ from taskbus.http.gunicorn import MAX_QUOTED_CHARS
 # shutdown: the status function wakes its long-polls there, so they answer within it.
 DRAIN_HOOKS: list[Callable[[], None]] = []
 # Connections one worker process serves at once before it answers 503: long-polls are cheap
-# on this path, so the cap is the Redis connections they need (state.async_reader.MAX_WAITERS).
+# on this path (a coroutine each, all on one shared Redis subscription), so this bounds memory.
 LIMIT_CONCURRENCY = 4096
 
 

@@ -1,10 +1,12 @@
 """The status side of the task state for the ASGI path: read a task and long-poll it with
-redis-py's asyncio client, so a waiting request holds a coroutine and a Redis connection, never
-a thread. Same contract as `StatusReader` (its `ping` stays sync: /healthz is cheap either way)."""
+redis-py's asyncio client, so a waiting request holds a coroutine, never a thread, and all the
+long-polls of a process share one pub/sub connection (`Subscriptions`). Same contract as
+`StatusReader` (its `ping` stays sync: /healthz is cheap either way)."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any
 
 import redis.asyncio
@@ -14,21 +16,16 @@ from redis.backoff import ExponentialBackoff
 from taskbus.keys import Keys
 from taskbus.settings import Settings
 from taskbus.state.client import unavailable_on_redis_errors
-from taskbus.state.reader import WAIT_SOCKET_MARGIN_S
 from taskbus.task import TERMINAL, queue_of
-
-# Long-polls one process holds at once (each holds one pub/sub connection while it waits);
-# one more waits for a free connection up to the socket timeout, then gets a 503.
-MAX_WAITERS = 4096
 
 
 def connect_async(settings: Settings, *, socket_timeout_s: float | None = None,
-                  max_connections: int | None = None) -> redis.asyncio.Redis:
+                  max_connections: int | None = None, pool_wait_s: float | None = None) -> redis.asyncio.Redis:
     """The asyncio twin of `state.client.connect`: bounded timeouts, a small retry budget."""
     pool = redis.asyncio.BlockingConnectionPool.from_url(
         settings.redis_url,
         max_connections=max_connections or settings.redis_max_connections,
-        timeout=settings.redis_socket_timeout_s,
+        timeout=pool_wait_s or settings.redis_socket_timeout_s,
         socket_timeout=socket_timeout_s or settings.redis_socket_timeout_s,
         socket_connect_timeout=settings.redis_connect_timeout_s,
         retry=Retry(ExponentialBackoff(cap=0.2, base=0.02), settings.redis_retries),
@@ -37,6 +34,125 @@ def connect_async(settings: Settings, *, socket_timeout_s: float | None = None,
         driver_info=None,
     )
     return redis.asyncio.Redis(connection_pool=pool)
+
+# How long the one reader of the shared subscription waits per read (below the socket timeout).
+READ_S = 0.5
+# How long a request may queue for one of the REDIS_MAX_CONNECTIONS connections: a burst of
+# thousands of long-polls arriving at once waits its turn (each read takes well under a ms)
+# instead of failing; a Redis that is down still fails fast (connect and socket timeouts).
+POOL_WAIT_S = 5.0
+
+
+class Subscriptions:
+    """Every long-poll of one event loop on one sharded pub/sub connection: a waiter joins its
+    task's channel, the channel is subscribed once however many wait on it (and unsubscribed
+    when the last one leaves), and one reader task hands each message to the waiters of its
+    channel. Thousands of waiting clients cost one Redis connection, not one each."""
+
+    def __init__(self, client: redis.asyncio.Redis, confirm_s: float) -> None:
+        self.client = client
+        self.confirm_s = confirm_s
+        self._pubsub: Any = None
+        self._reader: asyncio.Task[None] | None = None
+        self._waiters: dict[str, set[asyncio.Future[None]]] = {}
+        self._confirming: dict[str, asyncio.Future[None]] = {}
+        self._connecting = asyncio.Lock()
+
+    async def join(self, channel: str) -> asyncio.Future[None]:
+        """A future done at the next message on `channel`. Returns once the subscription is
+        confirmed, so anything published after this returns reaches the future."""
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[None] = loop.create_future()
+        waiters = self._waiters.setdefault(channel, set())
+        waiters.add(waiter)
+        try:
+            if len(waiters) == 1:  # the first waiter on this channel subscribes
+                self._confirming[channel] = loop.create_future()
+                await (await self._connection()).ssubscribe(channel)
+            confirming = self._confirming.get(channel)
+            if confirming is not None:
+                await asyncio.wait_for(asyncio.shield(confirming), self.confirm_s)
+        except BaseException:
+            await asyncio.shield(self.leave(channel, waiter))
+            raise
+        return waiter
+
+    def rearm(self, channel: str, waiter: asyncio.Future[None]) -> asyncio.Future[None]:
+        """A fresh future for the next message, in place of `waiter` (done), still subscribed."""
+        fresh: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        waiters = self._waiters.setdefault(channel, set())
+        waiters.discard(waiter)
+        waiters.add(fresh)
+        return fresh
+
+    async def leave(self, channel: str, waiter: asyncio.Future[None]) -> None:
+        waiters = self._waiters.get(channel)
+        if waiters is None or waiter not in waiters:
+            return
+        waiters.discard(waiter)
+        if waiters:
+            return
+        del self._waiters[channel]
+        self._confirming.pop(channel, None)
+        if self._pubsub is not None:
+            with contextlib.suppress(redis.RedisError, OSError):
+                await self._pubsub.sunsubscribe(channel)
+
+    async def _connection(self) -> Any:
+        """The shared subscriber, connected once (concurrent first joins would each take a
+        connection of their own otherwise)."""
+        async with self._connecting:
+            if self._pubsub is None:
+                pubsub = self.client.pubsub()
+                await pubsub.connect()  # type: ignore[no-untyped-call]
+                self._pubsub = pubsub
+                self._reader = asyncio.ensure_future(self._read(pubsub))
+        return self._pubsub
+
+    async def _read(self, pubsub: Any) -> None:
+        """The connection's one reader: confirmations and messages to their futures. On a
+        connection error every waiter fails (a 503 each) and the next long-poll reconnects."""
+        try:
+            while True:
+                if not pubsub.subscribed:  # nothing subscribed (yet, or any more): the next join wakes us
+                    await asyncio.sleep(0.01)
+                    continue
+                message = await pubsub.get_message(timeout=READ_S)
+                if message is None:
+                    continue
+                channel = message.get("channel")
+                if message["type"] == "ssubscribe":
+                    confirming = self._confirming.pop(channel, None)
+                    if confirming is not None and not confirming.done():
+                        confirming.set_result(None)
+                elif message["type"] == "smessage":
+                    for waiter in self._waiters.get(channel, ()):
+                        if not waiter.done():
+                            waiter.set_result(None)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - every waiter learns of it, as a Redis error
+            self._fail(pubsub, exc if isinstance(exc, redis.RedisError) else redis.ConnectionError(str(exc)))
+
+    def _fail(self, pubsub: Any, error: redis.RedisError) -> None:
+        if self._pubsub is pubsub:
+            self._pubsub = None
+        for future in [*self._confirming.values(), *(w for ws in self._waiters.values() for w in ws)]:
+            if not future.done():
+                future.set_exception(error)
+        self._confirming.clear()
+        self._waiters.clear()
+        asyncio.ensure_future(pubsub.aclose())
+
+    async def close(self) -> None:
+        if self._reader is not None:
+            self._reader.cancel()
+            await asyncio.gather(self._reader, return_exceptions=True)
+        if self._pubsub is not None:
+            with contextlib.suppress(Exception):
+                await self._pubsub.aclose()
+        self._pubsub = self._reader = None
+        await self.client.aclose()
 
 
 class AsyncStatusReader:
@@ -48,18 +164,18 @@ class AsyncStatusReader:
         self.keys = Keys(settings.key_prefix)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._client: redis.asyncio.Redis | None = None
-        self._blocking: redis.asyncio.Redis | None = None
+        self._subscriptions: Subscriptions | None = None
         self.draining = asyncio.Event()  # set on SIGTERM: every long-poll answers now
 
-    def _clients(self) -> tuple[redis.asyncio.Redis, redis.asyncio.Redis]:
+    def _clients(self) -> tuple[redis.asyncio.Redis, Subscriptions]:
         loop = asyncio.get_running_loop()
-        if self._client is None or self._blocking is None or self._loop is not loop:
+        if self._client is None or self._subscriptions is None or self._loop is not loop:
             self._loop = loop
             self.draining = asyncio.Event()
-            self._client = connect_async(self.settings)
-            self._blocking = connect_async(self.settings, max_connections=MAX_WAITERS,
-                                           socket_timeout_s=self.settings.max_wait_s + WAIT_SOCKET_MARGIN_S)
-        return self._client, self._blocking
+            self._client = connect_async(self.settings, pool_wait_s=POOL_WAIT_S)
+            listener = connect_async(self.settings, max_connections=2)
+            self._subscriptions = Subscriptions(listener, confirm_s=self.settings.redis_socket_timeout_s)
+        return self._client, self._subscriptions
 
     def drain(self) -> None:
         """Wake every long-poll so it answers with the task as it is (call from any thread)."""
@@ -82,7 +198,7 @@ class AsyncStatusReader:
         confirmed, so a change landing in between is always seen."""
         if queue_of(task_id) is None:
             return None
-        client, blocking = self._clients()
+        client, subscriptions = self._clients()
         task_key, channel = self.keys.task(task_id), self.keys.events(task_id)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
@@ -90,41 +206,35 @@ class AsyncStatusReader:
             record: Any = await client.hgetall(task_key)
             if not record or record.get("status") in TERMINAL or self.draining.is_set():
                 return record or None
-            pubsub = blocking.pubsub()
             try:
-                await pubsub.ssubscribe(channel)
-                confirmed = await pubsub.get_message(timeout=self.settings.redis_socket_timeout_s)
-                if confirmed is None:
-                    raise redis.TimeoutError("no subscription confirmation")
+                waiter = await subscriptions.join(channel)
+            except asyncio.TimeoutError:
+                raise redis.TimeoutError("no subscription confirmation") from None
+            try:
                 while True:
                     record = await client.hgetall(task_key)
                     remaining = deadline - loop.time()
                     if not record or record.get("status") in TERMINAL or remaining <= 0 or self.draining.is_set():
                         return record or None
-                    await self._next_message(pubsub, remaining)
+                    await self._next_message(waiter, remaining)
+                    if waiter.done():  # a message (read the state again), or the connection's error
+                        waiter.result()
+                        waiter = subscriptions.rearm(channel, waiter)
             finally:
-                # shielded: a long-poll cancelled (its client left) must still disconnect the
-                # connection before the pool hands it to another long-poll
-                await asyncio.shield(pubsub.aclose())  # type: ignore[no-untyped-call]
+                await asyncio.shield(subscriptions.leave(channel, waiter))
 
-    async def _next_message(self, pubsub: Any, timeout_s: float) -> None:
+    async def _next_message(self, waiter: asyncio.Future[None], timeout_s: float) -> None:
         """A message on the task's channel, the drain signal, or the timeout: whichever is first."""
-        message = asyncio.ensure_future(pubsub.get_message(timeout=timeout_s))
         drained = asyncio.ensure_future(self.draining.wait())
         try:
-            await asyncio.wait((message, drained), return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait((asyncio.shield(waiter), drained), timeout=timeout_s,
+                               return_when=asyncio.FIRST_COMPLETED)
         finally:
-            # whatever ends the wait (this task cancelled too), no read is left running on the
-            # connection: a second reader on it fails ("another coroutine is already waiting")
             drained.cancel()
-            if not message.done():
-                message.cancel()
-                await asyncio.gather(message, return_exceptions=True)
-        if not message.cancelled() and message.exception() is not None:
-            raise message.exception()
 
     async def close(self) -> None:
-        for client in (self._client, self._blocking):
-            if client is not None:
-                await client.aclose()
-        self._client = self._blocking = None
+        if self._subscriptions is not None:
+            await self._subscriptions.close()
+        if self._client is not None:
+            await self._client.aclose()
+        self._client = self._subscriptions = None

@@ -40,6 +40,6 @@ def unavailable_on_redis_errors() -> Iterator[None]:
     try:
         yield
     except REDIS_ERRORS as exc:
-        raise Unavailable(f"Redis unavailable: {type(exc).__name__}") from exc
+        raise Unavailable(f"Redis unavailable: {type(exc).__name__}: {str(exc)[:200]}") from exc
     except redis.ConnectionError as exc:  # pool exhausted raises ConnectionError too
         raise Unavailable(str(exc)) from exc

@@ -341,34 +341,43 @@ def test_sigterm_answers_waiting_long_polls_and_exits_within_the_graceful_timeou
 
 def test_asgi_long_polls_hold_no_thread(base_settings: Settings, function_servers: Callable[[str], dict[str, str]],
                                         tmp_path: Path, r: redis.Redis) -> None:
-    """300 `?wait=` clients on one ASGI status process with a 2-thread pool all wait at once
-    (counted by their subscriptions in Redis) while /healthz answers; the WSGI path would need
-    300 threads for this, so it is not run there."""
+    """300 `?wait=` clients, each on a task of its own, on one ASGI status process with a
+    2-thread pool all wait at once (counted by their subscriptions in Redis) on ONE Redis
+    connection, while /healthz answers; the WSGI path would need 300 threads (and 300
+    connections) for this, so it is not run there."""
     functions = function_servers("redis")  # the default (ASGI) pair: enqueue only
     settings = dataclasses.replace(base_settings, status_port=free_port(), web_workers=1, status_threads=2)
     proc, url = start_function("status", settings, tmp_path, env={"SERVE_PATH": "asgi"})
     queue = f"q-{uuid.uuid4().hex[:12]}"
-    with httpx.Client(timeout=10) as http:
-        task_id = http.post(functions["enqueue"] + "/tasks", json={"type": "t", "queue": queue}).json()["id"]
-    channel = KEYS.events(task_id)
     polls = 300
+    with httpx.Client(timeout=10) as http:
+        tasks = {"tasks": [{"type": "t", "queue": queue}] * polls}
+        batch = http.post(functions["enqueue"] + "/tasks/batch", json=tasks)
+        task_ids = [t["id"] for t in batch.json()["results"]]
+    channels = [KEYS.events(t) for t in task_ids]
+
+    def subscribers() -> tuple[int, int]:
+        """(channels of these tasks with a subscriber, connections subscribed to any channel)."""
+        counts = dict(r.pubsub_shardnumsub(*channels))
+        connections = sum(1 for c in r.client_list() if int(c.get("ssub", 0)) > 0)
+        return sum(1 for ch in channels if counts.get(ch, 0) > 0), connections
 
     async def all_wait() -> list[int]:
         limits = httpx.Limits(max_connections=polls + 10)
         async with httpx.AsyncClient(timeout=30, limits=limits) as http:
-            waiting = [asyncio.ensure_future(http.get(f"{url}/tasks/{task_id}", params={"wait": 6}))
-                       for _ in range(polls)]
+            waiting = [asyncio.ensure_future(http.get(f"{url}/tasks/{t}", params={"wait": 6})) for t in task_ids]
             deadline = time.monotonic() + 5
-            while dict(r.pubsub_shardnumsub(channel)).get(channel, 0) < polls and time.monotonic() < deadline:
+            while subscribers()[0] < polls and time.monotonic() < deadline:
                 await asyncio.sleep(0.1)
-            subscribed = int(dict(r.pubsub_shardnumsub(channel)).get(channel, 0))
+            subscribed, connections = subscribers()
             health = (await http.get(f"{url}/healthz")).status_code
             replies = await asyncio.gather(*waiting)
-            return [subscribed, health, *(reply.status_code for reply in replies)]
+            return [subscribed, connections, health, *(reply.status_code for reply in replies)]
 
     try:
-        subscribed, health, *statuses = asyncio.run(all_wait())
+        subscribed, connections, health, *statuses = asyncio.run(all_wait())
         assert subscribed == polls and health == 200
+        assert connections == 1  # every long-poll of the process on one shared subscription
         assert statuses == [200] * polls
     finally:
         proc.kill()

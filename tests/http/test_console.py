@@ -7,6 +7,7 @@ a re-drive's dry run and job). The operations' own behaviour is tested with the 
 from __future__ import annotations
 
 import dataclasses
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -14,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from local.embedded import free_port
 from taskbus.http.static import CSP, StaticFiles
 from taskbus.redact import MASK, redact
 from taskbus.settings import Settings
@@ -221,7 +223,8 @@ def static_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("console-static")
     (root / "static").mkdir()
     files = {"index.html": "<!doctype html><title>taskbus</title>", "app.js": "export {};", "app.css": "body{}",
-             "vendor/uplot/LICENSE.txt": "MIT", "logo.svg": "<svg/>", "data.bin": "\x00", ".env": "SECRET=1"}
+             "vendor/uplot/LICENSE.txt": "MIT", "vendor/uplot/LICENSE": "The MIT License", "logo.svg": "<svg/>",
+             "data.bin": "\x00", ".env": "SECRET=1"}
     for name, text in files.items():
         (root / "static" / name).parent.mkdir(parents=True, exist_ok=True)
         (root / "static" / name).write_text(text)
@@ -243,6 +246,7 @@ def test_the_dashboard_files_are_served_with_their_types_and_a_strict_policy(das
                                    ("/static/app.js", "text/javascript", "export"),
                                    ("/static/app.css", "text/css", "body"),
                                    ("/static/vendor/uplot/LICENSE.txt", "text/plain", "MIT"),
+                                   ("/static/vendor/uplot/LICENSE", "text/plain", "The MIT License"),
                                    ("/static/logo.svg", "image/svg+xml", "<svg"),
                                    ("/static/data.bin", "application/octet-stream", "\x00")):
         response = dashboard.get(path)  # no key: the page asks for it, the API needs it
@@ -330,3 +334,42 @@ def test_redrive_requests_are_validated_counted_and_created(console: Any, queue:
     assert [one["id"] for one in console.get(path, headers=AS_ALICE).json["redrives"]] == [job["id"]]
     wait_until(lambda: console.get(created.headers["Location"], headers=AS_ALICE).json["state"] != "running",
                timeout=10, message="the empty re-drive to end")  # nothing to move: the runner ends it
+
+
+# --------------------------------------------------------------------------- Redis down
+
+
+def test_with_redis_down_every_api_route_is_a_503_with_retry_after(make_console: Callable[..., Any]) -> None:
+    """Reads and actions alike, within the Redis client's bound; what needs no Redis keeps its status."""
+    console = make_console(redis_url=f"redis://127.0.0.1:{free_port()}/0")
+    task = f"dead-q~{'a' * 32}"
+    cases = [("GET", "/healthz", None), ("GET", "/api/queues", None), ("GET", "/api/queues/dead-q", None),
+             ("GET", "/api/queues/dead-q/tasks?state=dead", None), ("GET", f"/api/tasks/{task}", None),
+             ("POST", f"/api/tasks/{task}:cancel", None), ("POST", f"/api/tasks/{task}:retry", None),
+             ("POST", "/api/queues/dead-q:pause", None),
+             ("POST", "/api/queues/dead-q:purge", {"state": "dead", "confirm": "dead-q"}),
+             ("POST", "/api/queues/dead-q/redrives", {"dry_run": True}), ("GET", "/api/workers", None)]
+    for method, path, body in cases:
+        began = time.monotonic()
+        response = console.open(path, method=method, json=body, headers=AS_ALICE)
+        error_of(response, 503, "unavailable")
+        assert int(response.headers["Retry-After"]) >= 1 and time.monotonic() - began < 2.0, path
+    error_of(console.get("/api/queues/dead-q/tasks?state=bogus", headers=AS_ALICE), 422, "validation_error")
+    error_of(console.get("/api/queues", headers={"Authorization": "Bearer wrong"}), 401, "unauthorized")
+    assert console.get("/openapi.json").status_code == 200
+
+
+def test_cancel_a_running_task_answers_202_and_it_ends_cancelled(console: Any, app_api: Api, queue: str,
+                                                                 workers: Callable[..., Proc]) -> None:
+    marks = f"tb:{{{queue}}}:test-marks"
+    task_id = create_id(app_api.enqueue, queue, type="until_cancelled", payload={"key": marks, "seconds": 20})
+    workers(handlers="tests.handlers")
+    wait_until(lambda: app_api.status.get(f"/tasks/{task_id}").json["status"] == "running", timeout=20,
+               message="the task to run")
+    cancelling = console.post(f"/api/tasks/{task_id}:cancel", headers=AS_BOB)
+    assert cancelling.status_code == 202, cancelling.text
+    assert cancelling.json["outcome"] == "cancelling" and cancelling.json["task"]["status"] == "running"
+    done = app_api.status.get(f"/tasks/{task_id}", query_string={"wait": "15"}).json
+    assert done["status"] == "cancelled", done
+    assert error_of(console.post(f"/api/tasks/{task_id}:cancel", headers=AS_BOB), 409, "conflict")["status"] == \
+        "cancelled"
