@@ -14,6 +14,7 @@ from taskbus.admin import stats
 from taskbus.admin.rows import detail, row, workers_of
 from taskbus.errors import Conflict, NotFound, ValidationError
 from taskbus.keys import Keys
+from taskbus.redact import redact
 from taskbus.settings import Settings
 from taskbus.state.client import connect, unavailable_on_redis_errors
 from taskbus.state.scripts import Scripts
@@ -189,11 +190,18 @@ class Admin:
     # -- one task ---------------------------------------------------------------------------
 
     def task(self, task_id: str) -> dict[str, Any] | None:
+        """The task's detail, its payload with the CONSOLE_REDACT fields masked (every surface
+        that shows it to people comes here)."""
         if queue_of(task_id) is None:
             return None
         with unavailable_on_redis_errors():
             record: Any = self.client.hgetall(self.keys.task(task_id))
-        return detail(record) if record else None
+        if not record:
+            return None
+        shown = detail(record)
+        if self.settings.console_redact:
+            shown["payload"] = redact(shown["payload"], self.settings.console_redact)
+        return shown
 
     def cancel(self, task_id: str, actor: str) -> tuple[str, dict[str, Any]]:
         queue = self._queue_of(task_id)

@@ -27,7 +27,6 @@ from taskbus.http import Service, cancel_response, json_response, not_found, que
 from taskbus.http.body import json_body
 from taskbus.http.core import JSON_TYPE, Request, Response
 from taskbus.http.static import StaticFiles
-from taskbus.redact import redact
 from taskbus.settings import Settings
 from taskbus.state.reader import StatusReader
 
@@ -142,9 +141,7 @@ class ConsoleAPI:
         detail = self.admin.task(task_id)
         if detail is None:
             raise not_found(task_id)
-        if self.settings.console_redact and "payload" in detail:
-            detail = {**detail, "payload": redact(detail["payload"], self.settings.console_redact)}
-        return json_response(detail)
+        return json_response(detail)  # CONSOLE_REDACT applied by the core
 
     def cancel(self, request: Request, task_id: str) -> Response:
         return cancel_response(self.admin, task_id, request.actor)

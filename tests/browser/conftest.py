@@ -37,7 +37,6 @@ ACTION_URL = re.compile(r"/api/.*(:|%3A)(cancel|retry|pause|resume|purge)$", re.
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "browser: drives the dashboard in a real Chromium (runs in make test)")
     expect.set_options(timeout=10_000)  # `make test` loads 2 cores with 4 runners: room for a 2 s refresh or two
 
 
