@@ -105,7 +105,7 @@ class ConsoleAPI:
     # ----------------------------------------------------------------- queues
 
     def queues(self, request: Request) -> Response:
-        return json_response({"queues": self.admin.overviews()})
+        return json_response({"queues": self.admin.overviews(), "read_only": self.settings.console_read_only})
 
     def queue(self, request: Request, queue: str) -> Response:
         return json_response(self.admin.overview(queue))

@@ -120,6 +120,8 @@ def test_a_read_only_console_refuses_every_action_and_still_reads(make_console: 
         error_of(console.post(path), 401, "unauthorized")  # the key is checked first
     assert console.get(f"/api/tasks/{task_id}", headers=AS_ALICE).json["status"] == "queued"  # nothing changed
     assert console.get(f"/api/queues/{queue}", headers=AS_ALICE).json["paused"] is False
+    assert console.get("/api/queues", headers=AS_ALICE).json["read_only"] is True  # the dashboard hides its actions
+    assert make_console().get("/api/queues", headers=AS_ALICE).json["read_only"] is False
 
 
 def test_a_read_only_console_without_keys_is_open_for_reads_only(make_console: Callable[..., Any],

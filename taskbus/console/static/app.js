@@ -61,7 +61,7 @@ function table(columns, rows, empty, attrs = {}) {
 
 /** A button that runs `fn` once at a time and reports its failure. */
 function action(label, fn, attrs = {}) {
-  const button = h("button", { type: "button", ...attrs }, label);
+  const button = h("button", { type: "button", class: "write", ...attrs }, label);
   button.addEventListener("click", async () => {
     button.disabled = true;
     try { await fn(); } catch (error) { showError(error); } finally { button.disabled = false; }
@@ -128,6 +128,9 @@ async function api(method, path, body) {
     throw new ApiError(0, { code: "network", message: "The console does not answer." });
   }
   const data = await response.json().catch(() => null);
+  if (response.ok && method === "GET" && path === "/queues" && data) {
+    document.body.classList.toggle("read-only", data.read_only === true);  // its actions are hidden
+  }
   if (!response.ok) {
     const error = new ApiError(response.status, data?.error ?? {});
     if (response.status === 401) signOut(`Signed out: ${error.message}`);
@@ -351,7 +354,7 @@ async function deadPage(view, _params, name) {
   form.append(action("Count (dry run)", async () => {
     const { matched } = await api("POST", `/queues/${enc(name)}/redrives`, { ...filters(form, false), dry_run: true });
     count.textContent = `${matched} dead letter${matched === 1 ? "" : "s"} match.`;
-  }, { id: "dry-run" }), " ", h("button", { type: "submit", id: "redrive" }, "Re-drive"));
+  }, { id: "dry-run" }), " ", h("button", { type: "submit", id: "redrive", class: "write" }, "Re-drive"));
   form.addEventListener("submit", async (event) => {
     event.preventDefault();
     try {
