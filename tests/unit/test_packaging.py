@@ -73,5 +73,9 @@ def test_every_data_file_the_code_loads_is_package_data() -> None:
     assert "lua/*.lua" in data["taskbus.state"] and "*.json" in data["taskbus.openapi"]
     assert list((ROOT / "taskbus" / "state" / "lua").glob("*.lua"))
     assert list((ROOT / "taskbus" / "openapi").glob("*.json"))
-    non_python = {p.suffix for p in (ROOT / "taskbus").rglob("*") if p.is_file() and "__pycache__" not in p.parts}
+    static = ROOT / "taskbus" / "console" / "static"
+    assert {"static/*", "static/vendor/uplot/*"} <= set(data["taskbus.console"])
+    assert {p.parent for p in static.rglob("*") if p.is_file()} == {static, static / "vendor" / "uplot"}
+    non_python = {p.suffix for p in (ROOT / "taskbus").rglob("*")
+                  if p.is_file() and "__pycache__" not in p.parts and static not in p.parents}
     assert non_python <= {".py", ".lua", ".json", ".typed"}, "a new kind of data file needs a package-data entry"
