@@ -1,7 +1,9 @@
-# One lean image for the three services: the `taskbus` package and its runtime dependencies only
+# One lean image for the four services: the `taskbus` package and its runtime dependencies only
 # (no embedded servers, tests or dev tools), run as a non-root user. The command picks the service:
 #   docker run IMAGE                   -> taskbus serve enqueue  (gunicorn, ENQUEUE_PORT 8080 or PORT)
 #   docker run IMAGE serve status      -> taskbus serve status   (gunicorn, STATUS_PORT 8081 or PORT)
+#   docker run IMAGE serve console     -> taskbus serve console  (gunicorn, CONSOLE_PORT 8082 or PORT;
+#                                         needs ADMIN_KEYS or ADMIN_KEYS_FILE, or CONSOLE_READ_ONLY=true)
 #   docker run IMAGE worker            -> taskbus worker         (GET /healthz on PORT when set)
 # Every setting is an environment variable named after a field of taskbus.settings.Settings.
 
@@ -35,7 +37,7 @@ RUN useradd --system --uid 10001 --user-group --home-dir /app --no-create-home \
         --shell /usr/sbin/nologin taskbus
 USER taskbus
 
-EXPOSE 8080 8081
+EXPOSE 8080 8081 8082
 
 # gunicorn drains for 8 s and the worker for GRACE_S (8 s) after SIGTERM.
 STOPSIGNAL SIGTERM

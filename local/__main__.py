@@ -10,15 +10,17 @@ import sys
 
 DESCRIPTION = """\
 Run taskbus on this machine: an embedded Valkey (unless REDIS_URL is set), the enqueue
-function, the status function and one worker, their logs prefixed by service. It prints
+function, the status function, the console and one worker, their logs prefixed by service.
+The console's admin key is generated into LOCAL_RUN_DIR/admin-key unless ADMIN_KEYS or
+ADMIN_KEYS_FILE is set. It prints
 `ready` once every service answers; Ctrl-C stops the functions, then the worker (it finishes
 its in-flight tasks for up to GRACE_S), then the servers.
 
 environment:
-  LOCAL_RUN_DIR     run directory: server data, webhook secrets, the lock (default: .run/)
+  LOCAL_RUN_DIR     run directory: server data, webhook secrets, the admin key, the lock (default: .run/)
   LOCAL_REDIS_PORT  port of the embedded Valkey (default: 6399)
   LOCAL_KAFKA_PORT  port of the embedded Kafka broker with CHANNEL=kafka (default: 19092)
-  ENQUEUE_PORT, STATUS_PORT, REDIS_URL, CHANNEL, ...: as in the README's Configuration
+  ENQUEUE_PORT, STATUS_PORT, CONSOLE_PORT, REDIS_URL, CHANNEL, ...: as in the README's Configuration
 """
 
 SEND_DESCRIPTION = """\

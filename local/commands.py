@@ -1,6 +1,6 @@
 """The command line of each service for the local runner (`make up`) and the tests: the
 `taskbus` command of `taskbus.serving` (`taskbus serve enqueue`, `taskbus serve status`,
-`taskbus worker`), as the image and docker-compose.yml run it."""
+`taskbus serve console`, `taskbus worker`), as the image and docker-compose.yml run it."""
 
 from __future__ import annotations
 

@@ -147,3 +147,11 @@ def banner(enqueue: str, status: str, redis_url: str, kafka: str | None) -> str:
   curl -s '{status}/tasks/<id>?wait=10'
   python -m local send-webhook github push   (a signed sample; also stripe, standard, slack, shopify)
 Ctrl-C stops everything: the functions, then the worker (it finishes its tasks), the servers last."""
+
+
+def console_banner(console: str, key_file: str | None) -> str:
+    """Where the console is, and where its admin key is (never the key itself: terminals are logged)."""
+    if not key_file:
+        return f"console on {console}/ (with the keys of ADMIN_KEYS)"
+    curl = f'curl -s {console}/api/queues -H "Authorization: Bearer $(cut -d: -f2- {key_file})"'
+    return f"console on {console}/ (the admin key is in {key_file}; the page asks for it once)\n  {curl}"

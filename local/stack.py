@@ -3,8 +3,9 @@
 Start: take the run directory's lock (a second stack on it refuses in one line), check every
 port it will bind, start the embedded Valkey (unless REDIS_URL is set) on the fixed
 LOCAL_REDIS_PORT and wait for PING, the embedded Kafka broker likewise (CHANNEL=kafka), then
-both functions and a worker; print `ready` once all of them answer (`local.ready`), or give up
-naming the cause.
+the three functions (the console with an admin key generated into the run directory, unless
+ADMIN_KEYS or ADMIN_KEYS_FILE is set) and a worker; print `ready` once all of them answer
+(`local.ready`), or give up naming the cause.
 
 Stop (Ctrl-C, SIGTERM, or a service dying): the functions first, so nothing new comes in; then
 the worker, which finishes its in-flight tasks for up to GRACE_S and records their outcomes;
@@ -24,7 +25,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import FrameType
 
-from local import ready, webhook_samples
+from local import admin_key, ready, webhook_samples
 from local.commands import argv
 from local.embedded import EmbeddedKafka, EmbeddedServer
 from local.rundir import AlreadyRunning, RunDir, Stack
@@ -41,7 +42,8 @@ SERVER_START_S = 20.0  # an embedded server binds in well under a second; a cold
 REDIS_REACH_S = 5.0  # how long a REDIS_URL of the user's may take to answer before we give up
 READY_S = 60.0
 FUNCTION_STOP_S = 12.0  # above gunicorn's --graceful-timeout (8 s, local.commands)
-STOP_ORDER = (("enqueue", "status"), ("worker",), ("kafka", "valkey"))
+STOP_ORDER = (("enqueue", "status", "console"), ("worker",), ("kafka", "valkey"))
+FUNCTIONS = ("enqueue", "status", "console")
 
 
 class GiveUp(Exception):
@@ -96,6 +98,7 @@ def _up(environ: Mapping[str, str], run: RunDir) -> int:
     try:
         plan.start(supervisor, stopping)
         supervisor.say(ready.banner(plan.enqueue_url, plan.status_url, plan.redis_url, plan.kafka))
+        supervisor.say(ready.console_banner(plan.console_url, plan.env.get("ADMIN_KEYS_FILE")))
         warning = ready.data_lost_warning(plan.redis_url, plan.settings.key_prefix, plan.settings.queues)
         if warning:
             supervisor.say(warning)
@@ -136,6 +139,7 @@ class Plan:
         env.pop("PORT", None)  # one function per container (Cloud Run); here each has its own port
         if not env.get("WEBHOOK_SOURCES"):
             env.update(webhook_samples.dev_env(run))
+        env.update(admin_key.dev_env(run, env))
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
         env["PYTHONUNBUFFERED"] = "1"  # their lines reach the terminal as they are written
         self.valkey: EmbeddedServer | None = None
@@ -154,9 +158,11 @@ class Plan:
         settings = Settings.from_env(env)
         self.enqueue_url = f"http://{_client_host(settings.host)}:{settings.enqueue_port}"
         self.status_url = f"http://{_client_host(settings.host)}:{settings.status_port}"
+        self.console_url = f"http://{_client_host(settings.host)}:{settings.console_port}"
         env.setdefault("STATUS_BASE_URL", self.status_url)
         ports += [("ENQUEUE_PORT", settings.host, settings.enqueue_port),
-                  ("STATUS_PORT", settings.host, settings.status_port)]
+                  ("STATUS_PORT", settings.host, settings.status_port),
+                  ("CONSOLE_PORT", settings.host, settings.console_port)]
         for variable, host, port in ports:
             _check_free(host, port, variable)
         self.env = env
@@ -182,14 +188,15 @@ class Plan:
             _wait(supervisor, stopping, SERVER_START_S,
                   lambda: [] if _answers(broker.port) else [f"Kafka broker at {broker.bootstrap} does not answer"])
         grace = self.settings.grace_s + 10  # the drain, then handing back what is left and closing
-        for name in ("enqueue", "status", "worker"):
+        for name in (*FUNCTIONS, "worker"):
             timeout = grace if name == "worker" else FUNCTION_STOP_S
             supervisor.start(Service(name, argv(name, self.settings), self.env, ROOT, stop_timeout_s=timeout))
         children = supervisor.children
 
         def problems() -> list[str]:
             found = [p for p in (ready.health_problem("enqueue", self.enqueue_url),
-                                 ready.health_problem("status", self.status_url)) if p]
+                                 ready.health_problem("status", self.status_url),
+                                 ready.health_problem("console", self.console_url)) if p]
             if not children["worker"].has_said(ready.WORKER_UP):
                 found.append(f"the worker has not logged {ready.WORKER_UP!r} yet")
             return found

@@ -1,4 +1,4 @@
-"""The `taskbus` command: `taskbus serve enqueue|status` and `taskbus worker`.
+"""The `taskbus` command: `taskbus serve enqueue|status|console` and `taskbus worker`.
 
 Every setting is an environment variable (see the README's Configuration table); the command
 line only picks what to run. `--help` anywhere prints usage and starts nothing.
@@ -44,12 +44,13 @@ def main() -> None:
 @click.argument("function", type=click.Choice(serving.FUNCTIONS))
 @click.option("--wsgi", is_flag=True, help="Serve the Flask (WSGI) target on gthread (the same as SERVE_PATH=wsgi).")
 def serve(function: str, wsgi: bool) -> None:
-    """Serve FUNCTION (enqueue or status) the production way.
+    """Serve FUNCTION (enqueue, status or console) the production way.
 
     gunicorn with uvicorn workers on functions-framework's ASGI app (WEB_WORKERS processes, 0: one
     per CPU, an 8 s graceful timeout), bound to HOST and PORT (else ENQUEUE_PORT 8080 / STATUS_PORT
-    8081). With --wsgi or SERVE_PATH=wsgi: gthread (ENQUEUE_THREADS / STATUS_THREADS threads) on
-    the Flask target instead.
+    8081 / CONSOLE_PORT 8082). With --wsgi or SERVE_PATH=wsgi: gthread (ENQUEUE_THREADS /
+    STATUS_THREADS threads, 16 for the console) on the Flask target instead. The console refuses to
+    start without ADMIN_KEYS unless CONSOLE_READ_ONLY=true.
     """
     try:
         path = "wsgi" if wsgi else serving.serve_path()

@@ -2,7 +2,7 @@
 
 Why: without them, a bad setting was a traceback, an unreachable Redis a flood of retry lines
 (or nothing until the first request), and `ENQUEUE_FSYNC=true` on a Redis that cannot fsync a
-503 on every enqueue. Here:
+503 on every enqueue, and a console without ADMIN_KEYS an admin API open to anyone. Here:
 
 - `settings_or_exit()`: a bad setting exits with one line naming the variable, the value and
   what is expected (exit code `EXIT_REFUSED`);
@@ -10,7 +10,9 @@ Why: without them, a bad setting was a traceback, an unreachable Redis a flood o
   error within `REACH_TIMEOUT_S`, and the service goes on starting (the functions answer 503 until
   Redis is back, the worker retries); `ENQUEUE_FSYNC=true` against a Redis without `WAITAOF`
   (before 7.2) or without an append-only file refuses to start; the enqueue function warns when
-  `STATUS_BASE_URL` is unset.
+  `STATUS_BASE_URL` is unset;
+- the console refuses to start without ADMIN_KEYS (or ADMIN_KEYS_FILE) unless
+  CONSOLE_READ_ONLY=true, and then warns that its read views are open.
 """
 
 from __future__ import annotations
@@ -52,14 +54,25 @@ def settings_or_exit(env: Mapping[str, str] | None = None) -> Settings:
 
 def may_refuse(settings: Settings, role: str) -> bool:
     """Whether `check` could refuse to start `role` (else it only warns)."""
-    return role == "enqueue" and settings.enqueue_fsync
+    return (role == "enqueue" and settings.enqueue_fsync) or (role == "console" and _console_open(settings))
+
+
+def _console_open(settings: Settings) -> bool:
+    return not settings.admin_keys and not settings.console_read_only
 
 
 def check(settings: Settings, role: str, *, announce: bool = True) -> None:
-    """Run the start-up checks of `role` (`enqueue`, `status` or `worker`). Refuses (exits) only on
-    a Redis that cannot do what the settings ask; with `announce=False` warnings are left to the
-    process that runs next (`taskbus serve` checks before gunicorn, whose workers say them)."""
+    """Run the start-up checks of `role` (`enqueue`, `status`, `console` or `worker`). Refuses
+    (exits) only on a Redis that cannot do what the settings ask, or a console without keys that
+    is not read-only; with `announce=False` warnings are left to the process that runs next
+    (`taskbus serve` checks before gunicorn, whose workers say them)."""
+    if role == "console" and _console_open(settings):
+        refuse("the console needs ADMIN_KEYS (or ADMIN_KEYS_FILE) of label:key entries, or CONSOLE_READ_ONLY=true "
+               "to serve only its read views")
     _check_redis(settings, role, announce)  # first: a refusal is then the only line
+    if role == "console" and not settings.admin_keys and announce:
+        log.warning("ADMIN_KEYS is not set: this read-only console shows every queue and task to anyone who can "
+                    "reach it")
     if role == "enqueue" and not settings.status_base_url and announce:
         log.warning(
             "STATUS_BASE_URL is not set: status_url and Location are relative (/tasks/<id>), which leads "

@@ -4,8 +4,8 @@ the image, docker-compose.yml and the local runner use.
 
 Two serving paths, one function module: `asgi` (the default) runs gunicorn with uvicorn workers
 (`taskbus.http.uvicorn.Worker`) on `functions_framework.aio.create_asgi_app` of the ASGI target
-(`enqueue`, `status`); `wsgi` (`SERVE_PATH=wsgi` or `taskbus serve --wsgi`) runs gunicorn gthread
-on `functions_framework.create_app` of the Flask target (`enqueue_wsgi`, `status_wsgi`).
+(`enqueue`, `status`, `console`); `wsgi` (`SERVE_PATH=wsgi` or `taskbus serve --wsgi`) runs gunicorn
+gthread on `functions_framework.create_app` of the Flask target (`enqueue_wsgi`, ...).
 
 Why gunicorn of our own rather than the `functions-framework` CLI: the CLI cannot be given a
 graceful timeout (it keeps gunicorn's 30 s, past Cloud Run's 10 s between SIGTERM and SIGKILL),
@@ -20,7 +20,7 @@ from pathlib import Path
 
 from taskbus.settings import Settings
 
-FUNCTIONS = ("enqueue", "status")
+FUNCTIONS = ("enqueue", "status", "console")
 PATHS = ("asgi", "wsgi")  # serving paths; the first is the default
 SERVE_PATH_ENV = "SERVE_PATH"
 ASGI_WORKER = "taskbus.http.uvicorn.Worker"
@@ -28,6 +28,9 @@ SERVICES = (*FUNCTIONS, "worker")
 GRACEFUL_TIMEOUT_S = 8  # below Cloud Run's 10 s between SIGTERM and SIGKILL
 WORKER_TIMEOUT_S = 30  # gunicorn's silent-worker limit; a long-poll holds a thread, not the worker
 KEEP_ALIVE_S = 5
+# The console's threads (WSGI path) or sync endpoints at once (ASGI path): a few operators, each
+# request a handful of Redis commands; nothing holds a thread for long.
+CONSOLE_THREADS = 16
 
 
 def command(name: str) -> list[str]:
@@ -50,9 +53,17 @@ def source(name: str) -> str:
 
 
 def port(name: str, settings: Settings) -> int:
-    """PORT (set by Cloud Run) wins over the function's own ENQUEUE_PORT / STATUS_PORT."""
+    """PORT (set by Cloud Run) wins over the function's own ENQUEUE_PORT / STATUS_PORT / CONSOLE_PORT."""
     check_function(name)
-    return settings.port or (settings.enqueue_port if name == "enqueue" else settings.status_port)
+    own = {"enqueue": settings.enqueue_port, "status": settings.status_port, "console": settings.console_port}
+    return settings.port or own[name]
+
+
+def threads(name: str, settings: Settings) -> int:
+    """The thread count of function `name`: ENQUEUE_THREADS, STATUS_THREADS, or CONSOLE_THREADS above."""
+    check_function(name)
+    own = {"enqueue": settings.enqueue_threads, "status": settings.status_threads, "console": CONSOLE_THREADS}
+    return own[name]
 
 
 def serve_path(environ: Mapping[str, str] | None = None) -> str:
@@ -92,6 +103,6 @@ def gunicorn_argv(name: str, settings: Settings, path: str = "asgi") -> list[str
     if path == "asgi":
         return [sys.executable, "-m", "gunicorn", "--worker-class", ASGI_WORKER, *common,
                 f"functions_framework.aio:create_asgi_app{app}"]
-    threads = settings.enqueue_threads if name == "enqueue" else settings.status_threads
-    return [sys.executable, "-m", "gunicorn", "--worker-class", "gthread", "--threads", str(threads), *common,
+    return [sys.executable, "-m", "gunicorn", "--worker-class", "gthread", "--threads", str(threads(name, settings)),
+            *common,
             f"functions_framework:create_app{app}"]

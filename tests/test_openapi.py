@@ -7,7 +7,8 @@
 - every test that runs the functions runs them on both serving paths (`SERVE_PATH`: `asgi`, the
   default, and `wsgi`);
 - schemathesis runs every check against both functions (open, and with API keys and a
-  webhook source), with a fixed seed and `SCHEMATHESIS_MAX_EXAMPLES` (default 25) cases per
+  webhook source) and the console (read-only without keys, and with admin keys), with a
+  fixed seed and `SCHEMATHESIS_MAX_EXAMPLES` (default 25) cases per
   operation; a chaos run sets it (and `SCHEMATHESIS_PHASES`, `SCHEMATHESIS_KEYED_PHASES`,
   `SCHEMATHESIS_SEED`) larger;
 - responses of real flows (queued, scheduled, running, succeeded, failed tasks, replays,
@@ -40,12 +41,14 @@ from schemathesis.specs.openapi.definitions import OPENAPI_31_VALIDATOR
 
 from local.embedded import free_port
 from taskbus import openapi
-from taskbus.http import enqueue_api, status_api
+from taskbus.http import console_api, enqueue_api, status_api
 from taskbus.settings import Settings
 from testkit.functions import function_pair
 from testkit.procs import Proc, spawn, wait_until
 
-FUNCTIONS = ("enqueue", "status")
+FUNCTIONS = ("enqueue", "status")  # the pair the `functions` fixtures run
+DOCUMENTS = (*FUNCTIONS, "console")
+ADMIN_KEY = "openapi-admin-key"
 MAX_EXAMPLES = int(os.environ.get("SCHEMATHESIS_MAX_EXAMPLES", "25"))
 SEED = os.environ.get("SCHEMATHESIS_SEED", "1")
 PHASES = os.environ.get("SCHEMATHESIS_PHASES", "examples,coverage,fuzzing")
@@ -57,7 +60,7 @@ API_KEY = "openapi-test-key"
 GITHUB_SECRET = "openapi-test-secret"
 KEYED_ENV = {"API_KEYS": API_KEY, "WEBHOOK_SOURCES": "github", "WEBHOOK_GITHUB_SECRET": GITHUB_SECRET}
 # Operations schemathesis tests: all but GET /openapi.json, which it skips as the schema's own URL.
-TESTED_OPERATIONS = {"enqueue": 6, "status": 3}
+TESTED_OPERATIONS = {"enqueue": 7, "status": 3, "console": 17}
 # Statuses that count as refusing invalid input: schemathesis' default list, plus 413 and the refusals
 # of gunicorn's limits (414, 431) that a long generated query string or header runs into.
 REJECTIONS = ["400", "401", "403", "404", "405", "406", "409", "413", "414", "415", "422", "428", "429", "431",
@@ -182,11 +185,21 @@ def fresh_ports(settings: Settings, **changes: Any) -> Settings:
                                status_base_url=f"http://127.0.0.1:{status_port}", **changes)
 
 
+# Console operations whose valid input may still be refused by what a schema cannot say: a purge's
+# `confirm` must equal the path's queue, a cursor must be one the console returned.
+CONSOLE_422_OPERATIONS = ("purgeQueue", "listTasks")
+ACCEPTANCE = ["2xx", "3xx", "401", "403", "404", "409", "429", "5xx"]  # schemathesis' default list
+
+
 def run_schemathesis(urls: dict[str, str], cwd: Path, *extra: str, phases: str = PHASES) -> None:
     """Run the schemathesis CLI with every check against each function in `urls`, at the same
     time; fail with the output of each run that found something."""
     config = cwd / "schemathesis.toml"
-    config.write_text(f"[checks.negative_data_rejection]\nexpected-statuses = {json.dumps(REJECTIONS)}\n")
+    text = f"[checks.negative_data_rejection]\nexpected-statuses = {json.dumps(REJECTIONS)}\n"
+    for operation_id in CONSOLE_422_OPERATIONS:
+        text += (f'\n[[operations]]\ninclude-operation-id = "{operation_id}"\n'
+                 f"checks.positive_data_acceptance.expected-statuses = {json.dumps([*ACCEPTANCE, '422'])}\n")
+    config.write_text(text)
     runs = {}
     for name, base_url in urls.items():
         argv = [sys.executable, "-m", "schemathesis.cli", "--config-file", str(config), "run",
@@ -219,7 +232,7 @@ def run_schemathesis(urls: dict[str, str], cwd: Path, *extra: str, phases: str =
 # --------------------------------------------------------------------------- the documents themselves
 
 
-@pytest.mark.parametrize("name", FUNCTIONS)
+@pytest.mark.parametrize("name", DOCUMENTS)
 def test_document_is_valid_openapi_3_1(name: str) -> None:
     doc = openapi.load(name)
     assert doc["openapi"].startswith("3.1.")
@@ -236,9 +249,10 @@ def test_document_is_valid_openapi_3_1(name: str) -> None:
     assert problems == []
 
 
-@pytest.mark.parametrize("name", FUNCTIONS)
+@pytest.mark.parametrize("name", DOCUMENTS)
 def test_document_has_exactly_the_routes_of_the_function(name: str) -> None:
-    service = (enqueue_api if name == "enqueue" else status_api).make_service(Settings())
+    service = {"enqueue": enqueue_api, "status": status_api, "console": console_api}[name].make_service(Settings())
+    service.close()  # only its router is looked at
     routed: set[tuple[str, str]] = set()
     for rule in service.routes.iter_rules():
         path = re.sub(r"<(?:\w+:)?(\w+)>", r"{\1}", rule.rule)
@@ -263,6 +277,11 @@ def test_document_follows_the_settings() -> None:
         served = openapi.document(name, changed)
         assert served == expected_document(name, max_wait_s=2.5, keyed=True, max_attempts=3, timeout_s=1.5)
         assert openapi.document(name, Settings(default_timeout_s=30.0)) == expected_document(name, timeout_s=30)
+    # the console's operations are guarded by ADMIN_KEYS, not API_KEYS
+    assert openapi.document("console", Settings()) == openapi.load("console")
+    assert openapi.document("console", changed) == openapi.load("console")
+    assert openapi.document("console", Settings(admin_keys=(("a", "k"),))) == expected_document("console", keyed=True)
+    assert openapi.document("enqueue", Settings(admin_keys=(("a", "k"),))) == openapi.load("enqueue")
 
 
 def expected_document(name: str, max_wait_s: float = 60, keyed: bool = False, max_attempts: int = 5,
@@ -271,7 +290,7 @@ def expected_document(name: str, max_wait_s: float = 60, keyed: bool = False, ma
     doc = copy.deepcopy(openapi.load(name))
     if name == "status":
         doc["components"]["parameters"]["Wait"]["schema"]["maximum"] = max_wait_s
-    else:
+    elif name == "enqueue":
         fields = doc["components"]["schemas"]["TaskSpec"]["properties"]
         fields["max_attempts"]["default"], fields["timeout_s"]["default"] = max_attempts, timeout_s
     if keyed:
@@ -319,6 +338,123 @@ def test_keyed_functions_serve_their_settings(keyed_functions: dict[str, str], n
 
 def test_schemathesis_finds_nothing_with_api_keys(keyed_functions: dict[str, str], tmp_path: Path) -> None:
     run_schemathesis(keyed_functions, tmp_path, "--header", f"Authorization: Bearer {API_KEY}", phases=KEYED_PHASES)
+
+
+# --------------------------------------------------------------------------- the console
+
+
+CONSOLE_ENVS = {"read_only": {"CONSOLE_READ_ONLY": "true"}, "keyed": {"ADMIN_KEYS": f"ops:{ADMIN_KEY}"}}
+
+
+def start_consoles(settings: Settings, log_dir: Path, serving: str, *names: str) -> tuple[list[Proc], dict[str, str]]:
+    """Consoles of `CONSOLE_ENVS` under `settings` on fresh ports, up once they answer HTTP."""
+    procs, urls = [], {}
+    for name in names:
+        own = dataclasses.replace(settings, console_port=free_port())
+        procs.append(spawn("console", own, log_dir, (), SERVE_PATH=serving, WEB_WORKERS="1", **CONSOLE_ENVS[name]))
+        urls[name] = f"http://127.0.0.1:{own.console_port}"
+    for proc, url in zip(procs, urls.values()):
+        wait_until(lambda proc=proc, url=url: answers_http(proc, url), timeout=20,  # type: ignore[misc]
+                   message="the console to answer HTTP")
+    return procs, urls
+
+
+@pytest.fixture(scope="module")
+def consoles(base_settings: Settings, tmp_path_factory: pytest.TempPathFactory,
+             serving: str) -> Iterator[dict[str, str]]:
+    """Two consoles on the session's settings: `read_only` (CONSOLE_READ_ONLY, no keys: open
+    reads) and `keyed` (ADMIN_KEYS: every action runs)."""
+    procs, urls = start_consoles(base_settings, tmp_path_factory.mktemp(f"openapi-console-{serving}"), serving,
+                                 "read_only", "keyed")
+    try:
+        yield urls
+    finally:
+        for proc in procs:
+            proc.kill()
+
+
+@pytest.fixture(scope="module")
+def fuzzed_console(base_settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A keyed console on a key prefix of its own (schemathesis pauses, purges and re-drives)."""
+    settings = dataclasses.replace(base_settings, key_prefix="tbc")
+    procs, urls = start_consoles(settings, tmp_path_factory.mktemp("openapi-console-fuzzed"), "asgi", "keyed")
+    try:
+        yield urls["keyed"]
+    finally:
+        for proc in procs:
+            proc.kill()
+
+
+def test_each_console_serves_its_document(consoles: dict[str, str]) -> None:
+    response = httpx.get(consoles["read_only"] + "/openapi.json", timeout=10)
+    assert response.status_code == 200 and response.json() == openapi.load("console")
+    response = httpx.get(consoles["keyed"] + "/openapi.json", timeout=10)  # open, even with ADMIN_KEYS
+    assert response.status_code == 200 and response.json() == expected_document("console", keyed=True)
+
+
+def test_schemathesis_finds_nothing_on_the_console(fuzzed_console: str, tmp_path: Path) -> None:
+    """The keyed console, where every action runs (and `ignored_auth` probes each without and with
+    a wrong key), once, on the default serving path: the console's routes share the adapters and
+    their refusals with the other two functions, which schemathesis runs on both paths. The
+    read-only console's answers are checked against the document by the real-answers test below."""
+    run_schemathesis({"console": fuzzed_console}, tmp_path, "--header", f"Authorization: Bearer {ADMIN_KEY}",
+                     phases=KEYED_PHASES)
+
+
+def test_real_console_answers_match_its_document(consoles: dict[str, str], functions: dict[str, str]) -> None:
+    """A queued task through the console: listed, shown, cancelled, cancelled again (409), and
+    the refusals (401, 403, 404, 405, 422), each against the document."""
+    doc, base = expected_document("console", keyed=True), consoles["keyed"]
+    queue = f"openapi-{uuid.uuid4().hex[:8]}"
+    auth = {"Authorization": f"Bearer {ADMIN_KEY}"}
+    with httpx.Client(timeout=30, headers=auth) as http:
+        created = http.post(functions["enqueue"] + "/tasks", json={"type": "echo", "queue": queue,
+                                                                   "payload": {"n": 1}}, headers={})
+        assert created.status_code == 202, created.text
+        task_id = created.json()["id"]
+
+        def check(path: str, method: str, template: str, status: int, **kwargs: Any) -> Any:
+            response = http.request(method, base + path, **kwargs)
+            assert response.status_code == status, (path, response.text)
+            return check_response(doc, template, method, response)
+
+        # the enqueue function shares the session's key prefix, so the console on `tbc` sees no task:
+        # it is read through a console on the same prefix below; here the shapes of everything else
+        missing = f"{queue}~{uuid.uuid4().hex}"
+        check("/api/queues", "GET", "/api/queues", 200)
+        check(f"/api/queues/{queue}", "GET", "/api/queues/{queue}", 200)
+        check(f"/api/queues/{queue}/tasks?state=queued", "GET", "/api/queues/{queue}/tasks", 200)
+        check(f"/api/queues/{queue}/tasks?state=nope", "GET", "/api/queues/{queue}/tasks", 422)
+        check(f"/api/tasks/{missing}", "GET", "/api/tasks/{task_id}", 404)
+        check(f"/api/tasks/{missing}:cancel", "POST", "/api/tasks/{task_id}:cancel", 404)
+        check(f"/api/queues/{queue}:pause", "POST", "/api/queues/{queue}:pause", 200)
+        check(f"/api/queues/{queue}:resume", "POST", "/api/queues/{queue}:resume", 200)
+        check(f"/api/queues/{queue}:purge", "POST", "/api/queues/{queue}:purge", 422, json={"state": "dead"})
+        check(f"/api/queues/{queue}:purge", "POST", "/api/queues/{queue}:purge", 200,
+              json={"state": "dead", "confirm": queue})
+        check(f"/api/queues/{queue}/redrives", "POST", "/api/queues/{queue}/redrives", 200, json={"dry_run": True})
+        job = check(f"/api/queues/{queue}/redrives", "POST", "/api/queues/{queue}/redrives", 201, json={"rate": 5})
+        check(f"/api/redrives/{job['id']}", "GET", "/api/redrives/{redrive_id}", 200)
+        check(f"/api/queues/{queue}/redrives", "GET", "/api/queues/{queue}/redrives", 200)
+        check("/api/workers", "GET", "/api/workers", 200)
+        check("/healthz", "GET", "/healthz", 200)
+        check("/api/queues", "GET", "/api/queues", 401, headers={"Authorization": "Bearer wrong"})
+        response = http.get(base + f"/api/queues/{queue}:pause")
+        assert response.status_code == 405
+        check_against(doc, doc["components"]["responses"]["MethodNotAllowed"], response, "GET :pause")
+        read_only = http.post(consoles["read_only"] + f"/api/tasks/{task_id}:cancel")
+        assert read_only.status_code == 403
+        check_response(openapi.load("console"), "/api/tasks/{task_id}:cancel", "POST", read_only)
+
+    enq = openapi.load("enqueue")
+    with httpx.Client(timeout=30) as http:  # the enqueue function's cancel, on the same task
+        for status in (200, 409):
+            response = http.post(functions["enqueue"] + f"/tasks/{task_id}:cancel")
+            assert response.status_code == status, response.text
+            check_response(enq, "/tasks/{task_id}:cancel", "POST", response)
+        response = http.post(functions["enqueue"] + f"/tasks/{queue}~{uuid.uuid4().hex}:cancel")
+        assert response.status_code == 404
+        check_response(enq, "/tasks/{task_id}:cancel", "POST", response)
 
 
 # --------------------------------------------------------------------------- real flows

@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import flask
 
-from taskbus import logs, preflight
+from taskbus import logs, preflight, serving
 from taskbus.http import Service, gunicorn, uvicorn
 from taskbus.settings import Settings
 
@@ -17,8 +17,7 @@ def boot(role: str, make_service: Callable[[Settings], Service]) -> tuple[Settin
     settings = preflight.settings_or_exit()
     logs.configure(settings.log_level)
     if flask.has_app_context():  # functions-framework loads the function module inside its app context
-        threads = settings.enqueue_threads if role == "enqueue" else settings.status_threads
-        gunicorn.install(flask.current_app, threads)
+        gunicorn.install(flask.current_app, serving.threads(role, settings))
     uvicorn.install()
     preflight.check(settings, role)
     return settings, make_service(settings)

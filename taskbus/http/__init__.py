@@ -1,13 +1,15 @@
-"""The HTTP layer both functions share: routing, bearer keys, body limits and JSON errors,
+"""The HTTP layer the functions share: routing, bearer keys, body limits and JSON errors,
 written once against the neutral `core.Request` / `core.Response`.
 
 Every response is JSON. Error classes map to statuses in `STATUS` only; no input of any
 shape reaches the framework's 500 handler.
 
     core           the neutral request and response
-    enqueue_api    EnqueueAPI: POST /tasks, /tasks/batch, /enqueue, /hooks/<source>
+    enqueue_api    EnqueueAPI: POST /tasks, /tasks/batch, /enqueue, /hooks/<source>, /tasks/<id>:cancel
     status_api     StatusAPI: GET /tasks/<id>[?wait=s], /task/<id>
+    console_api    ConsoleAPI: the admin API under /api/... and the dashboard's static files
     body           the body rules: size, type, charset, time
+    static         the console's dashboard files: types, a strict CSP, nothing outside its folder
     flask_adapter  the WSGI path: flask.Request in, flask.Response out
     asgi           the ASGI path: Starlette request in, Starlette response out
     gunicorn       JSON for gunicorn's own refusals; the CLI's thread count
@@ -20,13 +22,14 @@ import dataclasses
 import functools
 import hmac
 import logging
-from collections.abc import Awaitable, Callable
-from typing import Any, NamedTuple, Protocol
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 import anyio.to_thread
 import werkzeug.exceptions
-from werkzeug.routing import Map, Rule
+from werkzeug.routing import BaseConverter, Map, Rule
 
+from taskbus import task as tasks
 from taskbus.errors import (
     BadRequest,
     Conflict,
@@ -46,7 +49,11 @@ from taskbus.http.body import admit_body
 from taskbus.http.core import Request, Response, error_response, json_response
 from taskbus.settings import Settings
 
-__all__ = ["STATUS", "Service", "json_response", "error_response", "not_found", "status_of", "status_url"]
+if TYPE_CHECKING:
+    from taskbus.admin import Admin
+
+__all__ = ["STATUS", "Service", "cancel_response", "json_response", "error_response", "not_found", "status_of",
+           "status_url"]
 
 log = logging.getLogger(__name__)
 
@@ -79,8 +86,10 @@ def status_of(exc: TaskbusError) -> int:
 
 class API(Protocol):
     """One function's endpoints: `routes` are (path, method, endpoint method name, body rule);
-    the endpoints in `keyed` need an API key when API_KEYS is set. An endpoint `x` may have an
-    `x_async` twin, which the ASGI path awaits instead of running `x` on a thread."""
+    the endpoints in `keyed` need one of the service's keys when it has any (API_KEYS unless
+    the function says otherwise). An endpoint `x` may have an `x_async` twin, which the ASGI
+    path awaits instead of running `x` on a thread. An API may also name werkzeug `converters`
+    its routes use (a class attribute, a dict)."""
 
     routes: tuple[tuple[str, str, str, BodyRule], ...]
     keyed: frozenset[str]
@@ -98,43 +107,52 @@ class Plan(NamedTuple):
     endpoint: str
     args: dict[str, str]
     body: BodyRule
+    actor: str = ""  # the label of the key that authenticated it; empty when open
 
 
 class Service:
     """Routes requests of one function to its API's methods and turns every error into JSON."""
 
-    def __init__(self, settings: Settings, api: API, threads: int = 40) -> None:
+    def __init__(self, settings: Settings, api: API, threads: int = 40,
+                 keys: Sequence[tuple[str, str]] | None = None, keys_name: str = "API_KEYS") -> None:
+        """`keys` are the (label, key) pairs that guard the keyed endpoints (default: API_KEYS,
+        each labelled "api"); the matched key's label becomes `request.actor`."""
         self.settings = settings
         self.api = api
         self.threads = threads  # ASGI path: sync endpoints at once per process (the WSGI path's thread count)
         rules = [Rule(path, methods=[method], endpoint=endpoint) for path, method, endpoint, _ in api.routes]
-        self.routes = Map(rules, strict_slashes=False, merge_slashes=False)
+        converters: dict[str, type[BaseConverter]] = getattr(api, "converters", {})
+        self.routes = Map(rules, strict_slashes=False, merge_slashes=False, converters=converters)
         self.keyed = api.keyed
         self._bodies = {endpoint: body for _, _, endpoint, body in api.routes}
         self._adapter = self.routes.bind("")  # routing needs only path and method: bind once
-        self._keys = [k.encode() for k in settings.api_keys]
+        pairs = [("api", k) for k in settings.api_keys] if keys is None else list(keys)
+        self._keys = [(label, key.encode()) for label, key in pairs]
         self._retry_after = {"Retry-After": str(settings.retry_after_s)}
         if not self._keys and api.keyed:
             log.warning(
-                "API_KEYS is not set: %s are open to anyone who can reach this function", ", ".join(sorted(api.keyed))
+                "%s is not set: %s are open to anyone who can reach this function", keys_name,
+                ", ".join(sorted(api.keyed)),
             )
 
     def plan(self, request: Request) -> Plan:
         """Route, authenticate, and check what can be checked before the body is read."""
         endpoint, matched = self._adapter.match(request.path, request.method)
         args = {name: str(value) for name, value in matched.items()}
+        actor = ""
         if endpoint in self.api.keyed and self._keys:
-            self._authenticate(request)
+            actor = self._authenticate(request)
         self.api.admit(endpoint, args)
         body = self._bodies[endpoint]
         if body is not None:
             admit_body(request, self.settings, body)
-        return Plan(endpoint, args, body)
+        return Plan(endpoint, args, body, actor)
 
     def handle(self, request: Request, read: Reader) -> Response:
         """The WSGI path: everything on the calling thread."""
         try:
             plan = self.plan(request)
+            request = dataclasses.replace(request, actor=plan.actor)
             if plan.body is not None:
                 request = dataclasses.replace(request, body=read(request))
             response: Response = getattr(self.api, plan.endpoint)(request, **plan.args)
@@ -147,6 +165,7 @@ class Service:
         the sync Redis client or the Kafka producer) runs on a worker thread."""
         try:
             plan = self.plan(request)
+            request = dataclasses.replace(request, actor=plan.actor)
             if plan.body is not None:
                 request = dataclasses.replace(request, body=await read(request))
             twin = getattr(self.api, f"{plan.endpoint}_async", None)
@@ -181,19 +200,22 @@ class Service:
     def close(self) -> None:
         self.api.close()
 
-    def _authenticate(self, request: Request) -> None:
-        """Constant-time check of `Authorization: Bearer <key>` against every configured key."""
+    def _authenticate(self, request: Request) -> str:
+        """Constant-time check of `Authorization: Bearer <key>` against every configured key
+        (each one compared, whichever matches); the matched key's label."""
         scheme, _, given = request.headers.get("Authorization", "").partition(" ")
         token = given.strip().encode("utf-8", "replace")
-        matched = False
-        for key in self._keys:
-            matched |= hmac.compare_digest(token, key)
-        if scheme.lower() != "bearer" or not matched:
+        label = ""
+        for name, key in self._keys:
+            if hmac.compare_digest(token, key) and not label:
+                label = name
+        if scheme.lower() != "bearer" or not label:
             raise Unauthorized(
                 "a valid API key is required: Authorization: Bearer <key>",
                 code="unauthorized",
                 headers={"WWW-Authenticate": 'Bearer realm="taskbus"'},
             )
+        return label
 
 
 def _routing_error(request: Request, exc: werkzeug.exceptions.HTTPException) -> Response:
@@ -218,3 +240,13 @@ def query_value(request: Request, name: str) -> str | None:
     """A query parameter, or None. Both frameworks give their multi-dicts' `get` (first value)."""
     value: Any = request.query.get(name)
     return None if value is None else str(value)
+
+
+def cancel_response(admin: Admin, task_id: str, actor: str) -> Response:
+    """`POST .../tasks/<id>:cancel` on the enqueue function and the console alike: 200 when the
+    task will never start, 202 while a running one is being stopped; 404, or 409 naming the
+    final status, raised by the core."""
+    if tasks.queue_of(task_id) is None:
+        raise not_found(task_id)
+    outcome, view = admin.cancel(task_id, actor=actor)
+    return json_response({"task": view, "outcome": outcome}, 200 if outcome == "cancelled" else 202)

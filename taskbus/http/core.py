@@ -17,13 +17,15 @@ JSON_TYPE = "application/json"
 @dataclasses.dataclass(frozen=True)
 class Request:
     """What the rules look at. `headers` is the framework's case-insensitive mapping; `body`
-    is filled in by the adapter once the limits allowed reading it (empty until then)."""
+    is filled in by the adapter once the limits allowed reading it (empty until then); `actor`
+    by the service: the label of the key that authenticated it (what audit trails name)."""
 
     method: str
     path: str
     query: Mapping[str, str]
     headers: Mapping[str, str]
     body: bytes = b""
+    actor: str = ""
 
     @property
     def content_length(self) -> int | None:

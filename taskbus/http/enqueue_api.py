@@ -1,4 +1,5 @@
-"""Endpoints of the enqueue function: validate, record and publish, answer 202 at once."""
+"""Endpoints of the enqueue function: validate, record and publish, answer 202 at once; and
+`POST /tasks/<id>:cancel`, so an application can cancel its own tasks (the console's cancel)."""
 
 from __future__ import annotations
 
@@ -8,9 +9,10 @@ from collections.abc import Callable
 from typing import Any
 
 from taskbus import openapi, webhooks
+from taskbus.admin import Admin
 from taskbus.enqueue import Enqueuer
 from taskbus.errors import NotFound, RequestError, ValidationError
-from taskbus.http import Service, json_response, status_url
+from taskbus.http import Service, cancel_response, json_response, status_url
 from taskbus.http.body import json_body
 from taskbus.http.core import JSON_TYPE, Request, Response
 from taskbus.settings import Settings
@@ -29,15 +31,17 @@ class EnqueueAPI:
         ("/tasks/batch", "POST", "create_batch", (JSON_TYPE,)),
         ("/enqueue", "POST", "enqueue_legacy", (JSON_TYPE,)),
         ("/hooks/<source>", "POST", "hook", ()),  # any media type: the signature covers the raw body
+        ("/tasks/<task_id>:cancel", "POST", "cancel", None),
         ("/healthz", "GET", "healthz", None),
         ("/openapi.json", "GET", "openapi", None),
     )
-    keyed = frozenset({"create", "create_batch", "enqueue_legacy"})
+    keyed = frozenset({"create", "create_batch", "enqueue_legacy", "cancel"})
 
     def __init__(self, settings: Settings, enqueuer: Enqueuer | None = None) -> None:
         self.settings = settings
         self.enqueuer = enqueuer or Enqueuer(settings)
         self.reader = StatusReader(settings)  # for /healthz: the queues' data-loss flags
+        self.admin = Admin(settings)  # for cancel
         self.sources = {source.name: source for source in settings.webhooks}
         if self.sources:
             schemes = {s.name: s.scheme for s in self.sources.values()}
@@ -142,6 +146,10 @@ class EnqueueAPI:
         body["status_url"] = url
         return json_response(body, 202 if created else 200, {"Location": url})
 
+    def cancel(self, request: Request, task_id: str) -> Response:
+        """The audit trail names the caller "api" (API_KEYS carry no labels)."""
+        return cancel_response(self.admin, task_id, actor="api")
+
     def admit(self, endpoint: str, args: dict[str, str]) -> None:
         """An unknown webhook source is a 404 before its body is read."""
         if endpoint == "hook" and args["source"] not in self.sources:
@@ -153,6 +161,7 @@ class EnqueueAPI:
     def close(self) -> None:
         self.enqueuer.close()
         self.reader.close()
+        self.admin.close()
 
     def healthz(self, request: Request) -> Response:
         """Redis, and with CHANNEL=kafka the broker, answer; no queue lost its data."""

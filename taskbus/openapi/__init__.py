@@ -1,13 +1,14 @@
-"""The OpenAPI 3.1 documents of the two functions, served at `GET /openapi.json`.
+"""The OpenAPI 3.1 documents of the three functions, served at `GET /openapi.json`.
 
-`enqueue.json` and `status.json` beside this file are the source: edit them, and
+`enqueue.json`, `status.json` and `console.json` beside this file are the source: edit them, and
 tests/test_openapi.py checks them against the real functions with schemathesis. What a
 function serves is its file with the few values that follow from its settings filled in,
 so the served document stays true to the running function:
 
 - `wait`'s maximum is `MAX_WAIT_S`;
 - the defaults of `max_attempts` and `timeout_s` are `DEFAULT_MAX_ATTEMPTS` and `DEFAULT_TIMEOUT_S`;
-- with `API_KEYS` set, the keyed operations require `bearerAuth` instead of allowing none.
+- with `API_KEYS` set (the console: `ADMIN_KEYS`), the keyed operations require `bearerAuth`
+  instead of allowing none.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import Any
 from taskbus import codec
 from taskbus.settings import Settings
 
-FUNCTIONS = ("enqueue", "status")
+FUNCTIONS = ("enqueue", "status", "console")
 OPTIONAL_AUTH: list[dict[str, list[str]]] = [{}, {"bearerAuth": []}]
 
 
@@ -38,11 +39,11 @@ def document(name: str, settings: Settings) -> dict[str, Any]:
     doc = copy.deepcopy(load(name))
     if name == "status":
         doc["components"]["parameters"]["Wait"]["schema"]["maximum"] = _number(settings.max_wait_s)
-    else:
+    elif name == "enqueue":
         fields = doc["components"]["schemas"]["TaskSpec"]["properties"]
         fields["max_attempts"]["default"] = settings.default_max_attempts
         fields["timeout_s"]["default"] = _number(settings.default_timeout_s)
-    if settings.api_keys:
+    if settings.admin_keys if name == "console" else settings.api_keys:
         for path_item in doc["paths"].values():
             for operation in path_item.values():
                 if operation.get("security") == OPTIONAL_AUTH:

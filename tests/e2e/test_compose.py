@@ -27,11 +27,13 @@ from testkit.env import ROOT
 
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 DOCKERFILE = ROOT / "Dockerfile"
-HTTP_SERVICES = ("enqueue", "status")
+HTTP_SERVICES = ("enqueue", "status", "console")
 FIELD_ENV_NAMES = {field.name.upper() for field in dataclasses.fields(Settings)}
+FILE_ENV_NAMES = {"API_KEYS_FILE", "ADMIN_KEYS_FILE"}  # keys read from a file (a compose secret) inside the container
+CHANNEL_FREE = ("console",)  # no Kafka twin: the console reads the task state, which stays in Redis on either channel
 KAFKA_PROFILE = "kafka"
 KAFKA_BROKER = "kafka"
-KAFKA_FUNCTIONS = {f"{name}-kafka": name for name in SERVICES}  # the kafka profile's function: its twin
+KAFKA_FUNCTIONS = {f"{name}-kafka": name for name in SERVICES if name not in CHANNEL_FREE}  # function: its twin
 FUNCTIONS = (*SERVICES, *KAFKA_FUNCTIONS)
 HTTP_FUNCTIONS = tuple(name for name in FUNCTIONS if KAFKA_FUNCTIONS.get(name, name) in HTTP_SERVICES)
 WORKERS = tuple(name for name in FUNCTIONS if KAFKA_FUNCTIONS.get(name, name) == "worker")
@@ -110,8 +112,10 @@ def environment(name: str) -> dict[str, str]:
 
 
 def container_settings(name: str) -> Settings:
-    """The settings `Settings.from_env()` builds inside that service's container."""
-    return Settings.from_env({**dockerfile_env(), **environment(name)})
+    """The settings `Settings.from_env()` builds inside that service's container (a key file,
+    a compose secret mounted in the container, left out)."""
+    env = {key: value for key, value in environment(name).items() if key not in FILE_ENV_NAMES}
+    return Settings.from_env({**dockerfile_env(), **env})
 
 
 def command_list(value: Any) -> list[str]:
@@ -148,8 +152,7 @@ def twin(name: str) -> str:
 
 
 def listen_port(name: str) -> int:
-    settings = Settings()
-    return settings.enqueue_port if twin(name) == "enqueue" else settings.status_port
+    return int(getattr(Settings(), f"{twin(name)}_port"))
 
 
 def profiles(name: str) -> list[str]:
@@ -200,7 +203,7 @@ def bootstrap_servers(name: str) -> list[tuple[str, int]]:
 def test_the_stack_is_redis_plus_each_service_of_the_command_table() -> None:
     """What a plain `docker compose up` starts: the services in no profile."""
     assert {name for name in compose()["services"] if not profiles(name)} == {"redis", *SERVICES}
-    assert set(SERVICES) == {"enqueue", "status", "worker"}
+    assert set(SERVICES) == {"enqueue", "status", "console", "worker"}
 
 
 def test_the_kafka_profile_is_a_broker_plus_a_kafka_twin_of_each_function() -> None:
@@ -280,13 +283,12 @@ def test_the_default_command_is_a_service() -> None:
 def test_every_environment_name_is_a_settings_field(name: str) -> None:
     env = environment(name)
     assert env, f"{name} has no environment"
-    unknown = sorted(set(env) - FIELD_ENV_NAMES)
+    unknown = sorted(set(env) - FIELD_ENV_NAMES - FILE_ENV_NAMES)
     assert not unknown, f"{name}: not fields of Settings: {unknown}"
 
 
 @pytest.mark.parametrize("name", FUNCTIONS)
 def test_the_compose_environment_parses_into_settings(name: str) -> None:
-    Settings.from_env(environment(name))
     settings = container_settings(name)
     assert settings.host == "0.0.0.0"
     assert settings.redis_url == "redis://redis:6379/0"
@@ -382,7 +384,7 @@ def test_http_healthcheck_probes_healthz_on_the_service_port_with_python(name: s
     assert url.port == listen_port(name)
 
 
-@pytest.mark.parametrize("name", HTTP_SERVICES)
+@pytest.mark.parametrize("name", ("enqueue", "status"))  # the console's probe is the same line on its port
 def test_http_healthcheck_passes_on_a_live_function_and_fails_without_one(
         name: str, functions: dict[str, str]) -> None:
     """Run the probe itself, pointed at the test session's real function, then at a closed port."""
@@ -607,3 +609,19 @@ def test_dockerignore_is_an_allowlist_of_what_the_build_copies() -> None:
               if kw == "COPY" and not rest.startswith("--from")}
     assert copied <= allowed | {"."}, copied
     assert "**/__pycache__" in lines
+
+
+# --- the console ----------------------------------------------------------------------------
+
+def test_the_console_reads_its_admin_keys_from_a_compose_secret_of_the_hosts_environment() -> None:
+    """No key in the file or in `docker inspect`: the secret comes from ADMIN_KEYS of the shell
+    that runs `docker compose up`; without it the console refuses to start (the rest runs)."""
+    assert environment("console")["ADMIN_KEYS_FILE"] == "/run/secrets/admin_keys"
+    assert service("console")["secrets"] == ["admin_keys"]
+    assert compose()["secrets"]["admin_keys"] == {"environment": "ADMIN_KEYS"}
+    assert "ADMIN_KEYS" not in environment("console") and "CONSOLE_READ_ONLY" not in environment("console")
+
+
+def test_the_console_is_published_on_this_machine_only() -> None:
+    assert service("console")["ports"] == ["127.0.0.1:8082:8082"]
+    assert health_probe("console") == [part.replace("8081", "8082") for part in health_probe("status")]

@@ -278,3 +278,42 @@ def test_the_enqueue_function_warns_when_status_base_url_is_unset(base_url: str,
             assert "deployed apart" in proc.output()
     finally:
         proc.stop()
+
+
+# --- the console without admin keys ---------------------------------------------------------
+
+CONSOLE_ENTRY_POINTS = {
+    "taskbus serve console": [*TASKBUS, "serve", "console"],
+    "taskbus serve console --wsgi": [*TASKBUS, "serve", "console", "--wsgi"],
+    "functions-framework": [FUNCTIONS_FRAMEWORK, "--source", "functions/console/main.py", "--target", "console"],
+}
+
+
+@pytest.mark.parametrize("entry", CONSOLE_ENTRY_POINTS)
+def test_the_console_refuses_to_start_without_admin_keys(entry: str, server: EmbeddedServer) -> None:
+    with listener() as redis_socket:  # refused before anything reaches Redis
+        url = f"redis://127.0.0.1:{redis_socket.getsockname()[1]}/0"
+        done = run(CONSOLE_ENTRY_POINTS[entry], env_with(REDIS_URL=url, PORT=str(free_port()), WEB_WORKERS="1"))
+        assert not connected(redis_socket)
+    assert_one_line_refusal(done, ["the console needs ADMIN_KEYS (or ADMIN_KEYS_FILE)", "CONSOLE_READ_ONLY=true"])
+
+
+def test_an_unreadable_admin_keys_file_is_said_in_one_line(server: EmbeddedServer, tmp_path: Path) -> None:
+    missing = tmp_path / "no-such-file"
+    done = run([*TASKBUS, "serve", "console"], env_with(REDIS_URL=server.url, ADMIN_KEYS_FILE=str(missing)))
+    assert_one_line_refusal(done, [f"ADMIN_KEYS_FILE={str(missing)!r} cannot be read"])
+
+
+def test_a_read_only_console_without_keys_starts_and_warns(server: EmbeddedServer, tmp_path: Path) -> None:
+    port = free_port()
+    proc = Proc("console", [*TASKBUS, "serve", "console"],
+                env_with(REDIS_URL=server.url, PORT=str(port), WEB_WORKERS="1", CONSOLE_READ_ONLY="true"),
+                tmp_path / "console.log")
+    try:
+        wait_until(lambda: _status(f"http://127.0.0.1:{port}/api/workers") == 200, timeout=15,
+                   message="the open read-only console to answer", proc=proc)
+        assert "ADMIN_KEYS is not set: this read-only console" in proc.output()
+        refused = httpx.post(f"http://127.0.0.1:{port}/api/queues/q:pause", timeout=5)
+        assert (refused.status_code, refused.json()["error"]["code"]) == (403, "read_only")
+    finally:
+        proc.stop()

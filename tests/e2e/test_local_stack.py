@@ -1,4 +1,4 @@
-"""`make up` is `python -m local`: the embedded Valkey, both functions and a worker, each test
+"""`make up` is `python -m local`: the embedded Valkey, the three functions and a worker, each test
 on its own run directory and free ports (never the default 6399). A task sent the README's way
 runs; the signed sample webhook lands from a terminal that has none of the stack's
 environment; a second stack on the same run directory refuses in one line; Ctrl-C with a task
@@ -28,7 +28,8 @@ from testkit.procs import Proc, wait_until
 
 def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
     return {**clean_env(), "LOCAL_RUN_DIR": str(tmp_path / "run"), "LOCAL_REDIS_PORT": str(free_port()),
-            "ENQUEUE_PORT": str(free_port()), "STATUS_PORT": str(free_port()), "WEB_WORKERS": "1", **extra}
+            "ENQUEUE_PORT": str(free_port()), "STATUS_PORT": str(free_port()), "CONSOLE_PORT": str(free_port()),
+            "WEB_WORKERS": "1", **extra}
 
 
 class Stack:
@@ -42,6 +43,7 @@ class Stack:
         self.enqueue = re.search(r"enqueue on (http://\S+),", text).group(1)  # type: ignore[union-attr]
         self.status = re.search(r"status on (http://\S+),", text).group(1)  # type: ignore[union-attr]
         self.redis_url = re.search(r"Redis at (redis://\S+)", text).group(1)  # type: ignore[union-attr]
+        self.console = re.search(r"console on (http://\S+)/ ", text).group(1)  # type: ignore[union-attr]
 
     def ctrl_c(self) -> int:
         os.killpg(self.proc.pid, signal.SIGINT)  # what Ctrl-C in the terminal sends: the foreground group
@@ -82,6 +84,16 @@ def test_make_up_serves_tasks_and_webhooks_refuses_a_second_stack_and_ctrl_c_sto
             done = http.get(stack.status + f"/tasks/{reply.json()['id']}", params={"wait": 10}).json()
             assert (done["status"], done["result"]) == ("succeeded", {"hello": "world"})
 
+            # The console, keyed by a generated key the banner points to (never prints), kept 0600.
+            key_file = tmp_path / "run" / "admin-key"
+            assert f"the admin key is in {key_file}" in stack.proc.output()
+            assert key_file.stat().st_mode & 0o777 == 0o600
+            label, _, key = key_file.read_text().strip().partition(":")
+            assert label == "local" and len(key) >= 32 and key not in stack.proc.output()
+            assert http.get(stack.console + "/api/queues").status_code == 401
+            queues = http.get(stack.console + "/api/queues", headers={"Authorization": f"Bearer {key}"})
+            assert queues.status_code == 200 and "default" in [q["queue"] for q in queues.json()["queues"]]
+
         hook = _run([sys.executable, "-m", "local", "send-webhook", "github", "push"], _bare_terminal(tmp_path))
         assert hook.returncode == 0, hook.stdout + hook.stderr
         assert hook.stdout.startswith("202"), hook.stdout
@@ -121,6 +133,7 @@ def test_ctrl_c_with_a_task_in_flight_records_its_outcome_and_a_restart_keeps_th
         worker_exit, valkey_stop = text.find("worker exited (rc=0)"), text.find("Received SIGTERM")
         assert -1 < outcome < worker_exit < valkey_stop, text[-4000:]  # drained, then Valkey stopped last
         assert text.rfind("enqueue exited") < worker_exit and text.rfind("status exited") < worker_exit
+        assert -1 < text.rfind("console exited") < worker_exit
     finally:
         first.proc.kill()
 

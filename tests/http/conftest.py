@@ -41,7 +41,8 @@ from tests.http.clients import PATHS, AsgiClient, target_of
 
 ROOT = Path(__file__).resolve().parents[2]
 STATUS_BASE = "http://status.test"  # the status_base_url of the apps built here
-LOCAL_ENV = ("FUNCTION_", "WEBHOOK_", "API_KEYS")  # read by create_app or Settings.from_env, never inherited
+# read by create_app or Settings.from_env, never inherited
+LOCAL_ENV = ("FUNCTION_", "WEBHOOK_", "API_KEYS", "ADMIN_KEYS")
 
 
 @dataclasses.dataclass

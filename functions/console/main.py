@@ -1,0 +1,1 @@
+from taskbus.functions.console import console, console_wsgi
