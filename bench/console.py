@@ -12,13 +12,20 @@ import secrets
 import statistics
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import psutil
 import redis
 
 from bench.config import (
-    CONSOLE_BATCH, CONSOLE_CALLS, CONSOLE_DEEP_PAGES, CONSOLE_HTTP_CALLS, CONSOLE_RUNNING, QUEUE, Config,
+    CONSOLE_BATCH,
+    CONSOLE_CALLS,
+    CONSOLE_DEEP_PAGES,
+    CONSOLE_HTTP_CALLS,
+    CONSOLE_RUNNING,
+    QUEUE,
+    Config,
 )
 from bench.handlers import RELEASE
 from bench.metrics import Metrics, pct
@@ -31,6 +38,7 @@ from taskbus.client import Client
 from taskbus.settings import Settings
 
 MIB = 1024 * 1024
+FILL_SOCKET_TIMEOUT_S = 10.0
 UNKNOWN_ID = f"{QUEUE}~{'0' * 32}"  # well formed, never enqueued: Admin.task's lookup on the empty queue
 
 
@@ -88,7 +96,8 @@ class Fill:
     def enqueue(self, m: Metrics, name: str, task: dict[str, Any], n: int) -> float:
         """`n` tasks by Client.enqueue_many (CONSOLE_BATCH per call), the real enqueue path; returns tasks/s."""
         item = {**task, "payload": {"n": 1}, "queue": QUEUE}
-        client = Client(self.settings)
+        # A 1000-task call can outlast the 0.8 s default socket timeout on a busy host; only the filler's
+        client = Client(dataclasses.replace(self.settings, redis_socket_timeout_s=FILL_SOCKET_TIMEOUT_S))
         t = time.perf_counter()
         try:
             for i in range(0, n, CONSOLE_BATCH):
@@ -114,7 +123,8 @@ class Fill:
                 w.stop()
         rate = n / (time.monotonic() - t)
         m.add("console/fill/dead_tasks_s", rate, "tasks/s")
-        print(f"  {n:,} dead letters by 2 workers × CONCURRENCY 32 (`permanent` tasks): {rate:,.0f} tasks/s", flush=True)
+        print(f"  {n:,} dead letters by 2 workers × CONCURRENCY 32 (`permanent` tasks): {rate:,.0f} tasks/s",
+              flush=True)
 
     def _settled(self, workers: list[Proc]) -> bool:
         for w in workers:
@@ -193,22 +203,24 @@ def operations(admin: Admin, m: Metrics, scale: str, ids: dict[str, str]) -> lis
     ]
     for state in STATES:
         for limit in (50, 200):
-            ops.append((f"tasks/{state}/{limit}", lambda s=state, n=limit: admin.tasks(QUEUE, s, limit=n)))
+            ops.append((f"tasks/{state}/{limit}", partial(admin.tasks, QUEUE, state, limit=limit)))
         hops, cursor = deep_cursor(admin, state)
         if cursor is not None:
             m.add(f"console/{scale}/tasks/{state}/deep/pages_in", hops, "pages")
-            ops.append((f"tasks/{state}/deep", lambda s=state, c=cursor: admin.tasks(QUEUE, s, cursor=c, limit=50)))
+            ops.append((f"tasks/{state}/deep", partial(admin.tasks, QUEUE, state, cursor=cursor, limit=50)))
     for kind, task_id in ids.items():
-        ops.append((f"task/{kind}", lambda t=task_id: admin.task(t)))
+        ops.append((f"task/{kind}", partial(admin.task, task_id)))
     return ops
 
 
 def deep_cursor(admin: Admin, state: str) -> tuple[int, str | None]:
-    """The cursor of the page CONSOLE_DEEP_PAGES pages of 50 in (or of the state's last page)."""
+    """(pages skipped, cursor) of the page CONSOLE_DEEP_PAGES pages of 50 in, or of the state's
+    last page with rows (a full last page still hands out a cursor, to an empty page)."""
     hops, cursor = 0, None
     while hops < CONSOLE_DEEP_PAGES:
-        following = admin.tasks(QUEUE, state, cursor=cursor, limit=50)["next_cursor"]
-        if following is None:
+        page = admin.tasks(QUEUE, state, cursor=cursor, limit=50)
+        following = page["next_cursor"]
+        if following is None or not admin.tasks(QUEUE, state, cursor=following, limit=1)["tasks"]:
             break
         hops, cursor = hops + 1, following
     return hops, cursor
