@@ -68,7 +68,7 @@ def run_console(stack: Stack, cfg: Config, m: Metrics) -> None:
             web.rss(m, "after")
         m.add("console/redis_used_memory", float(r.info("memory")["used_memory"]), "bytes")
     finally:
-        fill.release()
+        fill.release(admin)
         admin.close()
         if web is not None:
             web.proc.stop()
@@ -157,10 +157,12 @@ class Fill:
         if counts != want:
             m.errors.append(f"console: overview counts {counts}, want {want}")
 
-    def release(self) -> None:
-        """End every `block` task (one RELEASE item each), then stop their workers."""
+    def release(self, admin: Admin) -> None:
+        """Pause the queue (the freed slots must not start the queued tasks), end every `block`
+        task (one RELEASE item each), then stop their workers."""
         if not self.blockers:
             return
+        admin.pause(QUEUE, "bench")
         self.r.rpush(RELEASE, *["go"] * CONSOLE_RUNNING)
         try:
             wait_for(lambda: self._settled(self.blockers), 30, "the blocked tasks to finish", interval=0.1)
@@ -187,9 +189,10 @@ def measure(admin: Admin, m: Metrics, scale: str, ids: dict[str, str]) -> None:
         rows = first.get("tasks") if isinstance(first, dict) else None
         if rows is not None:
             m.add(f"console/{scale}/{name}/rows", len(rows), "rows")
-        times = timed(call, CONSOLE_CALLS)
+        times, cpu = timed(call, CONSOLE_CALLS)
         m.add(f"console/{scale}/{name}/median_ms", statistics.median(times), "ms")
         m.add(f"console/{scale}/{name}/p99_ms", pct(times, 99), "ms")
+        m.add(f"console/{scale}/{name}/cpu_p99_ms", pct(cpu, 99), "ms")
     print(f"  {scale}: timed {CONSOLE_CALLS} calls of each Admin read", flush=True)
 
 
@@ -226,13 +229,16 @@ def deep_cursor(admin: Admin, state: str) -> tuple[int, str | None]:
     return hops, cursor
 
 
-def timed(call: Callable[[], Any], n: int) -> list[float]:
-    out = []
+def timed(call: Callable[[], Any], n: int) -> tuple[list[float], list[float]]:
+    """Wall time of each call (ms), and this thread's CPU time in it: on a busy host the gap
+    between the two is time spent waiting for a core or for Redis, not the console's work."""
+    wall, cpu = [], []
     for _ in range(n):
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.thread_time()
         call()
-        out.append((time.perf_counter() - t) * 1000)
-    return out
+        wall.append((time.perf_counter() - t) * 1000)
+        cpu.append((time.thread_time() - c) * 1000)
+    return wall, cpu
 
 
 class ConsoleWeb:

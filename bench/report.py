@@ -464,7 +464,8 @@ def console_table(w: Callable[[str], None], s: dict[str, Any]) -> None:
         f"{label} {v(f'console/fill/{key}_tasks_s') or 0:,.0f}" for key, label in fills))
     counts = {state: v(f"console/count/{state}") for state in ("queued", "scheduled", "running", "dead")}
     w("overview counts after the fill: " + ", ".join(f"{k} {c:,.0f}" for k, c in counts.items() if c is not None))
-    hdr = f"{'read (ms)':<58} {'empty p50':>10} {'empty p99':>10} {'full p50':>10} {'full p99':>10} {'rows':>5}"
+    hdr = (f"{'read (ms)':<58} {'empty p50':>10} {'empty p99':>10} {'full p50':>10} {'full p99':>10} "
+           f"{'CPU p99':>8} {'rows':>5}")
     w(hdr)
     w("-" * len(hdr))
     for name, label in console_rows(s):
@@ -474,8 +475,10 @@ def console_table(w: Callable[[str], None], s: dict[str, Any]) -> None:
         w(
             f"{label:<58} {ms(f'console/empty/{name}/median_ms'):>10} {ms(f'console/empty/{name}/p99_ms'):>10} "
             f"{ms(f'console/full/{name}/median_ms'):>10} {ms(f'console/full/{name}/p99_ms'):>10} "
-            f"{'' if rows is None else f'{rows:.0f}':>5}"
+            f"{ms(f'console/full/{name}/cpu_p99_ms'):>8} {'' if rows is None else f'{rows:.0f}':>5}"
         )
+    w("(CPU p99: the bench thread's CPU time in the call, full queue; the rest of the wall time is Redis, loopback "
+      "and waiting for a core)")
     if s.get("console/http", {}).get("na"):
         w(f"console function over HTTP: n/a ({s['console/http']['na']})")
         return
