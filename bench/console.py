@@ -56,13 +56,13 @@ def run_console(stack: Stack, cfg: Config, m: Metrics) -> None:
             m.na("console/http", "ms", "no `console` target in taskbus.serving.FUNCTIONS on this checkout")
         else:
             web.rss(m, "cold")
-        measure(admin, m, "empty", {"unknown": UNKNOWN_ID})
+        measure(admin, r, m, "empty", {"unknown": UNKNOWN_ID})
         if web is not None:
             web.calls(m, "empty")
             web.rss(m, "before")
         fill.run(m)
         fill.check(m, admin.overview(QUEUE))
-        measure(admin, m, "full", sample_ids(admin))
+        measure(admin, r, m, "full", sample_ids(admin))
         if web is not None:
             web.calls(m, "full")
             web.rss(m, "after")
@@ -182,14 +182,18 @@ def sample_ids(admin: Admin) -> dict[str, str]:
     return out
 
 
-def measure(admin: Admin, m: Metrics, scale: str, ids: dict[str, str]) -> None:
-    """CONSOLE_CALLS timed calls of each read (after one untimed call), median and p99 in ms."""
+def measure(admin: Admin, r: redis.Redis, m: Metrics, scale: str, ids: dict[str, str]) -> None:
+    """CONSOLE_CALLS timed calls of each read (after one untimed call): wall time median and p99,
+    this thread's CPU p99, and Valkey's own time per call (INFO commandstats, mean; it includes
+    the few background commands of the workers holding the running tasks)."""
     for name, call in operations(admin, m, scale, ids):
         first = call()
         rows = first.get("tasks") if isinstance(first, dict) else None
         if rows is not None:
             m.add(f"console/{scale}/{name}/rows", len(rows), "rows")
+        before = redis_usec(r)
         times, cpu = timed(call, CONSOLE_CALLS)
+        m.add(f"console/{scale}/{name}/redis_ms", (redis_usec(r) - before) / 1000 / CONSOLE_CALLS, "ms")
         m.add(f"console/{scale}/{name}/median_ms", statistics.median(times), "ms")
         m.add(f"console/{scale}/{name}/p99_ms", pct(times, 99), "ms")
         m.add(f"console/{scale}/{name}/cpu_p99_ms", pct(cpu, 99), "ms")
@@ -227,6 +231,11 @@ def deep_cursor(admin: Admin, state: str) -> tuple[int, str | None]:
             break
         hops, cursor = hops + 1, following
     return hops, cursor
+
+
+def redis_usec(r: redis.Redis) -> int:
+    """Microseconds Valkey has spent executing commands since its last CONFIG RESETSTAT."""
+    return sum(int(stats["usec"]) for stats in r.info("commandstats").values())
 
 
 def timed(call: Callable[[], Any], n: int) -> tuple[list[float], list[float]]:

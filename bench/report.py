@@ -465,7 +465,7 @@ def console_table(w: Callable[[str], None], s: dict[str, Any]) -> None:
     counts = {state: v(f"console/count/{state}") for state in ("queued", "scheduled", "running", "dead")}
     w("overview counts after the fill: " + ", ".join(f"{k} {c:,.0f}" for k, c in counts.items() if c is not None))
     hdr = (f"{'read (ms)':<58} {'empty p50':>10} {'empty p99':>10} {'full p50':>10} {'full p99':>10} "
-           f"{'CPU p99':>8} {'rows':>5}")
+           f"{'CPU p99':>8} {'Redis':>6} {'rows':>5}")
     w(hdr)
     w("-" * len(hdr))
     for name, label in console_rows(s):
@@ -475,9 +475,11 @@ def console_table(w: Callable[[str], None], s: dict[str, Any]) -> None:
         w(
             f"{label:<58} {ms(f'console/empty/{name}/median_ms'):>10} {ms(f'console/empty/{name}/p99_ms'):>10} "
             f"{ms(f'console/full/{name}/median_ms'):>10} {ms(f'console/full/{name}/p99_ms'):>10} "
-            f"{ms(f'console/full/{name}/cpu_p99_ms'):>8} {'' if rows is None else f'{rows:.0f}':>5}"
+            f"{ms(f'console/full/{name}/cpu_p99_ms'):>8} {ms(f'console/full/{name}/redis_ms'):>6} "
+            f"{'' if rows is None else f'{rows:.0f}':>5}"
         )
-    w("(CPU p99: the bench thread's CPU time in the call, full queue; the rest of the wall time is Redis, loopback "
+    w("(full queue: CPU p99 = the bench thread's CPU time in the call (redis-py packing and parsing, the rows); "
+      "Redis = Valkey's command time per call, mean, from INFO commandstats; the rest of the wall time is loopback "
       "and waiting for a core)")
     if s.get("console/http", {}).get("na"):
         w(f"console function over HTTP: n/a ({s['console/http']['na']})")
