@@ -49,18 +49,21 @@ def run_console(stack: Stack, cfg: Config, m: Metrics) -> None:
     r = redis.Redis.from_url(server.url, decode_responses=True)
     settings = stack.settings(redis_url=server.url)
     admin = Admin(settings)
-    web = ConsoleWeb(stack, settings) if "console" in getattr(serving, "FUNCTIONS", ()) else None
     fill = Fill(stack, r, settings, cfg.console_tasks)
+    web: ConsoleWeb | None = None
     try:
-        if web is None:
-            m.na("console/http", "ms", "no `console` target in taskbus.serving.FUNCTIONS on this checkout")
-        else:
+        if "console" in getattr(serving, "FUNCTIONS", ()):
+            web = ConsoleWeb(stack, settings)
             web.rss(m, "cold")
+        else:
+            m.na("console/http", "ms", "no `console` target in taskbus.serving.FUNCTIONS on this checkout")
         measure(admin, r, m, "empty", {"unknown": UNKNOWN_ID})
         if web is not None:
             web.calls(m, "empty")
             web.rss(m, "before")
+        t_fill = time.monotonic()
         fill.run(m)
+        m.add("console/fill_s", time.monotonic() - t_fill, "s")
         fill.check(m, admin.overview(QUEUE))
         measure(admin, r, m, "full", sample_ids(admin))
         if web is not None:

@@ -460,7 +460,7 @@ def console_table(w: Callable[[str], None], s: dict[str, Any]) -> None:
     )
     fills = [("queued", "queued"), ("scheduled", "scheduled"), ("dead-to-be", "dead enqueued"),
              ("dead", "dead-lettered by the workers")]
-    w(f"fill, tasks/s (Client.enqueue_many, {CONSOLE_BATCH}/call): " + ", ".join(
+    w(f"fill in {v('console/fill_s') or 0:.0f} s, tasks/s (Client.enqueue_many, {CONSOLE_BATCH}/call): " + ", ".join(
         f"{label} {v(f'console/fill/{key}_tasks_s') or 0:,.0f}" for key, label in fills))
     counts = {state: v(f"console/count/{state}") for state in ("queued", "scheduled", "running", "dead")}
     w("overview counts after the fill: " + ", ".join(f"{k} {c:,.0f}" for k, c in counts.items() if c is not None))
