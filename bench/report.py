@@ -460,10 +460,14 @@ def console_table(w: Callable[[str], None], s: dict[str, Any]) -> None:
     )
     fills = [("queued", "queued"), ("scheduled", "scheduled"), ("dead-to-be", "dead enqueued"),
              ("dead", "dead-lettered by the workers")]
-    w(f"fill in {v('console/fill_s') or 0:.0f} s, tasks/s (Client.enqueue_many, {CONSOLE_BATCH}/call): " + ", ".join(
+    fill_s = v("console/fill_s")
+    took = "" if fill_s is None else f" in {fill_s:.0f} s"
+    w(f"fill{took}, tasks/s (Client.enqueue_many, {CONSOLE_BATCH}/call): " + ", ".join(
         f"{label} {v(f'console/fill/{key}_tasks_s') or 0:,.0f}" for key, label in fills))
     counts = {state: v(f"console/count/{state}") for state in ("queued", "scheduled", "running", "dead")}
-    w("overview counts after the fill: " + ", ".join(f"{k} {c:,.0f}" for k, c in counts.items() if c is not None))
+    used = v("console/redis_used_memory")
+    w("overview counts after the fill: " + ", ".join(f"{k} {c:,.0f}" for k, c in counts.items() if c is not None)
+      + ("" if used is None else f"; Valkey used_memory {used / 2**20:,.0f} MiB"))
     hdr = (f"{'read (ms)':<58} {'empty p50':>10} {'empty p99':>10} {'full p50':>10} {'full p99':>10} "
            f"{'CPU p99':>8} {'Redis':>6} {'rows':>5}")
     w(hdr)
