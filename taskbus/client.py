@@ -8,6 +8,7 @@ from collections.abc import Iterable, Mapping
 from types import TracebackType
 from typing import Any
 
+from taskbus.admin import Admin
 from taskbus.enqueue import Enqueuer
 from taskbus.errors import ValidationError
 from taskbus.settings import Settings
@@ -34,6 +35,7 @@ class Client:
         self.settings = settings or Settings.from_env()
         self._enqueuer = Enqueuer(self.settings)
         self._reader = StatusReader(self.settings)
+        self._ops: Admin | None = None
 
     def enqueue(
         self,
@@ -81,9 +83,20 @@ class Client:
         return view(record) if record else None
 
     def wait(self, task_id: str, timeout_s: float) -> dict[str, Any] | None:
-        """The task once `succeeded` or `failed`, or as it is after `timeout_s`; None when unknown."""
+        """The task once `succeeded`, `failed` or `cancelled`, or as it is after `timeout_s`; None when unknown."""
         record = self._reader.wait(task_id, timeout_s)
         return view(record) if record else None
+
+    def cancel(self, task_id: str) -> str:
+        """Cancel a task: "cancelled" (it was queued or scheduled: it never starts) or
+        "cancelling" (it runs: its handler sees `ctx.cancelled`, and it ends `cancelled`).
+        Raises `NotFound`, or `Conflict` (`.status` is its final status) when it already finished."""
+        return self._admin().cancel(task_id, actor="client")[0]
+
+    def _admin(self) -> Admin:
+        if self._ops is None:
+            self._ops = Admin(self.settings, client=self._reader.client)
+        return self._ops
 
     def close(self) -> None:
         self._enqueuer.close()

@@ -43,6 +43,6 @@ taskbus's own (`Unavailable` when Redis does not answer, `NotFound`, `Conflict`,
 
 from __future__ import annotations
 
-from taskbus.admin.ops import STATES, Admin
+from taskbus.admin.ops import MAX_PAGE, PURGEABLE, STATES, Admin
 
-__all__ = ["Admin", "STATES"]
+__all__ = ["Admin", "MAX_PAGE", "PURGEABLE", "STATES"]

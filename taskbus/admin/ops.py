@@ -307,6 +307,12 @@ class Admin:
     def close(self) -> None:
         self.client.close()
 
+    def __enter__(self) -> Admin:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
 
 def _entry_cursor(cursor: str) -> str:
     """A stream-id cursor, checked: raw input never reaches a command unvalidated."""

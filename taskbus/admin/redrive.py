@@ -24,6 +24,7 @@ stream's last entry then): a task that fails again after its re-drive is not re-
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -166,11 +167,13 @@ class Redrives:
         return found
 
     def run(self, redrive_id: str, stop: threading.Event, on_progress: Progress | None = None,
-            wait_for_others: bool = True) -> dict[str, Any]:
+            wait_for_others: bool = True, retry_unavailable: bool = True) -> dict[str, Any]:
         """Run the re-drive in this thread, paced at its rate, until it ends or `stop` is set;
         while another runner holds its lease, follow it (`on_progress`) and take over if that
         runner dies (`wait_for_others=False`: return instead, as the workers' runner does, which
-        looks again a second later). Returns the job as it then is."""
+        looks again a second later). Redis unavailable: retried, or raised with
+        `retry_unavailable=False`. On `stop` the lease is let go at once, so another runner
+        continues without waiting for it to expire. Returns the job as it then is."""
         queue = queue_of(redrive_id)
         if queue is None:
             raise NotFound(f"no re-drive with id {redrive_id[:200]!r}")
@@ -187,8 +190,13 @@ class Redrives:
                 if on_progress:
                     on_progress(job)
             except Unavailable as exc:  # retried from the cursor: a step that landed is not redone
+                if not retry_unavailable:
+                    raise
                 log.warning("re-drive paused: Redis unavailable", extra={"fields": {"error": str(exc)[:200]}})
             stop.wait(FOLLOW_S)
+        if stop.is_set():
+            with contextlib.suppress(Unavailable), unavailable_on_redis_errors():
+                self.scripts.redrive_claim(keys=[key], args=[self.name, 0], client=self.client)  # let go: expires now
         found = self.get(redrive_id)
         if found is None:
             raise NotFound(f"no re-drive with id {redrive_id[:200]!r}")
@@ -283,6 +291,12 @@ class Redrives:
 
     def close(self) -> None:
         self.client.close()
+
+    def __enter__(self) -> Redrives:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 class RedriveRunner:

@@ -354,3 +354,35 @@ def test_redis_down_is_unavailable(settings):
 
 
 
+
+
+def test_applications_cancel_through_the_client(client, queue):
+    task = client.enqueue("echo", {}, queue=queue, delay_s=600)
+    assert client.cancel(task.id) == "cancelled"
+    assert client.get(task.id)["status"] == "cancelled"
+    with pytest.raises(Conflict):
+        client.cancel(task.id)
+
+
+@pytest.mark.parametrize("channel", ["kafka"])
+def test_on_the_kafka_channel_cancel_retry_and_pause_hold(admin, client, workers, queue, r, channel):
+    """The same operations with Kafka carrying the tasks (Redis holds their state)."""
+    marker = key()
+    workers()
+    running = client.enqueue("until_cancelled", {"key": marker, "seconds": 30}, queue=queue)
+    wait_until(lambda: r.hget(marker, running.id) == "running", timeout=30)
+    assert admin.cancel(running.id, actor="kim")[0] == "cancelling"
+    wait_until(lambda: status_of(admin, running.id) == "cancelled", timeout=10)
+    failed = client.enqueue("permanent", {"key": marker}, queue=queue)
+    wait_until(lambda: status_of(admin, failed.id) == "failed", timeout=30)
+    assert admin.retry(failed.id, actor="kim")["status"] == "queued"
+    wait_until(lambda: r.hget(marker, failed.id) == "2", timeout=30)  # published again and run again
+    admin.pause(queue, actor="kim")
+    time.sleep(0.6)  # past the workers' PAUSE_CHECK_S
+    held = client.enqueue("record", {"key": marker}, queue=queue)
+    deadline = time.monotonic() + 1.5  # a window in which it may not start
+    while time.monotonic() < deadline:
+        assert status_of(admin, held.id) == "queued"
+        time.sleep(0.05)
+    admin.resume(queue, actor="kim")
+    wait_until(lambda: status_of(admin, held.id) == "succeeded", timeout=30)

@@ -1,4 +1,5 @@
--- Take (or renew) the lease on a running re-drive: one runner at a time, whoever it is.
+-- Take (or renew) the lease on a running re-drive: one runner at a time, whoever it is. A lease
+-- of 0 ms from its holder lets it go (it expires now, another runner takes over at once).
 -- KEYS[1] re-drive hash   ARGV[1] runner name  ARGV[2] lease ms
 -- Returns 1 when this runner holds it now, 0 otherwise (another holds a live lease, or it ended).
 local now = now_ms()
