@@ -6,6 +6,7 @@ has the console function, its HTTP latency and whether its memory grows with the
 from __future__ import annotations
 
 import dataclasses
+import gc
 import http.client
 import json
 import secrets
@@ -195,7 +196,9 @@ def measure(admin: Admin, r: redis.Redis, m: Metrics, scale: str, ids: dict[str,
         if rows is not None:
             m.add(f"console/{scale}/{name}/rows", len(rows), "rows")
         before = redis_usec(r)
-        times, cpu = timed(call, CONSOLE_CALLS)
+        with GcPauses() as gc_pauses:
+            times, cpu = timed(call, CONSOLE_CALLS)
+        m.add(f"console/{scale}/{name}/gc_full_ms", gc_pauses.ms, "ms")
         m.add(f"console/{scale}/{name}/redis_ms", (redis_usec(r) - before) / 1000 / CONSOLE_CALLS, "ms")
         m.add(f"console/{scale}/{name}/median_ms", statistics.median(times), "ms")
         m.add(f"console/{scale}/{name}/p99_ms", pct(times, 99), "ms")
@@ -234,6 +237,29 @@ def deep_cursor(admin: Admin, state: str) -> tuple[int, str | None]:
             break
         hops, cursor = hops + 1, following
     return hops, cursor
+
+
+class GcPauses:
+    """Wall time (ms) of the full (generation 2) garbage collections in this process while in
+    the block: a single call's outlier is often one of them, not Redis or the page."""
+
+    def __init__(self) -> None:
+        self.ms, self._t = 0.0, 0.0
+
+    def _on_gc(self, phase: str, info: dict[str, int]) -> None:
+        if info.get("generation") != 2:
+            return
+        if phase == "start":
+            self._t = time.perf_counter()
+        else:
+            self.ms += (time.perf_counter() - self._t) * 1000
+
+    def __enter__(self) -> GcPauses:
+        gc.callbacks.append(self._on_gc)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        gc.callbacks.remove(self._on_gc)
 
 
 def redis_usec(r: redis.Redis) -> int:

@@ -469,7 +469,7 @@ def console_table(w: Callable[[str], None], s: dict[str, Any]) -> None:
     w("overview counts after the fill: " + ", ".join(f"{k} {c:,.0f}" for k, c in counts.items() if c is not None)
       + ("" if used is None else f"; Valkey used_memory {used / 2**20:,.0f} MiB"))
     hdr = (f"{'read (ms)':<58} {'empty p50':>10} {'empty p99':>10} {'full p50':>10} {'full p99':>10} "
-           f"{'CPU p99':>8} {'Redis':>6} {'rows':>5}")
+           f"{'CPU p99':>8} {'Redis':>6} {'GC':>6} {'rows':>5}")
     w(hdr)
     w("-" * len(hdr))
     for name, label in console_rows(s):
@@ -480,11 +480,13 @@ def console_table(w: Callable[[str], None], s: dict[str, Any]) -> None:
             f"{label:<58} {ms(f'console/empty/{name}/median_ms'):>10} {ms(f'console/empty/{name}/p99_ms'):>10} "
             f"{ms(f'console/full/{name}/median_ms'):>10} {ms(f'console/full/{name}/p99_ms'):>10} "
             f"{ms(f'console/full/{name}/cpu_p99_ms'):>8} {ms(f'console/full/{name}/redis_ms'):>6} "
+            f"{ms(f'console/full/{name}/gc_full_ms'):>6} "
             f"{'' if rows is None else f'{rows:.0f}':>5}"
         )
     w("(full queue: CPU p99 = the bench thread's CPU time in the call (redis-py packing and parsing, the rows); "
-      "Redis = Valkey's command time per call, mean, from INFO commandstats; the rest of the wall time is loopback "
-      "and waiting for a core)")
+      "Redis = Valkey's command time per call, mean, from INFO commandstats; GC = the bench process's full garbage "
+      f"collections during the {CONSOLE_CALLS} calls, total; the rest of the wall time is loopback and waiting for "
+      "a core)")
     if s.get("console/http", {}).get("na"):
         w(f"console function over HTTP: n/a ({s['console/http']['na']})")
         return
