@@ -16,6 +16,9 @@ HTTP_LEVELS = (1, 4, 16, 64)
 POLL_S = 0.01  # counter poll: each GET costs Redis ~30 µs on this VM, so not faster
 MEMORY_BATCH = 1000  # tasks per Store.enqueue_many call in the memory section
 FSYNC_SAMPLE, FSYNC_CLIENTS = 50, 32  # the fsync section: one-at-a-time enqueues per round, then threads
+# The console section: batches of Client.enqueue_many, timed calls per operation and per state,
+# pages followed for the deep page, HTTP calls per RSS reading, running tasks (2 workers × half each).
+CONSOLE_BATCH, CONSOLE_CALLS, CONSOLE_DEEP_PAGES, CONSOLE_HTTP_CALLS, CONSOLE_RUNNING = 1000, 30, 100, 300, 1000
 BODY = json.dumps({"type": "echo", "payload": {"n": 1}, "queue": QUEUE}, separators=(",", ":"))
 # taskbus on Kafka (the `kafka` rows): the embedded broker is a single in-memory node, so
 # replication 1; a short session timeout because tansu's group join waits about half of it.
@@ -49,6 +52,7 @@ class Config:
     longpoll_rate: float = 500.0  # their tasks finish at this rate
     longpoll_wait_s: float = 30.0
     longpoll_settings: dict[str, str] = dataclasses.field(default_factory=dict)  # status instance's Settings changes
+    console_tasks: int = 1_000_000  # queued tasks of the console section (and a tenth as many dead letters)
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> Config:
@@ -76,4 +80,5 @@ class Config:
             longpoll_settings=dict(
                 kv.strip().split("=", 1) for kv in args.longpoll_settings.split(",") if "=" in kv
             ),
+            console_tasks=args.console_tasks or (100_000 if quick else 1_000_000),
         )

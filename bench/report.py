@@ -6,7 +6,19 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from bench.config import FSYNC_CLIENTS, FSYNC_SAMPLE, HTTP_LEVELS, MEMORY_BATCH, Config
+from bench.config import (
+    CONSOLE_BATCH,
+    CONSOLE_CALLS,
+    CONSOLE_HTTP_CALLS,
+    CONSOLE_RUNNING,
+    FSYNC_CLIENTS,
+    FSYNC_SAMPLE,
+    HTTP_LEVELS,
+    MEMORY_BATCH,
+    QUEUE,
+    Config,
+)
+from taskbus.admin import STATES
 
 
 def fmt(summary: dict[str, Any], key: str, digits: int = 0) -> str:
@@ -22,6 +34,12 @@ def fmt(summary: dict[str, Any], key: str, digits: int = 0) -> str:
     if m["rounds"] > 1:
         text += f" [{f.format(m['min'])}–{f.format(m['max'])}]"
     return text
+
+
+def median(summary: dict[str, Any], key: str) -> float | None:
+    """The metric's median, None when it is missing or failed."""
+    value = summary.get(key, {}).get("median")
+    return None if value is None else float(value)
 
 
 def other_cores(summary: dict[str, Any], base: str) -> str:
@@ -76,6 +94,8 @@ def table(result: dict[str, Any]) -> str:
         fsync_table(w, s)
     if any(k.startswith("memory/") for k in s):
         memory_table(w, s)
+    if any(k.startswith("console/") for k in s):
+        console_table(w, s)
     # targets
     w("")
     w("TARGETS (lead's)")
@@ -362,7 +382,7 @@ def fsync_table(w: Callable[[str], None], s: dict[str, Any]) -> None:
 
 def memory_table(w: Callable[[str], None], s: dict[str, Any]) -> None:
     def v(key: str) -> float | None:
-        return s.get(key, {}).get("median")
+        return median(s, key)
 
     n, ttl = int(v("memory/tasks") or 0), int(v("memory/result_ttl_s") or 0)
     w("")
@@ -402,6 +422,97 @@ def memory_table(w: Callable[[str], None], s: dict[str, Any]) -> None:
         "histograms (~16 KB per command name) hold memory, bounded, not per task)"
     )
     w("(RSS for reference only: the allocator may keep freed pages; used_memory is what Redis holds)")
+
+
+CONSOLE_RSS_GROWTH_MB = 5  # "does not grow with the task count": a few MiB of allocator noise at most
+
+
+def console_rows(s: dict[str, Any]) -> list[tuple[str, str]]:
+    """(metric name under console/<scale>/, label) of every timed read, in table order."""
+    rows = [("overview", "Admin.overview(queue)"), ("overviews", "Admin.overviews() (every known queue)")]
+    for state in STATES:
+        rows += [(f"tasks/{state}/50", f"tasks {state}, first page, limit 50"),
+                 (f"tasks/{state}/200", f"tasks {state}, first page, limit 200")]
+        hops = s.get(f"console/full/tasks/{state}/deep/pages_in", {}).get("median")
+        if hops is not None:
+            rows.append((f"tasks/{state}/deep", f"tasks {state}, page {hops + 1:.0f} by next_cursor, limit 50"))
+    rows += [("task/queued", "Admin.task(id), a queued task"), ("task/dead", "Admin.task(id), a dead letter"),
+             ("task/unknown", "Admin.task(id), an id never enqueued")]
+    return rows
+
+
+def console_table(w: Callable[[str], None], s: dict[str, Any]) -> None:
+    def v(key: str) -> float | None:
+        return median(s, key)
+
+    def ms(key: str) -> str:
+        x = v(key)
+        return "" if x is None else f"{x:,.2f}"
+
+    n = int(v("console/tasks") or 0)
+    w("")
+    w(
+        f"6. CONSOLE  the operator core's reads (taskbus.admin.Admin, the console's code path) in the bench process "
+        f"on a Valkey of its own, server time = the call's wall time ({CONSOLE_CALLS} calls each after one untimed; "
+        f"p99 of {CONSOLE_CALLS} = the slowest); empty queue, then one queue holding {n:,} queued, {n // 10:,} dead "
+        f"letters (real: `permanent` tasks run by 2 workers), {n // 100:,} scheduled (delay_s 3600) and "
+        f"{CONSOLE_RUNNING:,} running (`block` tasks held by 2 workers)"
+    )
+    fills = [("queued", "queued"), ("scheduled", "scheduled"), ("dead-to-be", "dead enqueued"),
+             ("dead", "dead-lettered by the workers")]
+    fill_s = v("console/fill_s")
+    took = "" if fill_s is None else f" in {fill_s:.0f} s"
+    w(f"fill{took}, tasks/s (Client.enqueue_many, {CONSOLE_BATCH}/call): " + ", ".join(
+        f"{label} {v(f'console/fill/{key}_tasks_s') or 0:,.0f}" for key, label in fills))
+    counts = {state: v(f"console/count/{state}") for state in ("queued", "scheduled", "running", "dead")}
+    used = v("console/redis_used_memory")
+    w("overview counts after the fill: " + ", ".join(f"{k} {c:,.0f}" for k, c in counts.items() if c is not None)
+      + ("" if used is None else f"; Valkey used_memory {used / 2**20:,.0f} MiB"))
+    hdr = (f"{'read (ms)':<58} {'empty p50':>10} {'empty p99':>10} {'full p50':>10} {'full p99':>10} "
+           f"{'CPU p99':>8} {'Redis':>6} {'GC':>6} {'rows':>5}")
+    w(hdr)
+    w("-" * len(hdr))
+    for name, label in console_rows(s):
+        rows = v(f"console/full/{name}/rows")
+        if v(f"console/empty/{name}/median_ms") is None and v(f"console/full/{name}/median_ms") is None:
+            continue
+        w(
+            f"{label:<58} {ms(f'console/empty/{name}/median_ms'):>10} {ms(f'console/empty/{name}/p99_ms'):>10} "
+            f"{ms(f'console/full/{name}/median_ms'):>10} {ms(f'console/full/{name}/p99_ms'):>10} "
+            f"{ms(f'console/full/{name}/cpu_p99_ms'):>8} {ms(f'console/full/{name}/redis_ms'):>6} "
+            f"{ms(f'console/full/{name}/gc_full_ms'):>6} "
+            f"{'' if rows is None else f'{rows:.0f}':>5}"
+        )
+    w("(full queue: CPU p99 = the bench thread's CPU time in the call (redis-py packing and parsing, the rows); "
+      "Redis = Valkey's command time per call, mean, from INFO commandstats; GC = the bench process's full garbage "
+      f"collections during the {CONSOLE_CALLS} calls, total; the rest of the wall time is loopback and waiting for "
+      "a core)")
+    if s.get("console/http", {}).get("na"):
+        w(f"console function over HTTP: n/a ({s['console/http']['na']})")
+        return
+    label = s.get("console/full/http/queues/median_ms", {}).get("label", "")
+    w(f"console function over HTTP (`taskbus serve console`, WEB_WORKERS=1: {label}), client-side latency, one "
+      f"keep-alive client, {CONSOLE_HTTP_CALLS} GETs alternating:")
+    for name, path in (("queues", "GET /api/queues"), ("tasks_queued", f"GET /api/queues/{QUEUE}/tasks?state=queued")):
+        key = f"http/{name}"
+        w(
+            f"{'  ' + path:<58} {ms(f'console/empty/{key}/median_ms'):>10} {ms(f'console/empty/{key}/p99_ms'):>10} "
+            f"{ms(f'console/full/{key}/median_ms'):>10} {ms(f'console/full/{key}/p99_ms'):>10}"
+        )
+    cold, before, after = (v(f"console/rss/{x}_mb") for x in ("cold", "before", "after"))
+    if None not in (cold, before, after):
+        assert cold is not None and before is not None and after is not None
+        w(
+            f"console RSS, whole process tree (MiB): started {cold:.1f}; empty queue after {CONSOLE_HTTP_CALLS} GETs "
+            f"{before:.1f}; after the fill and {CONSOLE_HTTP_CALLS} more GETs {after:.1f} ({after - before:+.1f})"
+        )
+
+
+def console_worst(s: dict[str, Any], stat: str) -> tuple[str, float] | None:
+    """The slowest listing page with everything filled in, by `stat` (median_ms or p99_ms)."""
+    found = [(name, s[f"console/full/{name}/{stat}"]["median"]) for name, _ in console_rows(s)
+             if name.startswith("tasks/") and s.get(f"console/full/{name}/{stat}", {}).get("median") is not None]
+    return max(found, key=lambda x: x[1]) if found else None
 
 
 def targets(s: dict[str, Any], cfg: Config) -> list[dict[str, Any]]:
@@ -448,6 +559,26 @@ def targets(s: dict[str, Any], cfg: Config) -> list[dict[str, Any]]:
         delta = s.get("memory/after_ttl_reset/delta", {}).get("median")
         share = delta / (grown - base) * 100 if None not in (grown, base, delta) and grown != base else None
         add("Redis memory after RESULT_TTL_S ≤ baseline + 1% of growth", share, lambda v: v <= 1, "%")
+    if "console" in cfg.only:
+        console_targets(s, cfg, add)
     return out
+
+
+def console_targets(s: dict[str, Any], cfg: Config, add: Callable[..., None]) -> None:
+    """Issue 12's scale figures: server time of the overview and of every listing page (p99 of
+    CONSOLE_CALLS, the median too), and the console's RSS growth from the empty queue to the full one."""
+    n = f"{cfg.console_tasks:,} queued"
+    overview = [s.get(f"console/full/{x}/p99_ms", {}).get("median") for x in ("overview", "overviews")]
+    have = [x for x in overview if x is not None]
+    add(f"console overview ≤ 50 ms at {n} (p99 of {CONSOLE_CALLS})", max(have) if have else None,
+        lambda v: v <= 50, " ms")
+    for stat, what in (("p99_ms", f"p99 of {CONSOLE_CALLS}"), ("median_ms", "median")):
+        worst = console_worst(s, stat)
+        add(f"console every listing page ≤ 50 ms ({what}; worst: {worst[0] if worst else '—'})",
+            worst[1] if worst else None, lambda v: v <= 50, " ms")
+    before, after = (s.get(f"console/rss/{x}_mb", {}).get("median") for x in ("before", "after"))
+    add(f"console RSS growth, empty → {n} ≤ {CONSOLE_RSS_GROWTH_MB} MiB",
+        after - before if before is not None and after is not None else None,
+        lambda v: v <= CONSOLE_RSS_GROWTH_MB, " MiB")
 
 

@@ -1,5 +1,5 @@
 """`make bench` — python -m bench.run [--quick] [--rounds R] [--n N]
-[--only drain,enqueue,latency,longpoll,peers,kafka,fsync,memory]
+[--only drain,enqueue,latency,longpoll,peers,kafka,fsync,memory,console]
 
 Starts its own Valkey server, taskbus functions/workers and peer queues on free loopback
 ports, measures drain, enqueue and latency over several rounds (round-robin, so drift hits
@@ -9,7 +9,9 @@ bench/results/<timestamp>.json. The memory section (once, on a Valkey of its own
 Redis `used_memory` with 100,000 finished tasks held and again after their RESULT_TTL_S.
 `kafka` adds taskbus on its Kafka channel (CHANNEL=kafka, one embedded tansu broker for the
 run, a fresh queue, hence topic and consumer group, per round) to the drain and latency
-sections, next to taskbus on Redis Streams, with Kafka ÷ Redis ratios.
+sections, next to taskbus on Redis Streams, with Kafka ÷ Redis ratios. The console section
+(on a Valkey of its own) times the operator core's overview and listing pages, in process and
+over the console function's HTTP API, with 1,000,000 tasks queued and 100,000 dead letters.
 Every process it starts is stopped on every exit path.
 """
 
@@ -23,7 +25,7 @@ import time
 import traceback
 from collections.abc import Callable
 
-from bench import drain, enqueue, fsync, latency, longpoll, memory, procs
+from bench import console, drain, enqueue, fsync, latency, longpoll, memory, procs
 from bench.config import RESULTS, Config
 from bench.load import Load, ensure_wrk
 from bench.metrics import Metrics
@@ -42,9 +44,9 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--n", type=int, help="tasks per drain (default 20000)")
     ap.add_argument(
         "--only",
-        default="drain,enqueue,latency,longpoll,peers,kafka,fsync,memory",
-        help="comma-separated sections: drain, enqueue, latency, longpoll, peers, kafka, fsync, memory (kafka: taskbus "
-        "on its Kafka channel, in the drain section and, with latency, in the latency section)",
+        default="drain,enqueue,latency,longpoll,peers,kafka,fsync,memory,console",
+        help="comma-separated sections: drain, enqueue, latency, longpoll, peers, kafka, fsync, memory, console "
+        "(kafka: taskbus on its Kafka channel, in the drain section and, with latency, in the latency section)",
     )
     ap.add_argument(
         "--systems",
@@ -62,6 +64,10 @@ def parse_args() -> argparse.Namespace:
         help="Settings fields of the long-poll section's status instance, e.g. "
         "redis_max_connections=512,status_threads=1024 (to find the next limit)",
     )
+    ap.add_argument(
+        "--console-tasks", type=int, help="queued tasks in the console section, dead letters a tenth (default "
+        "1000000; 100000 --quick)"
+    )
     ap.add_argument("--memory-ttl", type=int, default=20, help="RESULT_TTL_S of the memory section's workers (s)")
     return ap.parse_args()
 
@@ -76,6 +82,7 @@ def sections(stack: Stack, cfg: Config, m: Metrics, load: Load | None) -> list[S
         ("longpoll", lambda: longpoll.run_longpoll(stack, cfg, m)),
         ("fsync", lambda: fsync.run_fsync(stack, cfg, m)),
         ("memory", lambda: memory.run_memory(stack, cfg, m)),
+        ("console", lambda: console.run_console(stack, cfg, m)),
     ]
     drain_parts = [x for x in ("drain", "peers", "kafka") if x in cfg.only]
     if drain_parts:
