@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Callable
 
 import flask
@@ -13,11 +14,16 @@ from taskbus.settings import Settings
 
 def boot(role: str, make_service: Callable[[Settings], Service]) -> tuple[Settings, Service]:
     """Settings read once (a bad one refuses in one line), logs, JSON for the servers' own
-    refusals under either launcher, the start-up checks, then the function's service."""
+    refusals under either launcher, the start-up checks, then the function's service; the
+    objects of start-up are then frozen (`gc.freeze`)."""
     settings = preflight.settings_or_exit()
     logs.configure(settings.log_level)
     if flask.has_app_context():  # functions-framework loads the function module inside its app context
         gunicorn.install(flask.current_app, serving.threads(role, settings))
     uvicorn.install()
     preflight.check(settings, role)
-    return settings, make_service(settings)
+    service = make_service(settings)
+    # What is loaded now lives as long as the process: out of the collector's sight, a full
+    # collection no longer walks it (measured: ~40 ms pauses in the console's page times).
+    gc.freeze()
+    return settings, service
