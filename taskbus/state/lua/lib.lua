@@ -153,7 +153,7 @@ local function announce(task, events, status, ttl, id)
   redis.call('SPUBLISH', events, status)
   tally(status)
   if Q.recent then redis.call('XADD', Q.recent, 'MAXLEN', '~', Q.recent_max, '*', 'id', id, 'status', status) end
-  if Q.cancels then redis.call('SREM', Q.cancels, id) end
+  if status == 'cancelled' and Q.cancels then redis.call('SREM', Q.cancels, id) end  -- only a cancel is in it
 end
 
 local function terminal(task, events, status, ttl, id)
