@@ -45,6 +45,7 @@ class RunnerPool:
         self.inflight = inflight
         self.settle = settle  # where outcomes go: the writer
         self.tracer = tracing.tracer()  # None while tracing is off: attempts then run untraced
+        self._attempt = self._execute if self.tracer is None else self._traced  # chosen once, not per task
         lock = threading.Lock()
         self._work = threading.Condition(lock)  # idle runners wait here
         self._watch = threading.Condition(lock)  # the watcher waits here
@@ -99,7 +100,7 @@ class RunnerPool:
                     del began[me]
                 self.inflight.settle(running)
                 return  # the watchdog started a replacement for this thread
-            kind, body = self._execute(running)
+            kind, body = self._attempt(running)
             with self._work:
                 self._looking += 1
                 del began[me]
@@ -130,15 +131,15 @@ class RunnerPool:
                 self._wake(len(self._ready))
                 self._watch.wait(SPREAD_AFTER_S)
 
-    def _execute(self, running: Running) -> tuple[OutcomeKind, bytes]:
-        if self.tracer is None:
-            return self._run(running, None)
-        with tracing.processing(self.tracer, running.job) as span:  # the handler's own spans are its children
-            outcome = self._run(running, span)
+    def _traced(self, running: Running) -> tuple[OutcomeKind, bytes]:
+        """`_execute` inside the attempt's `process` span: the handler's own spans are its children."""
+        assert self.tracer is not None
+        with tracing.processing(self.tracer, running.job) as span:
+            outcome = self._execute(running, span)
             tracing.settled(span, outcome[0])
             return outcome
 
-    def _run(self, running: Running, span: Span | None) -> tuple[OutcomeKind, bytes]:
+    def _execute(self, running: Running, span: Span | None = None) -> tuple[OutcomeKind, bytes]:
         job = running.job
         handler = self.registry.lookup(job.type)
         if handler is None:
