@@ -108,11 +108,15 @@ class Collector:
         with self._lock:
             return [s for s in self.spans if s.trace_id == trace_id]
 
-    def wait_for(self, predicate: Callable[[list[Span]], bool], trace_id: str, timeout: float = 15.0,
-                 message: str = "spans") -> list[Span]:
-        """The spans of `trace_id` once `predicate` holds for them."""
+    def named(self, name: str) -> list[Span]:
+        with self._lock:
+            return [s for s in self.spans if s.name == name]
+
+    def wait_for(self, predicate: Callable[[list[Span]], bool], trace_id: str | None = None, timeout: float = 15.0,
+                 message: str = "spans", name: str | None = None) -> list[Span]:
+        """The spans of `trace_id` (or named `name`) once `predicate` holds for them."""
         def ready() -> list[Span] | None:
-            found = self.of_trace(trace_id)
+            found = self.of_trace(trace_id) if trace_id is not None else self.named(name or "")
             return found if predicate(found) else None
 
         return list(wait_until(ready, timeout=timeout, message=message))

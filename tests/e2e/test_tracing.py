@@ -16,6 +16,7 @@ import httpx
 import pytest
 import redis
 
+from taskbus.admin.redrive import Redrives
 from taskbus.enqueue import Enqueuer
 from taskbus.keys import Keys
 from taskbus.settings import Settings
@@ -24,8 +25,10 @@ from testkit.client import finished
 from testkit.functions import function_pair
 from testkit.otlp import Collector, Span
 from testkit.procs import Proc, spawn
+from testkit.signing import sign_github
 
 PROJECT = "tb-test-project"
+GITHUB_SECRET = "tracing-test-secret"
 FAST_EXPORT = {"OTEL_BSP_SCHEDULE_DELAY": "50"}  # ms between the batch processor's exports
 
 
@@ -43,7 +46,9 @@ def traced(settings: Settings, collector: Collector) -> Settings:
 def traced_functions(base_settings: Settings, collector: Collector,
                      tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     """Enqueue and status functions with tracing on (their own pair: the session's has it off)."""
-    with function_pair(traced(base_settings, collector), tmp_path_factory.mktemp("traced"), env=FAST_EXPORT) as pair:
+    hooks = {"WEBHOOK_SOURCES": "github", "WEBHOOK_GITHUB_SECRET": GITHUB_SECRET}
+    with function_pair(traced(base_settings, collector), tmp_path_factory.mktemp("traced"), env=FAST_EXPORT,
+                       enqueue_env=hooks) as pair:
         yield pair.urls
 
 
@@ -146,6 +151,43 @@ def test_a_handlers_span_is_a_child_of_its_attempt_and_its_log_lines_carry_the_t
     assert {x["span_id"] for x in inside} == {s.span_id for s in handler_spans}
     outside = [x for x in lines if x.get("task_id") in ids and x["message"] != "inside the handler's span"]
     assert outside and all("trace_id" not in x and "severity" in x for x in outside), "no span, no trace fields"
+
+
+def test_a_webhooks_verification_and_enqueue_are_spans_of_the_callers_trace(
+        http: httpx.Client, traced_functions: dict[str, str], collector: Collector) -> None:
+    trace_id, parent, headers = caller()
+    body = json.dumps({"ref": "refs/heads/main"}).encode()
+    signed = sign_github(GITHUB_SECRET, body, delivery=secrets.token_hex(8))
+    response = http.post(traced_functions["enqueue"] + "/hooks/github", content=body,
+                         headers={**headers, **signed, "Content-Type": "application/json"})
+    assert response.status_code == 202, response.text
+    spans = collector.wait_for(lambda found: len(found) == 2, trace_id, message="a verify and a send span")
+    verify, send = sorted(spans, key=lambda s: s.kind)
+    assert (verify.name, verify.kind, verify.parent_id, verify.status) == ("verify github", "INTERNAL", parent, "UNSET")
+    assert verify.attributes == {"taskbus.webhook.source": "github"}
+    assert (send.kind, send.parent_id, send.attributes["messaging.message.id"]) == ("PRODUCER", parent,
+                                                                                   response.json()["id"])
+
+
+def test_a_redrive_step_is_a_span_and_the_redriven_attempt_stays_in_the_enqueues_trace(
+        http: httpx.Client, traced_functions: dict[str, str], traced_worker: Callable[..., Proc],
+        collector: Collector, settings: Settings, queue: str) -> None:
+    traced_worker()
+    trace_id, _, headers = caller()
+    body = {"type": "fail", "queue": queue, "payload": {}, "max_attempts": 1}
+    task_id = http.post(traced_functions["enqueue"] + "/tasks", json=body, headers=headers).json()["id"]
+    assert finished(http, traced_functions, task_id)["status"] == "failed"
+    with Redrives(settings) as redrives:
+        redrive_id = redrives.create(queue, actor="test")["id"]
+    [step, *_] = collector.wait_for(lambda found: any(s.attributes.get("taskbus.redrive.id") == redrive_id
+                                                      for s in found), name=f"redrive {queue}",
+                                    message="the re-drive step's span")
+    assert (step.kind, step.service, step.attributes["messaging.destination.name"]) == ("INTERNAL", "taskbus-worker",
+                                                                                        queue)
+    attempts = collector.wait_for(lambda found: len(kind(found, "CONSUMER")) == 2, trace_id,
+                                  message="the re-driven attempt's span")
+    [send] = kind(attempts, "PRODUCER")
+    assert [a.parent_id for a in kind(attempts, "CONSUMER")] == [send.span_id] * 2
 
 
 def test_tracing_off_stores_no_traceparent_and_on_stores_the_given_one(settings: Settings, r: redis.Redis,
