@@ -103,7 +103,7 @@ class Settings:
     kafka_ssl_ca_location: str = ""
     # Telemetry, traces and logs: tracing is on when either OTEL_ variable below is set (the SDK reads
     # its other OTEL_* variables itself); GOOGLE_CLOUD_PROJECT names the project in log lines' trace field
-    otel_exporter_otlp_endpoint: str = ""
+    otel_exporter_otlp_endpoint: str = dataclasses.field(default="", repr=False)  # a URL may carry a token
     otel_traces_exporter: str = ""  # otlp (the default once the endpoint is set), console, or none (off)
     otel_service_name: str = ""  # empty: taskbus-<service>, e.g. taskbus-enqueue
     google_cloud_project: str = ""

@@ -10,7 +10,7 @@ from typing import Any
 
 from taskbus import openapi, webhooks
 from taskbus.admin import Admin
-from taskbus.enqueue import Enqueuer
+from taskbus.enqueue import Enqueuer, Item, Result
 from taskbus.errors import NotFound, RequestError, ValidationError
 from taskbus.http import Service, cancel_response, json_response, status_url
 from taskbus.http.body import json_body
@@ -112,7 +112,7 @@ class EnqueueAPI:
             check_idempotency_key("Idempotency-Key", key)
         return self._accepted(request, spec, key, None, shape)
 
-    def _enqueue_many(self, request: Request, items: list[tuple[TaskSpec, str | None]]) -> list[tuple[str, str, bool]]:
+    def _enqueue_many(self, request: Request, items: list[Item]) -> list[Result]:
         """The batch route's enqueue: one `send` span for the whole batch while tracing is on."""
         if self.tracer is None:
             return self.enqueuer.enqueue_many(items)

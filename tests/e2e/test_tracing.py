@@ -22,7 +22,7 @@ from taskbus.keys import Keys
 from taskbus.settings import Settings
 from taskbus.task import TaskSpec
 from testkit.client import finished
-from testkit.functions import function_pair
+from testkit.functions import fresh_ports, function_pair, start_function
 from testkit.otlp import Collector, Span
 from testkit.procs import Proc, spawn
 from testkit.signing import sign_github
@@ -188,6 +188,23 @@ def test_a_redrive_step_is_a_span_and_the_redriven_attempt_stays_in_the_enqueues
                                   message="the re-driven attempt's span")
     [send] = kind(attempts, "PRODUCER")
     assert [a.parent_id for a in kind(attempts, "CONSUMER")] == [send.span_id] * 2
+
+
+@pytest.mark.parametrize("path", ["asgi", "wsgi"])
+def test_a_gunicorn_worker_sends_its_buffered_spans_as_it_stops(http: httpx.Client, base_settings: Settings,
+                                                               collector: Collector, tmp_path: Path, path: str) -> None:
+    settings = fresh_ports(traced(base_settings, collector), web_workers=1)
+    proc, url = start_function("enqueue", settings, tmp_path,
+                               env={"OTEL_BSP_SCHEDULE_DELAY": "600000", "SERVE_PATH": path})
+    trace_id, parent, headers = caller()
+    try:
+        response = http.post(url + "/tasks", json={"type": "echo", "queue": "traced-exit"}, headers=headers)
+        assert response.status_code == 202, response.text
+        assert collector.of_trace(trace_id) == [], "nothing is sent before the exit (a 600 s export delay)"
+    finally:
+        proc.stop(timeout=10)
+    [send] = collector.wait_for(lambda found: len(found) == 1, trace_id, timeout=5, message="the flush at exit")
+    assert (send.kind, send.parent_id) == ("PRODUCER", parent)
 
 
 def test_tracing_off_stores_no_traceparent_and_on_stores_the_given_one(settings: Settings, r: redis.Redis,
