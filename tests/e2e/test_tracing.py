@@ -47,7 +47,8 @@ def traced_functions(base_settings: Settings, collector: Collector,
                      tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     """Enqueue and status functions with tracing on (their own pair: the session's has it off)."""
     hooks = {"WEBHOOK_SOURCES": "github", "WEBHOOK_GITHUB_SECRET": GITHUB_SECRET}
-    with function_pair(traced(base_settings, collector), tmp_path_factory.mktemp("traced"), env=FAST_EXPORT,
+    with function_pair(traced(dataclasses.replace(base_settings, web_workers=1), collector),
+                       tmp_path_factory.mktemp("traced"), env=FAST_EXPORT,
                        enqueue_env=hooks) as pair:
         yield pair.urls
 
