@@ -127,7 +127,7 @@ def _json_error(line: str) -> str | None:
         record = json.loads(line)
     except ValueError:
         return None
-    if not isinstance(record, dict) or record.get("level") not in ("error", "critical"):
+    if not isinstance(record, dict) or record.get("severity") not in ("ERROR", "CRITICAL"):
         return None
     detail = record.get("error") or (record.get("exc") or "").strip().splitlines()[-1:]
     detail = detail[0] if isinstance(detail, list) and detail else detail

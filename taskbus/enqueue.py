@@ -29,20 +29,24 @@ class Enqueuer:
         self._noted: set[str] = set()  # queues this process has added to the console's index
 
     def enqueue(
-        self, spec: TaskSpec, idempotency_key: str | None = None, idempotency_ttl_s: int | None = None
+        self, spec: TaskSpec, idempotency_key: str | None = None, idempotency_ttl_s: int | None = None,
+        traceparent: str | None = None,
     ) -> Result:
         """Record and publish a task; returns (id, status, created). A replayed `idempotency_key`
         returns the first task instead (created is False)."""
-        return self.enqueue_many([(spec, idempotency_key)], idempotency_ttl_s)[0]
+        return self.enqueue_many([(spec, idempotency_key)], idempotency_ttl_s, traceparent)[0]
 
-    def enqueue_many(self, items: list[Item], idempotency_ttl_s: int | None = None) -> list[Result]:
+    def enqueue_many(self, items: list[Item], idempotency_ttl_s: int | None = None,
+                     traceparent: str | None = None) -> list[Result]:
         """Enqueue each (spec, idempotency key) atomically: one script call per queue in the
-        batch (all keys of a call share the queue's hash slot), pipelined in one round trip."""
+        batch (all keys of a call share the queue's hash slot), pipelined in one round trip.
+        `traceparent` (tracing on): the producer span's context, kept with every task."""
         by_queue: dict[str, list[int]] = {}
         for index, (spec, _) in enumerate(items):
             by_queue.setdefault(spec.queue, []).append(index)
         self.outlet.prepare(list(by_queue))  # before any write: a 503 here leaves no state behind
-        calls = [self._call(q, [items[i] for i in indexes], idempotency_ttl_s) for q, indexes in by_queue.items()]
+        calls = [self._call(q, [items[i] for i in indexes], idempotency_ttl_s, traceparent)
+                 for q, indexes in by_queue.items()]
         with unavailable_on_redis_errors():
             replies = self._run(calls)
             results: list[Result] = [("", "", False)] * len(items)
@@ -66,7 +70,8 @@ class Enqueuer:
             self.client.sadd(self.keys.queue_index(), *new)
             self._noted.update(new)
 
-    def _call(self, queue: str, items: list[Item], idempotency_ttl_s: int | None) -> tuple[list[str], list[Any]]:
+    def _call(self, queue: str, items: list[Item], idempotency_ttl_s: int | None,
+              traceparent: str | None) -> tuple[list[str], list[Any]]:
         """KEYS and ARGV of one enqueue.lua call for the tasks of one queue."""
         target = self.outlet.target(queue)
         keys: list[str] = []
@@ -87,6 +92,8 @@ class Enqueuer:
                 (idempotency_ttl_s or self.settings.idempotency_ttl_s) if key is not None else "",
                 ",".join(sorted(spec.defaults)),
             ]
+        if traceparent is not None:
+            args.append(traceparent)
         return keys, args
 
     def _run(self, calls: list[tuple[list[str], list[Any]]]) -> list[Any]:

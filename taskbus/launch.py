@@ -3,7 +3,8 @@
 Settings (a bad one exits in one line), the handlers module named by `HANDLERS` (imported with the
 current directory importable, as Celery and RQ do, so a user's own project works), the start-up
 checks, `GET /healthz` on `PORT` when it is set, then the worker until SIGTERM/SIGINT, with a
-thread that continues the re-drives of its queues.
+thread that continues the re-drives of its queues; tracing (when on) is set up first and
+flushed last.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from types import ModuleType
 from taskbus import logs, preflight
 from taskbus.admin.redrive import RedriveRunner
 from taskbus.registry import Registry
+from taskbus.telemetry import tracing
 from taskbus.worker import Worker
 from taskbus.worker.health import HealthServer
 
@@ -35,6 +37,7 @@ def run_worker(stop: threading.Event | None = None) -> int:
         install_stop_handlers(stop)
     settings = preflight.settings_or_exit()
     logs.configure(settings.log_level)
+    tracing.setup(settings, "worker")
     registry = load_registry(settings.handlers)
     preflight.check(settings, "worker")
     worker = Worker(settings, registry, stop_event=stop)
@@ -52,6 +55,7 @@ def run_worker(stop: threading.Event | None = None) -> int:
         redrives.stop()
         if health is not None:
             health.close()
+        tracing.shutdown()  # the drained attempts' spans, within FLUSH_S
 
 
 def load_registry(name: str) -> Registry:

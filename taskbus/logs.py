@@ -4,6 +4,10 @@ Structured fields go in `extra={"fields": {...}}`; the formatter merges
 them into the line. `extra={"batch": [(message, fields), ...]}` logs several lines at once
 (the worker's per-task lines: one record and one write per batch instead of per task).
 Formatting is kept cheap: a worker writes two lines per task.
+
+Field names are Cloud Logging's (`severity`, `message`, `time`), which other backends read as
+well; while a span is active (tracing on: `telemetry.tracing` adds the context source), a line
+also carries the trace fields Cloud Logging joins it to its trace by, and `trace_id`/`span_id`.
 """
 
 from __future__ import annotations
@@ -11,16 +15,21 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 import orjson
 
+Context = Callable[[], "dict[str, Any] | None"]
+
 
 class JsonFormatter(logging.Formatter):
-    """One JSON object per line: time (UTC, ms), level, logger, message, and the fields."""
+    """One JSON object per line: time (UTC, ms), severity, logger, message, the trace fields
+    while a span is active, and the record's own fields."""
 
     _second = -1
     _prefix = ""
+    context: Context | None = None  # the active span's fields; None while tracing is off
 
     def format(self, record: logging.LogRecord) -> str:
         batch = record.__dict__.get("batch")
@@ -28,10 +37,12 @@ class JsonFormatter(logging.Formatter):
             return self._batch(record, batch)
         line: dict[str, Any] = {
             "time": self._time(record.created),
-            "level": record.levelname.lower(),
+            "severity": record.levelname,
             "logger": record.name,
             "message": record.getMessage(),
         }
+        if self.context is not None and (traced := self.context()):
+            line.update(traced)
         extra = record.__dict__.get("fields")
         if extra:
             line.update(extra)
@@ -40,9 +51,12 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(line, default=str).decode()
 
     def _batch(self, record: logging.LogRecord, batch: list[tuple[str, dict[str, Any]]]) -> str:
-        """The lines of a batch share their time, level and logger, and mostly their message: each
-        line is that common head, serialised once per message, then its own fields."""
-        common = {"time": self._time(record.created), "level": record.levelname.lower(), "logger": record.name}
+        """The lines of a batch share their time, severity, logger and trace fields, and mostly
+        their message: each line is that common head, serialised once per message, then its own
+        fields."""
+        common = {"time": self._time(record.created), "severity": record.levelname, "logger": record.name}
+        if self.context is not None and (traced := self.context()):
+            common.update(traced)
         heads: dict[str, bytes] = {}
         lines = []
         for message, values in batch:
@@ -60,6 +74,11 @@ class JsonFormatter(logging.Formatter):
         if second != self._second:  # formatting a date costs more than the rest of the line
             self._second, self._prefix = second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
         return f"{self._prefix}.{int((created - second) * 1000):03d}Z"
+
+
+def add_context(source: Context) -> None:
+    """Have every line carry what `source` returns (the active span's fields), when it is not None."""
+    JsonFormatter.context = staticmethod(source)
 
 
 def configure(level: str = "INFO") -> None:

@@ -101,6 +101,12 @@ class Settings:
     kafka_sasl_username: str = ""
     kafka_sasl_password: str = dataclasses.field(default="", repr=False)
     kafka_ssl_ca_location: str = ""
+    # Telemetry, traces and logs: tracing is on when either OTEL_ variable below is set (the SDK reads
+    # its other OTEL_* variables itself); GOOGLE_CLOUD_PROJECT names the project in log lines' trace field
+    otel_exporter_otlp_endpoint: str = dataclasses.field(default="", repr=False)  # a URL may carry a token
+    otel_traces_exporter: str = ""  # otlp (the default once the endpoint is set), console, or none (off)
+    otel_service_name: str = ""  # empty: taskbus-<service>, e.g. taskbus-enqueue
+    google_cloud_project: str = ""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -158,6 +164,8 @@ class Settings:
         if self.kafka_redeliver_s <= self.kafka_outbox_age_s:
             raise _bad("KAFKA_REDELIVER_S", self.kafka_redeliver_s,
                        f"more than KAFKA_OUTBOX_AGE_S ({self.kafka_outbox_age_s:g})")
+        if self.otel_traces_exporter not in TRACES_EXPORTERS:
+            raise _bad("OTEL_TRACES_EXPORTER", self.otel_traces_exporter, " or ".join(TRACES_EXPORTERS[1:]))
         if not self.queues:
             raise _bad("QUEUES", "", "comma-separated queue names")
         for queue in self.queues:
@@ -169,6 +177,7 @@ class Settings:
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 REDIS_SCHEMES = ("redis", "rediss", "unix")
 CHANNELS = ("redis", "kafka")
+TRACES_EXPORTERS = ("", "otlp", "console", "none")
 _EXPECTED = {"int": "an integer", "float": "a number", "bool": "true or false (or 1/0, yes/no, on/off)"}
 
 

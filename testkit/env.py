@@ -17,8 +17,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 # Every name a taskbus process or its framework reads, besides the Settings fields themselves:
 # the functions-framework CLI (FUNCTION_*, and THREADS for its gunicorn), pytest's own, the
-# custom-read settings (API_KEYS*, WEBHOOK_*).
-STRIPPED_PREFIXES = ("FUNCTION_", "PYTEST_", "THREADS", "API_KEYS", "ADMIN_KEYS", "WEBHOOK_", "REDIS_", "KAFKA_")
+# custom-read settings (API_KEYS*, WEBHOOK_*), the OpenTelemetry SDK's OTEL_*.
+STRIPPED_PREFIXES = ("FUNCTION_", "PYTEST_", "THREADS", "API_KEYS", "ADMIN_KEYS", "WEBHOOK_", "REDIS_", "KAFKA_",
+                     "OTEL_")
 _SETTING_NAMES = frozenset(field.name.upper() for field in dataclasses.fields(Settings))
 
 

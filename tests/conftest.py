@@ -116,7 +116,7 @@ def functions(function_servers: Callable[[str], dict[str, str]], channel: str,
     if failed is not None and failed.failed:  # the shared functions' errors, for the report
         for log in sorted(Path(function_servers.log_dir).glob("*.log")):  # type: ignore[attr-defined]
             errors = [line for line in log.read_text(errors="replace").splitlines()
-                      if '"level":"error"' in line or "Traceback" in line]
+                      if '"severity":"ERROR"' in line or "Traceback" in line]
             if errors:
                 print(f"--- errors in {log.name} ---\n" + "\n".join(errors[-20:])[-6000:])
 

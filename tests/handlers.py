@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from typing import Any
@@ -79,3 +80,14 @@ def ignores_cancel(payload: Any, ctx: Context) -> Any:
     _client.hset(payload["key"], ctx.id, "running")
     time.sleep(float(payload.get("seconds", 30)))
     return {"ignored": True}
+
+
+@registry.register("traced")
+def traced(payload: Any, ctx: Context) -> Any:
+    """Opens a span of its own with the OpenTelemetry API (a child of the attempt's `process`
+    span while tracing is on) and logs a line inside it."""
+    from opentelemetry import trace
+
+    with trace.get_tracer("tests.handlers").start_as_current_span("handler work"):
+        logging.getLogger("tests.handlers").info("inside the handler's span", extra={"fields": {"task_id": ctx.id}})
+    return {"traced": ctx.attempt}

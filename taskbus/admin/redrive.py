@@ -44,6 +44,7 @@ from taskbus.settings import Settings
 from taskbus.state.client import connect, unavailable_on_redis_errors
 from taskbus.state.scripts import Scripts
 from taskbus.task import check_name, iso, new_id, queue_of
+from taskbus.telemetry import tracing
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +96,7 @@ class Redrives:
         self.scripts = Scripts(self.client)
         self.name = f"{socket.gethostname()}-{os.getpid()}-{os.urandom(3).hex()}"  # this process, as a runner
         self.kafka = settings.channel == "kafka"
+        self.tracer = tracing.tracer()  # each step gets a span while tracing is on
 
     def create(
         self, queue: str, *, actor: str, error_type: str | None = None, task_type: str | None = None,
@@ -217,7 +219,7 @@ class Redrives:
             if allowed < 1:
                 stop.wait(STEP_S)
                 continue
-            with unavailable_on_redis_errors():
+            with unavailable_on_redis_errors(), self._traced(redrive_id, queue):
                 batch, after, scanned, last = self._next(queue, cursor, end, filters, allowed)
                 reply: Any = self._step(redrive_id, queue, cursor, after, scanned, last, batch)
             if reply[0] != "ok":
@@ -233,6 +235,13 @@ class Redrives:
                 log.info("re-drive done", extra={"fields": {"redrive_id": redrive_id}})
                 return False
         return False
+
+    def _traced(self, redrive_id: str, queue: str) -> contextlib.AbstractContextManager[object]:
+        """A step's span (`redrive <queue>`) while tracing is on; nothing otherwise."""
+        if self.tracer is None:
+            return contextlib.nullcontext()
+        attributes = {"messaging.destination.name": queue, "taskbus.redrive.id": redrive_id}
+        return tracing.span(self.tracer, f"redrive {queue}", attributes=attributes)
 
     def _next(self, queue: str, cursor: str, end: str, filters: Filters,
               limit: int) -> tuple[Batch, str, int, bool]:

@@ -53,6 +53,7 @@ class Job:
     attempt: int
     max_attempts: int
     timeout_s: float
+    traceparent: str | None = None  # the producer span's W3C context, kept while tracing was on
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,11 +99,11 @@ class Target:
 
 
 def run_verdict(d: Delivery, reply: list[Any]) -> Run:
-    """A Run from the scripts' `{'run', type, payload, attempt, max_attempts, timeout_s}` reply."""
-    _, task_type, payload, attempt, max_attempts, timeout_s = reply
+    """A Run from the scripts' `{'run', type, payload, attempt, max_attempts, timeout_s, traceparent}` reply."""
+    _, task_type, payload, attempt, max_attempts, timeout_s, traceparent = reply
     assert d.task_id is not None
     job = Job(d.queue, d.entry, d.task_id, task_type, codec.loads(payload), int(attempt), int(max_attempts),
-              float(timeout_s))
+              float(timeout_s), traceparent)
     return Run(job)
 
 

@@ -10,14 +10,17 @@ import flask
 from taskbus import logs, preflight, serving
 from taskbus.http import Service, gunicorn, uvicorn
 from taskbus.settings import Settings
+from taskbus.telemetry import tracing
 
 
 def boot(role: str, make_service: Callable[[Settings], Service]) -> tuple[Settings, Service]:
-    """Settings read once (a bad one refuses in one line), logs, JSON for the servers' own
-    refusals under either launcher, the start-up checks, then the function's service; the
-    objects of start-up are then frozen (`gc.freeze`)."""
+    """Settings read once (a bad one refuses in one line), logs, tracing (this runs in each
+    gunicorn worker, after the fork), JSON for the servers' own refusals under either launcher,
+    the start-up checks, then the function's service; the objects of start-up are then frozen
+    (`gc.freeze`)."""
     settings = preflight.settings_or_exit()
     logs.configure(settings.log_level)
+    tracing.setup(settings, role)
     if flask.has_app_context():  # functions-framework loads the function module inside its app context
         gunicorn.install(flask.current_app, serving.threads(role, settings))
     uvicorn.install()

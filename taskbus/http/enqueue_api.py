@@ -10,7 +10,7 @@ from typing import Any
 
 from taskbus import openapi, webhooks
 from taskbus.admin import Admin
-from taskbus.enqueue import Enqueuer
+from taskbus.enqueue import Enqueuer, Item, Result
 from taskbus.errors import NotFound, RequestError, ValidationError
 from taskbus.http import Service, cancel_response, json_response, status_url
 from taskbus.http.body import json_body
@@ -18,6 +18,7 @@ from taskbus.http.core import JSON_TYPE, Request, Response
 from taskbus.settings import Settings
 from taskbus.state.reader import StatusReader
 from taskbus.task import DEFAULTABLE, TaskSpec, check_idempotency_key, iso, parse_spec
+from taskbus.telemetry import tracing
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,7 @@ class EnqueueAPI:
         self.reader = StatusReader(settings)  # for /healthz: the queues' data-loss flags
         self.admin = Admin(settings)  # for cancel
         self.sources = {source.name: source for source in settings.webhooks}
+        self.tracer = tracing.tracer()  # None while tracing is off: each request then skips it all
         if self.sources:
             schemes = {s.name: s.scheme for s in self.sources.values()}
             log.info("webhook sources enabled", extra={"fields": {"sources": schemes}})
@@ -81,7 +83,7 @@ class EnqueueAPI:
             except RequestError as exc:
                 results.append({"error": {"code": exc.code, "message": f"tasks[{index}].{exc.message}"}})
         if accepted:
-            done = self.enqueuer.enqueue_many([(spec, key) for _, spec, key in accepted])
+            done = self._enqueue_many(request, [(spec, key) for _, spec, key in accepted])
             for (index, _, _), (task_id, status, _) in zip(accepted, done):
                 results[index] = {"id": task_id, "status": status, "status_url": status_url(self.settings, task_id)}
         return json_response({"results": results}, 200)
@@ -108,7 +110,14 @@ class EnqueueAPI:
         key = request.headers.get("Idempotency-Key")
         if key is not None:
             check_idempotency_key("Idempotency-Key", key)
-        return self._accepted(spec, key, None, shape)
+        return self._accepted(request, spec, key, None, shape)
+
+    def _enqueue_many(self, request: Request, items: list[Item]) -> list[Result]:
+        """The batch route's enqueue: one `send` span for the whole batch while tracing is on."""
+        if self.tracer is None:
+            return self.enqueuer.enqueue_many(items)
+        with tracing.sending(self.tracer, request.headers, [spec.queue for spec, _ in items], len(items)) as span:
+            return self.enqueuer.enqueue_many(items, traceparent=tracing.traceparent(span))
 
     def hook(self, request: Request, source: str) -> Response:
         """A signed webhook: verify the raw body, answer what must be answered now, else enqueue."""
@@ -116,7 +125,12 @@ class EnqueueAPI:
         body = request.body
         received = time.time()
         headers = request.headers  # either framework's: case-insensitive
-        verified = webhooks.verify(src, headers, body, request.mimetype, received, self.settings.webhook_tolerance_s)
+        tolerance_s = self.settings.webhook_tolerance_s
+        if self.tracer is None:
+            verified = webhooks.verify(src, headers, body, request.mimetype, received, tolerance_s)
+        else:
+            with tracing.span(self.tracer, f"verify {src.name}", headers, {"taskbus.webhook.source": src.name}):
+                verified = webhooks.verify(src, headers, body, request.mimetype, received, tolerance_s)
         if verified.reply is not None:
             return json_response(verified.reply)
         meta = {
@@ -136,11 +150,18 @@ class EnqueueAPI:
         )
         dedupe = f"webhook:{src.name}:{verified.delivery_id}" if verified.delivery_id else None
         return self._accepted(
-            spec, dedupe, self.settings.webhook_dedupe_ttl_s, lambda task_id, status: {"id": task_id, "status": status}
+            request, spec, dedupe, self.settings.webhook_dedupe_ttl_s,
+            lambda task_id, status: {"id": task_id, "status": status},
         )
 
-    def _accepted(self, spec: TaskSpec, key: str | None, ttl_s: int | None, shape: Shape) -> Response:
-        task_id, status, created = self.enqueuer.enqueue(spec, key, ttl_s)
+    def _accepted(self, request: Request, spec: TaskSpec, key: str | None, ttl_s: int | None,
+                  shape: Shape) -> Response:
+        if self.tracer is None:
+            task_id, status, created = self.enqueuer.enqueue(spec, key, ttl_s)
+        else:
+            with tracing.sending(self.tracer, request.headers, [spec.queue], 1) as span:
+                task_id, status, created = self.enqueuer.enqueue(spec, key, ttl_s, tracing.traceparent(span))
+                span.set_attribute("messaging.message.id", task_id)
         url = status_url(self.settings, task_id)
         body = shape(task_id, status)
         body["status_url"] = url

@@ -15,6 +15,7 @@ from taskbus.http.core import Request, Response
 from taskbus.settings import Settings
 from taskbus.state.async_reader import AsyncStatusReader
 from taskbus.state.reader import StatusReader
+from taskbus.telemetry import tracing
 
 
 class StatusAPI:
@@ -30,20 +31,29 @@ class StatusAPI:
         self.settings = settings
         self.reader = reader or StatusReader(settings)
         self.async_reader = AsyncStatusReader(settings)
+        self.tracer = tracing.tracer()  # long-polls get a span while tracing is on
 
     def admit(self, endpoint: str, args: dict[str, str]) -> None:
         """Nothing to refuse from the path alone."""
 
     def show(self, request: Request, task_id: str) -> Response:
         wait_s = self._checked(request, task_id)
-        record = self.reader.wait(task_id, wait_s) if wait_s > 0 else self.reader.get(task_id)
-        return _view(task_id, record)
+        if wait_s <= 0:
+            return _view(task_id, self.reader.get(task_id))
+        if self.tracer is None:
+            return _view(task_id, self.reader.wait(task_id, wait_s))
+        with tracing.span(self.tracer, "wait", request.headers, _attributes(task_id, wait_s)):
+            return _view(task_id, self.reader.wait(task_id, wait_s))
 
     async def show_async(self, request: Request, task_id: str) -> Response:
         wait_s = self._checked(request, task_id)
         reader = self.async_reader
-        record = await reader.wait(task_id, wait_s) if wait_s > 0 else await reader.get(task_id)
-        return _view(task_id, record)
+        if wait_s <= 0:
+            return _view(task_id, await reader.get(task_id))
+        if self.tracer is None:
+            return _view(task_id, await reader.wait(task_id, wait_s))
+        with tracing.span(self.tracer, "wait", request.headers, _attributes(task_id, wait_s)):
+            return _view(task_id, await reader.wait(task_id, wait_s))
 
     def _checked(self, request: Request, task_id: str) -> float:
         """The wait asked for; a malformed id is a 404 that never reaches a Redis key."""
@@ -61,6 +71,11 @@ class StatusAPI:
     def healthz(self, request: Request) -> Response:
         self.reader.ping()
         return json_response({"status": "ok"})
+
+
+def _attributes(task_id: str, wait_s: float) -> dict[str, str | float]:
+    """The long-poll span's: which task, how long it may wait."""
+    return {"messaging.message.id": task_id, "taskbus.wait_s": wait_s}
 
 
 def _view(task_id: str, record: dict[str, str] | None) -> Response:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import signal
+import sys
 from collections.abc import Callable
 from types import FrameType
 from typing import Any
@@ -114,3 +115,15 @@ class Worker(UvicornWorker):  # type: ignore[misc]
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.config.timeout_graceful_shutdown = max(1, self.cfg.graceful_timeout - 1)
+
+    def init_signals(self) -> None:
+        """uvicorn raises the SIGTERM (or SIGINT) it caught again once its graceful shutdown is
+        done: under the default handler the process would die of it and skip its exit hooks
+        (tracing's flush of buffered spans), so it exits normally instead."""
+        super().init_signals()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, _exit_normally)
+
+
+def _exit_normally(sig: int, frame: FrameType | None) -> None:
+    sys.exit(0)

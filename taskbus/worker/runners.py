@@ -17,13 +17,17 @@ import threading
 import time
 import traceback
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from taskbus import codec
 from taskbus.channel import Job, OutcomeKind
 from taskbus.errors import Cancelled, PermanentError
 from taskbus.registry import Context, Registry
+from taskbus.telemetry import tracing
 from taskbus.worker.inflight import InFlight, Running
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import Span
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +44,8 @@ class RunnerPool:
         self.registry = registry
         self.inflight = inflight
         self.settle = settle  # where outcomes go: the writer
+        self.tracer = tracing.tracer()  # None while tracing is off: attempts then run untraced
+        self._attempt = self._execute if self.tracer is None else self._traced  # chosen once, not per task
         lock = threading.Lock()
         self._work = threading.Condition(lock)  # idle runners wait here
         self._watch = threading.Condition(lock)  # the watcher waits here
@@ -94,7 +100,7 @@ class RunnerPool:
                     del began[me]
                 self.inflight.settle(running)
                 return  # the watchdog started a replacement for this thread
-            kind, body = self._execute(running)
+            kind, body = self._attempt(running)
             with self._work:
                 self._looking += 1
                 del began[me]
@@ -125,7 +131,15 @@ class RunnerPool:
                 self._wake(len(self._ready))
                 self._watch.wait(SPREAD_AFTER_S)
 
-    def _execute(self, running: Running) -> tuple[OutcomeKind, bytes]:
+    def _traced(self, running: Running) -> tuple[OutcomeKind, bytes]:
+        """`_execute` inside the attempt's `process` span: the handler's own spans are its children."""
+        assert self.tracer is not None
+        with tracing.processing(self.tracer, running.job) as span:
+            outcome = self._execute(running, span)
+            tracing.settled(span, outcome[0])
+            return outcome
+
+    def _execute(self, running: Running, span: Span | None = None) -> tuple[OutcomeKind, bytes]:
         job = running.job
         handler = self.registry.lookup(job.type)
         if handler is None:
@@ -139,6 +153,8 @@ class RunnerPool:
         except Cancelled as exc:
             return "cancelled", error_json("Cancelled", str(exc) or "the handler stopped on a cancel request")
         except BaseException as exc:  # noqa: BLE001 - a handler must never take the worker down
+            if span is not None:
+                tracing.failed(span, exc)
             return failure(job, exc, traceback.format_exc())
         return encode_result(result)
 

@@ -301,7 +301,7 @@ def test_no_secret_or_signature_ever_reaches_the_logs(guarded: dict[str, object]
                       headers={"Authorization": f"Bearer {key}"})
     proc = guarded["proc"]
     log = Path(proc.log).read_text()  # type: ignore[attr-defined]
-    assert '"level":"debug"' in log or '"level":"info"' in log or "Booting worker" in log  # logging is on
+    assert '"severity":"DEBUG"' in log or '"severity":"INFO"' in log or "Booting worker" in log  # logging is on
     for secret in (GITHUB_SECRET, API_KEY, good[7:], bad[7:]):
         assert secret not in log
 

@@ -132,9 +132,9 @@ def test_failed_attempts_log_a_warning_and_the_final_failure_an_error(http, func
     lines = [json.loads(line) for line in worker.output().splitlines() if task["id"] in line]
     retried = [x for x in lines if x["message"] == "task attempt failed; retrying"]
     final = [x for x in lines if x["message"] == "task failed"]
-    assert [(x["level"], x["error_type"]) for x in retried] == [("warning", "RuntimeError")]
-    assert [(x["level"], x["error_type"], x["error"]) for x in final] == [
-        ("error", "RuntimeError", "flaky attempt 2 of 2")]
+    assert [(x["severity"], x["error_type"]) for x in retried] == [("WARNING", "RuntimeError")]
+    assert [(x["severity"], x["error_type"], x["error"]) for x in final] == [
+        ("ERROR", "RuntimeError", "flaky attempt 2 of 2")]
 
 
 def test_a_rolling_deploy_never_fails_a_task_nor_spends_an_attempt_on_a_worker_without_its_type(

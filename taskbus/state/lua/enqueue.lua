@@ -8,10 +8,13 @@
 -- and 10 ARGV from ARGV[10i-8]: id, type, queue, payload JSON, max_attempts, timeout_s, delay_ms,
 --   pending TTL s, idempotency TTL s ('' when the task has no idempotency key), the fields the
 --   request left out, comma-separated ('' for none: the first start gives them the handler's defaults)
+-- then, only while tracing is on, one more ARGV: the W3C traceparent of the request's `send` span,
+--   kept in every task's hash (field `traceparent`) for the worker's `process` spans
 -- Returns per task {id, created (1) or replayed (0), status}; a replay returns the first task's id.
 local now = now_ms()
 local outbox = ARGV[1] == 'outbox'
 local out = {}
+local traceparent = ARGV[10 * (#KEYS / 4) + 2]
 for i = 1, #KEYS / 4 do
   local task, target, delayed, idem = KEYS[4 * i - 3], KEYS[4 * i - 2], KEYS[4 * i - 1], KEYS[4 * i]
   local a = 10 * i - 8
@@ -26,6 +29,7 @@ for i = 1, #KEYS / 4 do
     redis.call('HSET', task, 'id', id, 'type', ARGV[a + 1], 'queue', ARGV[a + 2], 'payload', ARGV[a + 3],
       'max_attempts', ARGV[a + 4], 'timeout_s', ARGV[a + 5], 'status', status, 'attempts', 0, 'created_ms', now)
     if ARGV[a + 9] ~= '' then redis.call('HSET', task, 'defaults', ARGV[a + 9]) end
+    if traceparent then redis.call('HSET', task, 'traceparent', traceparent) end
     -- a delayed task must outlive its delay: keep it PENDING_TTL_S past its due time
     redis.call('EXPIRE', task, pending_ttl + math.ceil(delay / 1000))
     if delay > 0 then

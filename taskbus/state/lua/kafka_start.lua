@@ -14,7 +14,7 @@
 --   then per task i: ARGV[8+2i] task id, ARGV[9+2i] '1' when this consumer may take back a task
 --   recorded as running under its own name (the reply to its start was lost)
 -- Returns per task one of:
---   {'run', type, payload, attempt, max_attempts, timeout_s}
+--   {'run', type, payload, attempt, max_attempts, timeout_s, traceparent (nil when the task has none)}
 --   {'busy', ms until the holder's lease ends}
 --   {'done', status, type, attempts, error}  terminal, or owned by the delay schedule: not run
 --                 (a running task with a cancel request whose lease ended is cancelled now)
@@ -33,7 +33,7 @@ for i = 1, (#KEYS - 8) / 2 do
   local task, events = KEYS[7 + 2 * i], KEYS[8 + 2 * i]
   local id, mine = ARGV[8 + 2 * i], ARGV[9 + 2 * i]
   local f = redis.call('HMGET', task, 'status', 'attempts', 'max_attempts', 'type', 'payload', 'timeout_s',
-    'lease_ms', 'consumer', 'error', 'defaults', 'cancel_requested_ms', 'cancel_by')
+    'lease_ms', 'consumer', 'error', 'defaults', 'cancel_requested_ms', 'cancel_by', 'traceparent')
   local lease = tonumber(f[7] or '0') or 0
   if not f[1] then
     task_missing(dead, ARGV[3], id, 'expired, or its enqueue was refused')
@@ -58,7 +58,7 @@ for i = 1, (#KEYS - 8) / 2 do
       local err = worker_lost(task, events, dead, ARGV[2], ARGV[3], id, f[4], f[2], now)
       out[i] = {'dead', 'WorkerLost', f[4], f[2], err}
     else
-      out[i] = begin_attempt(task, f, consumer, now, 'lease_ms', now + tonumber(ARGV[4]), extra)
+      out[i] = begin_attempt(task, f, consumer, now, 'lease_ms', now + tonumber(ARGV[4]), extra, f[13])
     end
   end
   if out[i][1] ~= 'busy' then redis.call('ZREM', outbox, id) end

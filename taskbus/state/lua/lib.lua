@@ -123,9 +123,10 @@ end
 -- Take the next attempt of a task: running under `consumer`, fenced by `field` = `value`
 -- (the stream entry on Redis Streams, the lease deadline on Kafka), in one HSET with the
 -- handler's defaults (`extra`, from `defaults_for`; nil for none). Returns the 'run' verdict
--- {'run', type, payload, attempt, max_attempts, timeout_s} from HMGET fields
--- {status, attempts, max_attempts, type, payload, timeout_s}.
-local function begin_attempt(task, f, consumer, now, field, value, extra)
+-- {'run', type, payload, attempt, max_attempts, timeout_s, traceparent} from HMGET fields
+-- {status, attempts, max_attempts, type, payload, timeout_s} and the task's `traceparent`
+-- (false, a nil reply, when it was enqueued with tracing off).
+local function begin_attempt(task, f, consumer, now, field, value, extra, traceparent)
   local attempt = tonumber(f[2]) + 1
   if f[1] == 'running' and attempt > 1 then  -- its last attempt's worker vanished: keep it in the history
     local last = redis.call('HMGET', task, 'consumer', 'started_ms')
@@ -140,7 +141,7 @@ local function begin_attempt(task, f, consumer, now, field, value, extra)
     redis.call('HSET', task, 'status', 'running', 'attempts', attempt, 'started_ms', now,
       'consumer', consumer, field, value)
   end
-  return {'run', f[4], f[5], attempt, f[3], f[6]}
+  return {'run', f[4], f[5], attempt, f[3], f[6], traceparent}
 end
 
 -- The end of a task's life, after its status is written: kept for the result TTL, counted

@@ -10,7 +10,7 @@
 --   ARGV[9] recently finished maxlen
 --   then per entry i: ARGV[8+2i] entry id, ARGV[9+2i] task id
 -- Returns per entry one of:
---   {'run', type, payload, attempt, max_attempts, timeout_s}
+--   {'run', type, payload, attempt, max_attempts, timeout_s, traceparent (nil when the task has none)}
 --   {'lost'}      the entry is no longer pending for this consumer
 --   {'done'}      the task is already terminal (a redelivery, or cancelled before it started),
 --                 or it was running with a cancel request and its worker vanished: it ends
@@ -40,7 +40,7 @@ for i = 1, n do
   else
     mine[entry] = nil  -- an entry listed twice is started once
     local f = redis.call('HMGET', task, 'status', 'attempts', 'max_attempts', 'type', 'payload', 'timeout_s',
-      'defaults', 'cancel_requested_ms', 'cancel_by')
+      'defaults', 'cancel_requested_ms', 'cancel_by', 'traceparent')
     local handler = f[4] and handler_of(handlers, f[4])
     if not f[1] then
       acked[#acked + 1] = entry
@@ -72,7 +72,7 @@ for i = 1, n do
         worker_lost(task, events, dead, ARGV[3], ARGV[4], id, f[4], f[2], now)
         out[i] = {'dead', 'WorkerLost'}
       else
-        out[i] = begin_attempt(task, f, consumer, now, 'entry', entry, extra)
+        out[i] = begin_attempt(task, f, consumer, now, 'entry', entry, extra, f[10])
       end
     end
   end
