@@ -11,13 +11,14 @@ from typing import Any
 from taskbus import openapi, webhooks
 from taskbus.admin import Admin
 from taskbus.enqueue import Enqueuer
-from taskbus.errors import NotFound, RequestError, ValidationError
+from taskbus.errors import NotFound, RequestError, Unauthorized, ValidationError
 from taskbus.http import Service, cancel_response, json_response, status_url
 from taskbus.http.body import json_body
 from taskbus.http.core import JSON_TYPE, Request, Response
 from taskbus.settings import Settings
 from taskbus.state.reader import StatusReader
 from taskbus.task import DEFAULTABLE, TaskSpec, check_idempotency_key, iso, parse_spec
+from taskbus.telemetry.metrics import HttpMetrics
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +38,10 @@ class EnqueueAPI:
     )
     keyed = frozenset({"create", "create_batch", "enqueue_legacy", "cancel"})
 
-    def __init__(self, settings: Settings, enqueuer: Enqueuer | None = None) -> None:
+    def __init__(self, settings: Settings, enqueuer: Enqueuer | None = None,
+                 metrics: HttpMetrics | None = None) -> None:
         self.settings = settings
+        self.metrics = metrics  # counts created tasks and webhook deliveries
         self.enqueuer = enqueuer or Enqueuer(settings)
         self.reader = StatusReader(settings)  # for /healthz: the queues' data-loss flags
         self.admin = Admin(settings)  # for cancel
@@ -82,7 +85,9 @@ class EnqueueAPI:
                 results.append({"error": {"code": exc.code, "message": f"tasks[{index}].{exc.message}"}})
         if accepted:
             done = self.enqueuer.enqueue_many([(spec, key) for _, spec, key in accepted])
-            for (index, _, _), (task_id, status, _) in zip(accepted, done):
+            for (index, spec, _), (task_id, status, created) in zip(accepted, done):
+                if created and self.metrics is not None:
+                    self.metrics.enqueued(spec.queue)
                 results[index] = {"id": task_id, "status": status, "status_url": status_url(self.settings, task_id)}
         return json_response({"results": results}, 200)
 
@@ -116,8 +121,14 @@ class EnqueueAPI:
         body = request.body
         received = time.time()
         headers = request.headers  # either framework's: case-insensitive
-        verified = webhooks.verify(src, headers, body, request.mimetype, received, self.settings.webhook_tolerance_s)
-        if verified.reply is not None:
+        try:
+            verified = webhooks.verify(src, headers, body, request.mimetype, received,
+                                       self.settings.webhook_tolerance_s)
+        except Unauthorized as exc:  # invalid_signature or invalid_timestamp
+            if self.metrics is not None:
+                self.metrics.webhook(src.name, exc.code)
+            raise
+        if verified.reply is not None:  # a ping or challenge: answered, not a delivery
             return json_response(verified.reply)
         meta = {
             "source": src.name,
@@ -135,12 +146,17 @@ class EnqueueAPI:
             defaults=DEFAULTABLE,
         )
         dedupe = f"webhook:{src.name}:{verified.delivery_id}" if verified.delivery_id else None
-        return self._accepted(
+        response = self._accepted(
             spec, dedupe, self.settings.webhook_dedupe_ttl_s, lambda task_id, status: {"id": task_id, "status": status}
         )
+        if self.metrics is not None:
+            self.metrics.webhook(src.name, "accepted" if response.status == 202 else "duplicate")
+        return response
 
     def _accepted(self, spec: TaskSpec, key: str | None, ttl_s: int | None, shape: Shape) -> Response:
         task_id, status, created = self.enqueuer.enqueue(spec, key, ttl_s)
+        if created and self.metrics is not None:
+            self.metrics.enqueued(spec.queue)
         url = status_url(self.settings, task_id)
         body = shape(task_id, status)
         body["status_url"] = url
@@ -171,4 +187,5 @@ class EnqueueAPI:
 
 
 def make_service(settings: Settings) -> Service:
-    return Service(settings, EnqueueAPI(settings), threads=settings.enqueue_threads)
+    metrics = HttpMetrics("enqueue", settings.prometheus_multiproc_dir)
+    return Service(settings, EnqueueAPI(settings, metrics=metrics), threads=settings.enqueue_threads, metrics=metrics)
