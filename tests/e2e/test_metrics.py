@@ -4,6 +4,7 @@ processes whose request counters add up across both (prometheus_client's multipr
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import uuid
 from pathlib import Path
@@ -16,6 +17,8 @@ from taskbus.admin import Admin
 from taskbus.enqueue import Enqueuer
 from taskbus.settings import Settings
 from taskbus.task import TaskSpec
+from taskbus.telemetry.metrics import WorkerMetrics
+from taskbus.worker.health import HealthServer
 from testkit.functions import fresh_ports, start_function
 from testkit.metrics import scrape, total
 from testkit.procs import spawn, wait_healthy, wait_until
@@ -108,10 +111,13 @@ def test_enqueue_request_counters_add_up_across_processes(isolated: Settings, tm
     try:
         assert not (given / "counter_1.db").exists()
         n = 40
-        for i in range(n):  # a connection each: the kernel spreads them over both processes
-            reply = httpx.post(f"{url}/tasks", json={"type": "record", "payload": {"i": i},
-                                                      "queue": settings.queues[0]}, timeout=5)
-            assert reply.status_code == 202, reply.text
+
+        def post(i: int) -> int:  # a connection each, 8 at once: both processes take some
+            body = {"type": "record", "payload": {"i": i}, "queue": settings.queues[0]}
+            return httpx.post(f"{url}/tasks", json=body, timeout=5).status_code
+
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            assert set(pool.map(post, range(n))) == {202}
         pids = wait_until(lambda: len(_pids(given)) >= 2 and _pids(given), timeout=10, message="two processes' files")
         assert len(pids) == 2, pids
         for _ in range(3):  # whichever process answers the scrape, the sums are the same
@@ -128,3 +134,27 @@ def _pids(folder: Path) -> set[str]:
     return {path.stem.rsplit("_", 1)[-1] for path in folder.glob("*.db")}
 
 
+
+
+def test_worker_serves_metrics_on_metrics_port_without_port(isolated: Settings, tmp_path: Path) -> None:
+    port = free_port()
+    worker = spawn("worker", dataclasses.replace(isolated, metrics_port=port, concurrency=3), tmp_path)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_healthy(worker, url)
+        assert total(scrape(url), "taskbus_worker_capacity") == 3
+    finally:
+        worker.stop()
+
+
+@pytest.mark.parametrize("client, authorization, expected", [
+    ("127.0.0.1", "", 200), ("203.0.113.9", "", 401), ("203.0.113.9", "Bearer nope", 401),
+    ("203.0.113.9", "Bearer k2", 200),
+])
+def test_worker_metrics_need_an_api_key_off_loopback(client: str, authorization: str, expected: int) -> None:
+    server = HealthServer("127.0.0.1", 0, lambda: None, WorkerMetrics(2), keys=("k1", "k2"))
+    try:
+        scraped = server.scrape(client, authorization)
+        assert scraped is not None and scraped[0] == expected
+    finally:
+        server.httpd.server_close()
