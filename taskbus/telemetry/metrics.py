@@ -45,6 +45,14 @@ UNMATCHED = "unmatched"  # the route label of a request no route matched (404/40
 # Handler time and queue wait span milliseconds to hours (tasks time out at up to a day).
 TASK_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, float("inf"))
 HTTP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, float("inf"))
+# The queue-wide gauges QueueCollector yields (name, help, labels).
+QUEUE_GAUGES = (
+    ("taskbus_queue_tasks", "Tasks per queue by state.", ("queue", "state")),
+    ("taskbus_queue_oldest_age_seconds", "Age of the oldest queued task (since due) and running attempt (since "
+     "start); 0 when there is none.", ("queue", "state")),
+    ("taskbus_queue_paused", "1 while the queue is paused.", ("queue",)),
+    ("taskbus_workers", "Live workers reading the queue.", ("queue",)),
+)
 # The start script's written status (or the watchdog's time-out) -> the finished outcome.
 _STATUS_OUTCOME = {"succeeded": "succeeded", "failed": "failed", "scheduled": "retried", "cancelled": "cancelled"}
 
@@ -175,12 +183,8 @@ class QueueCollector:
             log.warning("queue gauges left out of /metrics: Redis is unavailable",
                         extra={"fields": {"error": str(exc)[:200]}})
             return
-        tasks = GaugeMetricFamily("taskbus_queue_tasks", "Tasks per queue by state.", labels=["queue", "state"])
-        age = GaugeMetricFamily("taskbus_queue_oldest_age_seconds",
-                                "Age of the oldest queued task (since due) and running attempt (since start); "
-                                "0 when there is none.", labels=["queue", "state"])
-        paused = GaugeMetricFamily("taskbus_queue_paused", "1 while the queue is paused.", labels=["queue"])
-        workers = GaugeMetricFamily("taskbus_workers", "Live workers reading the queue.", labels=["queue"])
+        tasks, age, paused, workers = (GaugeMetricFamily(name, doc, labels=list(labels))
+                                       for name, doc, labels in QUEUE_GAUGES)
         for o in overviews:
             queue = o["queue"]
             for state in ("queued", "scheduled", "running", "dead"):
