@@ -57,12 +57,27 @@ QUEUE_GAUGES = (
 _STATUS_OUTCOME = {"succeeded": "succeeded", "failed": "failed", "scheduled": "retried", "cancelled": "cancelled"}
 
 
-class WorkerMetrics:
-    """The counters of one worker process. Children are cached per label set, so a task costs
-    a dict lookup and an increment, no new objects."""
+class _Metrics:
+    """A private registry, and the metrics' children cached per label set: a task or request
+    costs a dict lookup and an increment, no new metric objects."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self._children: dict[tuple[str, ...], Any] = {}
+
+    def _child(self, metric: Any, *labels: str) -> Any:
+        key = (metric._name, *labels)  # noqa: SLF001 - one cache for every metric
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
+
+
+class WorkerMetrics(_Metrics):
+    """The counters of one worker process."""
 
     def __init__(self, capacity: int) -> None:
-        self.registry = CollectorRegistry(auto_describe=True)
+        super().__init__()
         r = self.registry
         self._started = Counter("taskbus_tasks_started", "Attempts started.", ["queue", "type"], registry=r)
         self._finished = Counter("taskbus_tasks_finished", "Attempts finished, by outcome.",
@@ -75,14 +90,6 @@ class WorkerMetrics:
                            multiprocess_mode="livesum")
         Gauge("taskbus_worker_capacity", "Handlers this worker runs at once (CONCURRENCY).", registry=r,
               multiprocess_mode="livesum").set(capacity)
-        self._children: dict[tuple[str, ...], Any] = {}
-
-    def _child(self, metric: Any, *labels: str) -> Any:
-        key = (metric._name, *labels)  # noqa: SLF001 - one cache for every metric
-        child = self._children.get(key)
-        if child is None:
-            child = self._children[key] = metric.labels(*labels)
-        return child
 
     def started(self, jobs: Sequence[Job], now_ms: float) -> None:
         """A batch of attempts started. The wait is measured from the Redis Streams entry id (its
@@ -115,14 +122,14 @@ class WorkerMetrics:
         return generate_latest(self.registry)
 
 
-class HttpMetrics:
+class HttpMetrics(_Metrics):
     """The counters of one function (`function` is its label: enqueue, status, console). With
     `multiproc_dir` (PROMETHEUS_MULTIPROC_DIR) a scrape reads every process's files."""
 
     def __init__(self, function: str, multiproc_dir: str = "", collectors: Iterable[Any] = ()) -> None:
+        super().__init__()
         self.function = function
         self.multiproc_dir = multiproc_dir
-        self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self._requests = Counter("taskbus_http_requests", "HTTP requests answered.",
                                  ["function", "route", "code"], registry=r)
@@ -131,18 +138,10 @@ class HttpMetrics:
         self._enqueued = Counter("taskbus_tasks_enqueued", "Tasks created (not deduplicated).", ["queue"], registry=r)
         self._webhooks = Counter("taskbus_webhook_deliveries", "Webhook deliveries, by result.",
                                  ["source", "result"], registry=r)
-        self._extra = CollectorRegistry(auto_describe=False)
+        self._extra: CollectorRegistry | None = None  # collectors of their own, appended to every scrape
         for collector in collectors:
+            self._extra = self._extra or CollectorRegistry(auto_describe=False)
             self._extra.register(collector)
-        self._collectors = bool(list(self._extra._collector_to_names))  # noqa: SLF001
-        self._children: dict[tuple[str, ...], Any] = {}
-
-    def _child(self, metric: Any, *labels: str) -> Any:
-        key = (metric._name, *labels)  # noqa: SLF001
-        child = self._children.get(key)
-        if child is None:
-            child = self._children[key] = metric.labels(*labels)
-        return child
 
     def request(self, route: str, code: int, seconds: float) -> None:
         self._child(self._requests, self.function, route, str(code)).inc()
@@ -162,7 +161,7 @@ class HttpMetrics:
             out = generate_latest(registry)
         else:
             out = generate_latest(self.registry)
-        return out + generate_latest(self._extra) if self._collectors else out
+        return out if self._extra is None else out + generate_latest(self._extra)
 
 
 class QueueCollector:

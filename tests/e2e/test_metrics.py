@@ -75,6 +75,31 @@ def test_worker_counters_match_its_work(isolated: Settings, tmp_path: Path) -> N
         worker.stop()
 
 
+def test_a_time_out_counts_as_timed_out(isolated: Settings, tmp_path: Path) -> None:
+    """Both attempts of a hanging task run past their timeout: one is retried, one fails, and
+    both count as timed_out; their runners count as free again."""
+    queue = isolated.queues[0]
+    port = free_port()
+    worker = spawn("worker", dataclasses.replace(isolated, port=port), tmp_path, HANDLERS="tests.handlers")
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_healthy(worker, url)
+        enqueuer = Enqueuer(isolated)
+        try:
+            enqueuer.enqueue(TaskSpec(type="hang", queue=queue, max_attempts=2, timeout_s=0.2))
+        finally:
+            enqueuer.close()
+        timed_out = "taskbus_tasks_finished_total"
+        samples = wait_until(
+            lambda: (lambda s: s if total(s, timed_out, queue=queue, outcome="timed_out") >= 2 else None)(scrape(url)),
+            timeout=15, message="two timed-out attempts", proc=worker)
+        assert total(samples, timed_out, queue=queue) == 2
+        assert total(samples, "taskbus_tasks_started_total", queue=queue, type="hang") == 2
+        assert total(samples, "taskbus_worker_busy", queue=queue) == 0
+    finally:
+        worker.kill()  # its abandoned handler sleeps on
+
+
 def test_console_queue_gauges_match_the_overview(isolated: Settings, tmp_path: Path) -> None:
     queue = isolated.queues[0]
     enqueue(isolated, queue, ["record"] * 7, f"{isolated.key_prefix}:runs")  # no worker: they stay queued
