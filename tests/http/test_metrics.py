@@ -100,12 +100,12 @@ def services(base_settings: Settings) -> Iterator[dict[str, Service]]:
 @pytest.mark.parametrize("service", ["keyed", "console"])
 @pytest.mark.parametrize("remote, key, expected", [
     ("127.0.0.1", None, 200), ("127.3.2.1", None, 200), ("::1", None, 200), ("::ffff:127.0.0.1", None, 200),
-    ("203.0.113.9", None, 401), ("203.0.113.9", "wrong", 401), ("203.0.113.9", KEY, 200),
+    ("203.0.113.9", None, 401), ("203.0.113.9", "wrong", 401), ("203.0.113.9", "right", 200),
     ("", None, 401), ("testclient", None, 401),
 ])
 def test_metrics_are_open_on_loopback_and_keyed_otherwise(services: dict[str, Service], service: str, remote: str,
                                                            key: str | None, expected: int) -> None:
-    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    headers = {"Authorization": f"Bearer {KEY if key == 'right' else key}"} if key else {}
     response = services[service].handle(Request("GET", "/metrics", {}, headers, remote=remote), lambda _: b"")
     assert response.status == expected
     if expected == 200:
