@@ -81,7 +81,8 @@ def worker(ctx: click.Context) -> None:
     HANDLERS names a module with `registry = taskbus.Registry()` (default: the example handlers,
     worker_fn.handlers); the current directory is importable, so `HANDLERS=myapp.tasks` finds
     ./myapp/tasks.py. SIGTERM or Ctrl-C drains in-flight tasks for GRACE_S and exits 0. With PORT
-    set, GET /healthz on it answers 200, or 503 while Redis or the channel is unreachable.
+    set, GET /healthz on it answers 200, or 503 while Redis or the channel is unreachable, and
+    GET /metrics serves Prometheus metrics (on METRICS_PORT when only that is set).
     """
     from taskbus.launch import run_worker  # the worker's imports only when one runs
 
