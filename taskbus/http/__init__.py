@@ -134,7 +134,8 @@ class Service:
         rules = [Rule(path, methods=[method], endpoint=endpoint) for path, method, endpoint, _ in routes]
         converters: dict[str, type[BaseConverter]] = getattr(api, "converters", {})
         self.routes = Map(rules, strict_slashes=False, merge_slashes=False, converters=converters)
-        self.keyed = api.keyed
+        # the endpoints that need a key when the service has keys (/metrics: from a non-loopback client)
+        self.keyed = api.keyed | {METRICS_ENDPOINT} if metrics is not None else api.keyed
         self._bodies = {endpoint: body for _, _, endpoint, body in routes}
         self._adapter = self.routes.bind("")  # routing needs only path and method: bind once
         pairs = [("api", k) for k in settings.api_keys] if keys is None else list(keys)
