@@ -1,8 +1,8 @@
 """The HTTP layer the functions share: routing, bearer keys, body limits and JSON errors,
 written once against the neutral `core.Request` / `core.Response`.
 
-Every response is JSON. Error classes map to statuses in `STATUS` only; no input of any
-shape reaches the framework's 500 handler.
+Every response is JSON (but `GET /metrics`, Prometheus text, served by `Service.scrape`). Error
+classes map to statuses in `STATUS` only; no input of any shape reaches the framework's 500 handler.
 
     core           the neutral request and response
     enqueue_api    EnqueueAPI: POST /tasks, /tasks/batch, /enqueue, /hooks/<source>, /tasks/<id>:cancel
@@ -13,6 +13,7 @@ shape reaches the framework's 500 handler.
     flask_adapter  the WSGI path: flask.Request in, flask.Response out
     asgi           the ASGI path: Starlette request in, Starlette response out
     gunicorn       JSON for gunicorn's own refusals; the CLI's thread count
+    gunicorn_conf  the server hooks `taskbus serve` gives gunicorn (child_exit: metrics files)
     uvicorn        JSON for uvicorn's own refusals; the worker class `taskbus serve` runs
 """
 
