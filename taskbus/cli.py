@@ -52,7 +52,8 @@ def serve(function: str, wsgi: bool) -> None:
 
     gunicorn with uvicorn workers on functions-framework's ASGI app (WEB_WORKERS processes, 0: one
     per CPU, an 8 s graceful timeout), bound to HOST and PORT (else ENQUEUE_PORT 8080 / STATUS_PORT
-    8081 / CONSOLE_PORT 8082). With --wsgi or SERVE_PATH=wsgi: gthread (ENQUEUE_THREADS /
+    8081 / CONSOLE_PORT 8082). GET /metrics adds up its processes through PROMETHEUS_MULTIPROC_DIR
+    (emptied at start; unset: a fresh temporary directory). With --wsgi or SERVE_PATH=wsgi: gthread (ENQUEUE_THREADS /
     STATUS_THREADS threads, 16 for the console) on the Flask target instead. The console refuses to
     start without ADMIN_KEYS unless CONSOLE_READ_ONLY=true.
     """
@@ -64,6 +65,10 @@ def serve(function: str, wsgi: bool) -> None:
     if preflight.may_refuse(settings, function):  # refuse here, in one line, before gunicorn; it warns itself
         preflight.check(settings, function, announce=False)
     argv = serving.gunicorn_argv(function, settings, path)
+    from taskbus.telemetry.metrics import MULTIPROC_ENV, prepare_multiproc_dir  # only when serving
+
+    # prometheus_client picks multiprocess mode at import, from the environment: set it before gunicorn
+    os.environ[MULTIPROC_ENV] = prepare_multiproc_dir(settings.prometheus_multiproc_dir)
     sys.stdout.flush()
     os.execv(argv[0], argv)  # gunicorn takes this process: signals from the platform reach it directly
 
@@ -76,7 +81,8 @@ def worker(ctx: click.Context) -> None:
     HANDLERS names a module with `registry = taskbus.Registry()` (default: the example handlers,
     worker_fn.handlers); the current directory is importable, so `HANDLERS=myapp.tasks` finds
     ./myapp/tasks.py. SIGTERM or Ctrl-C drains in-flight tasks for GRACE_S and exits 0. With PORT
-    set, GET /healthz on it answers 200, or 503 while Redis or the channel is unreachable.
+    set, GET /healthz on it answers 200, or 503 while Redis or the channel is unreachable, and
+    GET /metrics serves Prometheus metrics (on METRICS_PORT when only that is set).
     """
     from taskbus.launch import run_worker  # the worker's imports only when one runs
 

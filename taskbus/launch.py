@@ -2,9 +2,9 @@
 
 Settings (a bad one exits in one line), the handlers module named by `HANDLERS` (imported with the
 current directory importable, as Celery and RQ do, so a user's own project works), the start-up
-checks, `GET /healthz` on `PORT` when it is set, then the worker until SIGTERM/SIGINT, with a
-thread that continues the re-drives of its queues; tracing (when on) is set up first and
-flushed last.
+checks, `GET /healthz` and `GET /metrics` on `PORT` (or `METRICS_PORT`) when it is set, then the
+worker until SIGTERM/SIGINT, with a thread that continues the re-drives of its queues; tracing
+(when on) is set up first and flushed last.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from taskbus import logs, preflight
 from taskbus.admin.redrive import RedriveRunner
 from taskbus.registry import Registry
 from taskbus.telemetry import tracing
+from taskbus.telemetry.metrics import WorkerMetrics
 from taskbus.worker import Worker
 from taskbus.worker.health import HealthServer
 
@@ -40,15 +41,17 @@ def run_worker(stop: threading.Event | None = None) -> int:
     tracing.setup(settings, "worker")
     registry = load_registry(settings.handlers)
     preflight.check(settings, "worker")
-    worker = Worker(settings, registry, stop_event=stop)
+    port, port_name = (settings.port, "PORT") if settings.port else (settings.metrics_port, "METRICS_PORT")
+    metrics = WorkerMetrics(settings.concurrency) if port else None
+    worker = Worker(settings, registry, stop_event=stop, metrics=metrics)
     redrives = RedriveRunner(settings, settings.queues)  # any worker continues its queues' re-drives
     redrives.start()
     health = None
-    if settings.port:
+    if port:
         try:
-            health = HealthServer(settings.host, settings.port, worker.problem).start()
+            health = HealthServer(settings.host, port, worker.problem, metrics, settings.api_keys).start()
         except OSError as exc:
-            preflight.refuse(f"PORT={settings.port}: cannot listen on {settings.host}:{settings.port} ({exc.strerror})")
+            preflight.refuse(f"{port_name}={port}: cannot listen on {settings.host}:{port} ({exc.strerror})")
     try:
         return worker.run()
     finally:

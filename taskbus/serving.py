@@ -24,6 +24,7 @@ FUNCTIONS = ("enqueue", "status", "console")
 PATHS = ("asgi", "wsgi")  # serving paths; the first is the default
 SERVE_PATH_ENV = "SERVE_PATH"
 ASGI_WORKER = "taskbus.http.uvicorn.Worker"
+GUNICORN_CONFIG = "python:taskbus.http.gunicorn_conf"  # server hooks: child_exit marks metrics files dead
 SERVICES = (*FUNCTIONS, "worker")
 GRACEFUL_TIMEOUT_S = 8  # below Cloud Run's 10 s between SIGTERM and SIGKILL
 WORKER_TIMEOUT_S = 30  # gunicorn's silent-worker limit; a long-poll holds a thread, not the worker
@@ -98,6 +99,8 @@ def gunicorn_argv(name: str, settings: Settings, path: str = "asgi") -> list[str
         "--keep-alive",
         str(KEEP_ALIVE_S),
         "--no-control-socket",  # gunicorn 27 would open one in ~/.gunicorn/, shared by every server on the host
+        "--config",
+        GUNICORN_CONFIG,
     ]
     app = f"(target={target(name, path)!r}, source={source(name)!r})"
     if path == "asgi":

@@ -107,6 +107,10 @@ class Settings:
     otel_traces_exporter: str = ""  # otlp (the default once the endpoint is set), console, or none (off)
     otel_service_name: str = ""  # empty: taskbus-<service>, e.g. taskbus-enqueue
     google_cloud_project: str = ""
+    # Metrics: a worker serves /metrics (and /healthz) on PORT, else on METRICS_PORT when that is set;
+    # `taskbus serve` runs prometheus_client's multiprocess mode in PROMETHEUS_MULTIPROC_DIR (empty: a temp dir)
+    metrics_port: int = 0
+    prometheus_multiproc_dir: str = dataclasses.field(default="", metadata=_CUSTOM)  # prometheus_client's own name
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -123,6 +127,7 @@ class Settings:
         changes["api_keys"] = _api_keys(env)
         changes["admin_keys"] = _admin_keys(env)
         changes["webhooks"] = sources_from_env(env)
+        changes["prometheus_multiproc_dir"] = env.get("PROMETHEUS_MULTIPROC_DIR", "")
         settings = cls(**changes)  # type: ignore[arg-type]
         settings.check()
         return settings
@@ -135,7 +140,7 @@ class Settings:
         if urlsplit(self.redis_url).scheme not in REDIS_SCHEMES:
             raise _bad("REDIS_URL", mask_url(self.redis_url),
                        "redis://[[user]:password@]host[:port][/db], rediss://... or unix:///path/to/socket")
-        for name in ("port", "enqueue_port", "status_port", "console_port"):
+        for name in ("port", "enqueue_port", "status_port", "console_port", "metrics_port"):
             if not 0 <= getattr(self, name) <= 65535:
                 raise _bad(name.upper(), getattr(self, name), "a TCP port, 1-65535")
         _at_least(self, 0, "web_workers")

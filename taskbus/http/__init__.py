@@ -1,8 +1,8 @@
 """The HTTP layer the functions share: routing, bearer keys, body limits and JSON errors,
 written once against the neutral `core.Request` / `core.Response`.
 
-Every response is JSON. Error classes map to statuses in `STATUS` only; no input of any
-shape reaches the framework's 500 handler.
+Every response is JSON (but `GET /metrics`, Prometheus text, served by `Service.scrape`). Error
+classes map to statuses in `STATUS` only; no input of any shape reaches the framework's 500 handler.
 
     core           the neutral request and response
     enqueue_api    EnqueueAPI: POST /tasks, /tasks/batch, /enqueue, /hooks/<source>, /tasks/<id>:cancel
@@ -13,6 +13,7 @@ shape reaches the framework's 500 handler.
     flask_adapter  the WSGI path: flask.Request in, flask.Response out
     asgi           the ASGI path: Starlette request in, Starlette response out
     gunicorn       JSON for gunicorn's own refusals; the CLI's thread count
+    gunicorn_conf  the server hooks `taskbus serve` gives gunicorn (child_exit: metrics files)
     uvicorn        JSON for uvicorn's own refusals; the worker class `taskbus serve` runs
 """
 
@@ -22,6 +23,7 @@ import dataclasses
 import functools
 import hmac
 import logging
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
@@ -48,6 +50,7 @@ from taskbus.errors import (
 from taskbus.http.body import admit_body
 from taskbus.http.core import Request, Response, error_response, json_response
 from taskbus.settings import Settings
+from taskbus.telemetry.metrics import CONTENT_TYPE, UNMATCHED, HttpMetrics, loopback
 
 if TYPE_CHECKING:
     from taskbus.admin import Admin
@@ -72,6 +75,9 @@ STATUS: dict[type[TaskbusError], int] = {
     DataLost: 503,
     Unavailable: 503,
 }
+
+METRICS_PATH = "/metrics"  # every function's, when its service has metrics
+METRICS_ENDPOINT = "_metrics"  # served by the Service itself, not by the API
 
 # What a route reads: None (no body), () (any media type), or the media types accepted.
 BodyRule = tuple[str, ...] | None
@@ -108,23 +114,30 @@ class Plan(NamedTuple):
     args: dict[str, str]
     body: BodyRule
     actor: str = ""  # the label of the key that authenticated it; empty when open
+    route: str = UNMATCHED  # the matched rule (`/tasks/<task_id>`), the metrics' route label
 
 
 class Service:
     """Routes requests of one function to its API's methods and turns every error into JSON."""
 
     def __init__(self, settings: Settings, api: API, threads: int = 40,
-                 keys: Sequence[tuple[str, str]] | None = None, keys_name: str = "API_KEYS") -> None:
+                 keys: Sequence[tuple[str, str]] | None = None, keys_name: str = "API_KEYS",
+                 metrics: HttpMetrics | None = None) -> None:
         """`keys` are the (label, key) pairs that guard the keyed endpoints (default: API_KEYS,
-        each labelled "api"); the matched key's label becomes `request.actor`."""
+        each labelled "api"); the matched key's label becomes `request.actor`. With `metrics`,
+        every request is counted and `GET /metrics` serves them (see `scrape`)."""
         self.settings = settings
         self.api = api
         self.threads = threads  # ASGI path: sync endpoints at once per process (the WSGI path's thread count)
-        rules = [Rule(path, methods=[method], endpoint=endpoint) for path, method, endpoint, _ in api.routes]
+        self.metrics = metrics
+        own = [(METRICS_PATH, "GET", METRICS_ENDPOINT, None)] if metrics is not None else []
+        routes = [*api.routes, *own]
+        rules = [Rule(path, methods=[method], endpoint=endpoint) for path, method, endpoint, _ in routes]
         converters: dict[str, type[BaseConverter]] = getattr(api, "converters", {})
         self.routes = Map(rules, strict_slashes=False, merge_slashes=False, converters=converters)
-        self.keyed = api.keyed
-        self._bodies = {endpoint: body for _, _, endpoint, body in api.routes}
+        # the endpoints that need a key when the service has keys (/metrics: from a non-loopback client)
+        self.keyed = api.keyed | {METRICS_ENDPOINT} if metrics is not None else api.keyed
+        self._bodies = {endpoint: body for _, _, endpoint, body in routes}
         self._adapter = self.routes.bind("")  # routing needs only path and method: bind once
         pairs = [("api", k) for k in settings.api_keys] if keys is None else list(keys)
         self._keys = [(label, key.encode()) for label, key in pairs]
@@ -137,7 +150,8 @@ class Service:
 
     def plan(self, request: Request) -> Plan:
         """Route, authenticate, and check what can be checked before the body is read."""
-        endpoint, matched = self._adapter.match(request.path, request.method)
+        rule, matched = self._adapter.match(request.path, request.method, return_rule=True)
+        endpoint = rule.endpoint
         args = {name: str(value) for name, value in matched.items()}
         actor = ""
         if endpoint in self.api.keyed and self._keys:
@@ -146,23 +160,32 @@ class Service:
         body = self._bodies[endpoint]
         if body is not None:
             admit_body(request, self.settings, body)
-        return Plan(endpoint, args, body, actor)
+        return Plan(endpoint, args, body, actor, rule.rule)
 
     def handle(self, request: Request, read: Reader) -> Response:
         """The WSGI path: everything on the calling thread."""
+        started = time.perf_counter()
+        plan = None
         try:
             plan = self.plan(request)
             request = dataclasses.replace(request, actor=plan.actor)
             if plan.body is not None:
                 request = dataclasses.replace(request, body=read(request))
-            response: Response = getattr(self.api, plan.endpoint)(request, **plan.args)
-            return response
+            if plan.endpoint == METRICS_ENDPOINT:
+                response = self.scrape(request)
+            else:
+                response = getattr(self.api, plan.endpoint)(request, **plan.args)
         except Exception as exc:
-            return self.error(request, exc)
+            response = self.error(request, exc)
+        if self.metrics is not None:
+            self._observe(request, plan, response, started)
+        return response
 
     async def handle_async(self, request: Request, read: AsyncReader) -> Response:
         """The ASGI path: the body is awaited; an endpoint without an `_async` twin (it calls
         the sync Redis client or the Kafka producer) runs on a worker thread."""
+        started = time.perf_counter()
+        plan = None
         try:
             plan = self.plan(request)
             request = dataclasses.replace(request, actor=plan.actor)
@@ -171,15 +194,41 @@ class Service:
             twin = getattr(self.api, f"{plan.endpoint}_async", None)
             if twin is not None:
                 response: Response = await twin(request, **plan.args)
-                return response
-            call = functools.partial(getattr(self.api, plan.endpoint), request, **plan.args)
-            limiter = anyio.to_thread.current_default_thread_limiter()  # one per event loop
-            if limiter.total_tokens != self.threads:
-                limiter.total_tokens = self.threads
-            response = await anyio.to_thread.run_sync(call)
-            return response
+            else:
+                endpoint = self.scrape if plan.endpoint == METRICS_ENDPOINT else getattr(self.api, plan.endpoint)
+                call = functools.partial(endpoint, request, **plan.args)
+                limiter = anyio.to_thread.current_default_thread_limiter()  # one per event loop
+                if limiter.total_tokens != self.threads:
+                    limiter.total_tokens = self.threads
+                response = await anyio.to_thread.run_sync(call)
         except Exception as exc:
-            return self.error(request, exc)
+            response = self.error(request, exc)
+        if self.metrics is not None:
+            self._observe(request, plan, response, started)
+        return response
+
+    def scrape(self, request: Request) -> Response:
+        """`GET /metrics`: open to loopback clients (a sidecar, a local Prometheus); anyone else
+        needs one of this service's keys when it has any (API_KEYS, the console's ADMIN_KEYS).
+        Counters only: never a payload, a key or a task id."""
+        if self._keys and not loopback(request.remote):
+            self._authenticate(request)
+        assert self.metrics is not None  # the route exists only with metrics
+        return Response(200, self.metrics.render(), media_type=CONTENT_TYPE)
+
+    def _observe(self, request: Request, plan: Plan | None, response: Response, started: float) -> None:
+        """Count the request under its rule (never the raw path: task ids would be labels)."""
+        route = plan.route if plan is not None else self._route_of(request)
+        assert self.metrics is not None
+        self.metrics.request(route, response.status, time.perf_counter() - started)
+
+    def _route_of(self, request: Request) -> str:
+        """The rule of a request refused before its plan was made (401, 413, ...), or UNMATCHED."""
+        try:
+            rule, _ = self._adapter.match(request.path, request.method, return_rule=True)
+        except werkzeug.exceptions.HTTPException:
+            return UNMATCHED
+        return str(rule.rule)
 
     def error(self, request: Request, exc: Exception) -> Response:
         """Every error as JSON: ours by `STATUS`, routing errors as 404/405, anything else 500."""

@@ -85,7 +85,9 @@ async def handle(service: Service, request: starlette.requests.Request) -> starl
     items = query.multi_items()
     if len(items) > len(query):  # a repeated parameter: the first value counts, as on the WSGI path
         query = dict(reversed(items))  # type: ignore[assignment]
-    neutral = Request(request.method, request.scope["path"], query, request.headers)
+    client = request.scope.get("client")
+    neutral = Request(request.method, request.scope["path"], query, request.headers,
+                      remote=client[0] if client else "")
     body = Body(request.receive, service.settings)
     response = over_limits(request.scope)
     if response is None:

@@ -29,6 +29,7 @@ from taskbus.http.core import JSON_TYPE, Request, Response
 from taskbus.http.static import StaticFiles
 from taskbus.settings import Settings
 from taskbus.state.reader import StatusReader
+from taskbus.telemetry.metrics import HttpMetrics, QueueCollector
 
 log = logging.getLogger(__name__)
 
@@ -267,4 +268,6 @@ def make_service(settings: Settings) -> Service:
     """The console's service, guarded by ADMIN_KEYS, with its re-drive runner started."""
     api = ConsoleAPI(settings)
     api.start()
-    return Service(settings, api, threads=serving.CONSOLE_THREADS, keys=settings.admin_keys, keys_name="ADMIN_KEYS")
+    metrics = HttpMetrics("console", settings.prometheus_multiproc_dir, collectors=[QueueCollector(api.admin)])
+    return Service(settings, api, threads=serving.CONSOLE_THREADS, keys=settings.admin_keys, keys_name="ADMIN_KEYS",
+                   metrics=metrics)

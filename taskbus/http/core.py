@@ -18,7 +18,8 @@ JSON_TYPE = "application/json"
 class Request:
     """What the rules look at. `headers` is the framework's case-insensitive mapping; `body`
     is filled in by the adapter once the limits allowed reading it (empty until then); `actor`
-    by the service: the label of the key that authenticated it (what audit trails name)."""
+    by the service: the label of the key that authenticated it (what audit trails name); `remote`
+by the adapter."""
 
     method: str
     path: str
@@ -26,6 +27,7 @@ class Request:
     headers: Mapping[str, str]
     body: bytes = b""
     actor: str = ""
+    remote: str = ""  # the client's address ("" when unknown): /metrics is open to loopback only
 
     @property
     def content_length(self) -> int | None:

@@ -11,7 +11,7 @@ from typing import Any
 from taskbus import openapi, webhooks
 from taskbus.admin import Admin
 from taskbus.enqueue import Enqueuer, Item, Result
-from taskbus.errors import NotFound, RequestError, ValidationError
+from taskbus.errors import NotFound, RequestError, Unauthorized, ValidationError
 from taskbus.http import Service, cancel_response, json_response, status_url
 from taskbus.http.body import json_body
 from taskbus.http.core import JSON_TYPE, Request, Response
@@ -19,6 +19,7 @@ from taskbus.settings import Settings
 from taskbus.state.reader import StatusReader
 from taskbus.task import DEFAULTABLE, TaskSpec, check_idempotency_key, iso, parse_spec
 from taskbus.telemetry import tracing
+from taskbus.telemetry.metrics import HttpMetrics
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +39,10 @@ class EnqueueAPI:
     )
     keyed = frozenset({"create", "create_batch", "enqueue_legacy", "cancel"})
 
-    def __init__(self, settings: Settings, enqueuer: Enqueuer | None = None) -> None:
+    def __init__(self, settings: Settings, enqueuer: Enqueuer | None = None,
+                 metrics: HttpMetrics | None = None) -> None:
         self.settings = settings
+        self.metrics = metrics  # counts created tasks and webhook deliveries
         self.enqueuer = enqueuer or Enqueuer(settings)
         self.reader = StatusReader(settings)  # for /healthz: the queues' data-loss flags
         self.admin = Admin(settings)  # for cancel
@@ -84,7 +87,9 @@ class EnqueueAPI:
                 results.append({"error": {"code": exc.code, "message": f"tasks[{index}].{exc.message}"}})
         if accepted:
             done = self._enqueue_many(request, [(spec, key) for _, spec, key in accepted])
-            for (index, _, _), (task_id, status, _) in zip(accepted, done):
+            for (index, spec, _), (task_id, status, created) in zip(accepted, done):
+                if created and self.metrics is not None:
+                    self.metrics.enqueued(spec.queue)
                 results[index] = {"id": task_id, "status": status, "status_url": status_url(self.settings, task_id)}
         return json_response({"results": results}, 200)
 
@@ -126,12 +131,17 @@ class EnqueueAPI:
         received = time.time()
         headers = request.headers  # either framework's: case-insensitive
         tolerance_s = self.settings.webhook_tolerance_s
-        if self.tracer is None:
-            verified = webhooks.verify(src, headers, body, request.mimetype, received, tolerance_s)
-        else:
-            with tracing.span(self.tracer, f"verify {src.name}", headers, {"taskbus.webhook.source": src.name}):
+        try:
+            if self.tracer is None:
                 verified = webhooks.verify(src, headers, body, request.mimetype, received, tolerance_s)
-        if verified.reply is not None:
+            else:
+                with tracing.span(self.tracer, f"verify {src.name}", headers, {"taskbus.webhook.source": src.name}):
+                    verified = webhooks.verify(src, headers, body, request.mimetype, received, tolerance_s)
+        except Unauthorized as exc:  # invalid_signature or invalid_timestamp
+            if self.metrics is not None:
+                self.metrics.webhook(src.name, exc.code)
+            raise
+        if verified.reply is not None:  # a ping or challenge: answered, not a delivery
             return json_response(verified.reply)
         meta = {
             "source": src.name,
@@ -149,10 +159,13 @@ class EnqueueAPI:
             defaults=DEFAULTABLE,
         )
         dedupe = f"webhook:{src.name}:{verified.delivery_id}" if verified.delivery_id else None
-        return self._accepted(
+        response = self._accepted(
             request, spec, dedupe, self.settings.webhook_dedupe_ttl_s,
             lambda task_id, status: {"id": task_id, "status": status},
         )
+        if self.metrics is not None:
+            self.metrics.webhook(src.name, "accepted" if response.status == 202 else "duplicate")
+        return response
 
     def _accepted(self, request: Request, spec: TaskSpec, key: str | None, ttl_s: int | None,
                   shape: Shape) -> Response:
@@ -162,6 +175,8 @@ class EnqueueAPI:
             with tracing.sending(self.tracer, request.headers, [spec.queue], 1) as span:
                 task_id, status, created = self.enqueuer.enqueue(spec, key, ttl_s, tracing.traceparent(span))
                 span.set_attribute("messaging.message.id", task_id)
+        if created and self.metrics is not None:
+            self.metrics.enqueued(spec.queue)
         url = status_url(self.settings, task_id)
         body = shape(task_id, status)
         body["status_url"] = url
@@ -192,4 +207,5 @@ class EnqueueAPI:
 
 
 def make_service(settings: Settings) -> Service:
-    return Service(settings, EnqueueAPI(settings), threads=settings.enqueue_threads)
+    metrics = HttpMetrics("enqueue", settings.prometheus_multiproc_dir)
+    return Service(settings, EnqueueAPI(settings, metrics=metrics), threads=settings.enqueue_threads, metrics=metrics)

@@ -20,7 +20,7 @@ def handle(service: Service, request: flask.Request) -> flask.Response:
     """Serve one request on the calling thread."""
     settings = service.settings
     headers = cast(Mapping[str, str], request.headers)  # werkzeug's: case-insensitive, str to str
-    neutral = Request(request.method, request.path, request.args, headers)
+    neutral = Request(request.method, request.path, request.args, headers, remote=request.remote_addr or "")
     try:
         response = service.handle(neutral, lambda _: read_limited(request, settings))
     finally:

@@ -16,6 +16,7 @@ from taskbus.settings import Settings
 from taskbus.state.async_reader import AsyncStatusReader
 from taskbus.state.reader import StatusReader
 from taskbus.telemetry import tracing
+from taskbus.telemetry.metrics import HttpMetrics
 
 
 class StatusAPI:
@@ -98,4 +99,5 @@ def _wait_param(request: Request, max_wait_s: float) -> float:
 
 
 def make_service(settings: Settings) -> Service:
-    return Service(settings, StatusAPI(settings), threads=settings.status_threads)
+    metrics = HttpMetrics("status", settings.prometheus_multiproc_dir)
+    return Service(settings, StatusAPI(settings), threads=settings.status_threads, metrics=metrics)

@@ -8,7 +8,7 @@ so the served document stays true to the running function:
 - `wait`'s maximum is `MAX_WAIT_S`;
 - the defaults of `max_attempts` and `timeout_s` are `DEFAULT_MAX_ATTEMPTS` and `DEFAULT_TIMEOUT_S`;
 - with `API_KEYS` set (the console: `ADMIN_KEYS`), the keyed operations require `bearerAuth`
-  instead of allowing none.
+  instead of allowing none (all but `GET /metrics`, which stays open to loopback clients).
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from taskbus.settings import Settings
 
 FUNCTIONS = ("enqueue", "status", "console")
 OPTIONAL_AUTH: list[dict[str, list[str]]] = [{}, {"bearerAuth": []}]
+METRICS_PATH = "/metrics"  # open to loopback clients whatever the keys: its security stays optional
 
 
 def load(name: str) -> dict[str, Any]:
@@ -44,8 +45,8 @@ def document(name: str, settings: Settings) -> dict[str, Any]:
         fields["max_attempts"]["default"] = settings.default_max_attempts
         fields["timeout_s"]["default"] = _number(settings.default_timeout_s)
     if settings.admin_keys if name == "console" else settings.api_keys:
-        for path_item in doc["paths"].values():
-            for operation in path_item.values():
+        for path, path_item in doc["paths"].items():
+            for operation in path_item.values() if path != METRICS_PATH else ():
                 if operation.get("security") == OPTIONAL_AUTH:
                     operation["security"] = [{"bearerAuth": []}]
     return doc

@@ -1,1 +1,2 @@
-"""Telemetry: Prometheus metrics (`metrics`) and OpenTelemetry traces (`tracing`), each off-cost near zero."""
+"""Telemetry: Prometheus metrics (`metrics`), and traces and Cloud Logging fields (`tracing`);
+each costs next to nothing while off."""

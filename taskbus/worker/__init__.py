@@ -23,6 +23,7 @@ from taskbus.channel import Channel, Delivery, Job, OutcomeKind, Run, Skip, open
 from taskbus.errors import DataLost, Unavailable
 from taskbus.registry import Registry
 from taskbus.settings import Settings
+from taskbus.telemetry.metrics import WorkerMetrics, now_ms
 from taskbus.worker.inflight import InFlight, Running
 from taskbus.worker.runners import RunnerPool, log_fields
 from taskbus.worker.writer import OutcomeWriter
@@ -43,7 +44,9 @@ class Worker:
         consumer: str = "",
         channel: Channel | None = None,
         stop_event: threading.Event | None = None,
+        metrics: WorkerMetrics | None = None,
     ) -> None:
+        """`metrics`: None (no port to serve them on) costs the task path one `is None` test."""
         self.settings = settings
         self.registry = registry
         self.consumer = (
@@ -52,7 +55,9 @@ class Worker:
         self.channel = channel or open_channel(settings, self.consumer, registry.table())
         self.stopping = stop_event or threading.Event()
         self.inflight = InFlight(settings.concurrency)
-        self.writer = OutcomeWriter(settings, self.channel, self.inflight, on_scheduled=self._promote_by)
+        self.metrics = metrics
+        self.writer = OutcomeWriter(settings, self.channel, self.inflight, on_scheduled=self._promote_by,
+                                    metrics=metrics)
         self.runners = RunnerPool(registry, self.inflight, settle=self._settled)
         self._next_promote = self._next_heartbeat = self._next_reclaim = self._next_cancel_check = 0.0
         self.started_at = time.time()
@@ -157,6 +162,8 @@ class Worker:
             if d.task_id is None:
                 log.error("malformed entry dead-lettered", extra={"fields": {"queue": d.queue, "entry": d.entry}})
                 self.channel.reject(d, "the entry names no well-formed task id of its queue")
+                if self.metrics is not None:
+                    self.metrics.dead_lettered(d.queue)
             else:
                 by_queue[d.queue].append(d)
         for queue, batch in by_queue.items():
@@ -167,12 +174,18 @@ class Worker:
                     started.append(self.inflight.add(verdict.job, now))
                 else:
                     _log_skip(verdict)
+                    if verdict.kind == "dead" and self.metrics is not None:
+                        self.metrics.dead_lettered(queue)
             if started:
+                if self.metrics is not None:
+                    self.metrics.started([r.job for r in started], now_ms())
                 lines = [("task running", log_fields(r.job, status="running")) for r in started]
                 log.info("task running", extra={"batch": lines})
                 self.runners.submit(started)
 
     def _settled(self, running: Running, kind: OutcomeKind, body: bytes) -> None:
+        if self.metrics is not None:
+            self.metrics.settled(running.job, time.monotonic() - running.started)
         self.writer.put(running, kind, body)
 
     def _promote_by(self, when: float) -> None:

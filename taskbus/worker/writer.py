@@ -16,6 +16,7 @@ from taskbus import codec
 from taskbus.channel import Channel, Outcome, OutcomeKind
 from taskbus.errors import Unavailable
 from taskbus.settings import Settings
+from taskbus.telemetry.metrics import WorkerMetrics
 from taskbus.worker.inflight import InFlight, Running
 from taskbus.worker.runners import log_fields
 
@@ -29,11 +30,12 @@ Item = tuple[Running, OutcomeKind, bytes]
 
 class OutcomeWriter:
     def __init__(self, settings: Settings, channel: Channel, inflight: InFlight,
-                 on_scheduled: Callable[[float], None]) -> None:
+                 on_scheduled: Callable[[float], None], metrics: WorkerMetrics | None = None) -> None:
         self.settings = settings
         self.channel = channel
         self.inflight = inflight
         self.on_scheduled = on_scheduled  # a retry is due at this monotonic time: promote then
+        self.metrics = metrics
         self.give_up_at = float("inf")  # set at shutdown: stop retrying after the grace period
         self._outcomes: queues.SimpleQueue[Item] = queues.SimpleQueue()
 
@@ -99,6 +101,8 @@ class OutcomeWriter:
                     extra={"fields": {**fields, "outcome": kind}},
                 )
                 continue
+            if self.metrics is not None:  # `abandoned`: the watchdog settled it, a time-out (or a cancel's grace)
+                self.metrics.finished(r.job, status, r.abandoned)
             if status == "scheduled":
                 self.on_scheduled(now + outcome.delay_ms / 1000)
             if status == "succeeded":
