@@ -3,7 +3,7 @@
 Settings (a bad one exits in one line), the handlers module named by `HANDLERS` (imported with the
 current directory importable, as Celery and RQ do, so a user's own project works), the start-up
 checks, `GET /healthz` on `PORT` when it is set, then the worker until SIGTERM/SIGINT, with a
-thread that continues the re-drives of its queues.
+thread that continues the re-drives of its queues and one that fires their schedules.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from types import ModuleType
 from taskbus import logs, preflight
 from taskbus.admin.redrive import RedriveRunner
 from taskbus.registry import Registry
+from taskbus.schedules import SchedulerRunner
 from taskbus.worker import Worker
 from taskbus.worker.health import HealthServer
 
@@ -40,6 +41,8 @@ def run_worker(stop: threading.Event | None = None) -> int:
     worker = Worker(settings, registry, stop_event=stop)
     redrives = RedriveRunner(settings, settings.queues)  # any worker continues its queues' re-drives
     redrives.start()
+    scheduler = SchedulerRunner(settings, settings.queues, registry.schedules)  # any worker fires (no leader)
+    scheduler.start()
     health = None
     if settings.port:
         try:
@@ -50,6 +53,7 @@ def run_worker(stop: threading.Event | None = None) -> int:
         return worker.run()
     finally:
         redrives.stop()
+        scheduler.stop()
         if health is not None:
             health.close()
 

@@ -65,7 +65,7 @@ def _problem(s: Schedule) -> str | None:
             return f"{field} must be 1-128 characters of A-Z a-z 0-9 _ . : -"
     if (s.cron is None) == (s.every_s is None):
         return "give exactly one of cron and every_s"
-    if s.every_s is not None and (isinstance(s.every_s, bool) or not isinstance(s.every_s, int) or s.every_s < 1):
+    if s.every_s is not None and (not _is_int(s.every_s) or s.every_s < 1):
         return "every_s must be an integer >= 1"
     try:
         zone = ZoneInfo(s.tz)
@@ -80,7 +80,7 @@ def _problem(s: Schedule) -> str | None:
             return f"invalid cron {s.cron!r} ({exc})"
     if s.misfire not in MISFIRES:
         return f"misfire must be one of {', '.join(MISFIRES)}"
-    if isinstance(s.max_catchup, bool) or not isinstance(s.max_catchup, int) or not 1 <= s.max_catchup <= MAX_CATCHUP_LIMIT:
+    if not _is_int(s.max_catchup) or not 1 <= s.max_catchup <= MAX_CATCHUP_LIMIT:
         return f"max_catchup must be an integer from 1 to {MAX_CATCHUP_LIMIT}"
     if not isinstance(s.overlap, bool):
         return "overlap must be True or False"
@@ -90,3 +90,7 @@ def _problem(s: Schedule) -> str | None:
         return "payload must be JSON-serialisable"
     return None
 
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
