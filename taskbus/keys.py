@@ -92,7 +92,8 @@ class Keys:
 
     def schedule(self, queue: str, name: str) -> str:
         """A schedule's hash: def (JSON), version, generation, last_s (the last slot fired or
-        passed, epoch s), last_task, paused (exists while paused), updated_ms."""
+        passed, epoch s), last_task, paused (exists while paused), updated_ms, and after slots
+        passed unfired by the misfire policy: missed_ms, missed_from_s, missed_to_s."""
         return f"{self._queue_prefix(queue)}:schedule:{name}"
 
     def schedules(self, queue: str) -> str:

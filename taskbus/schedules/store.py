@@ -100,7 +100,7 @@ class ScheduleStore:
         previous = self.keys.task(stored.last_task) if stored.last_task else self.keys.schedule(s.queue, s.name)
         keys = [self.keys.schedule(s.queue, s.name), self.keys.schedulers_seen(s.queue), target,
                 self.keys.delayed(s.queue), previous, *(self.keys.task(i) for i in ids)]
-        args: list[str | int] = [
+        args: list[str | int | bytes] = [
             stored.version, "outbox" if kafka else "stream", stored.last_task, s.task_type, s.queue,
             codec.dumps(s.payload if s.payload is not None else {}), self.settings.default_max_attempts,
             repr(self.settings.default_timeout_s), self.settings.pending_ttl_s, "max_attempts,timeout_s",
@@ -112,6 +112,14 @@ class ScheduleStore:
             reply = self.scripts.schedule_fire(keys=keys, args=args, client=self.client)
         verdict, now_ms, last_s, last_task, fired = reply
         return Fired(str(verdict), int(now_ms), int(last_s), str(last_task), [str(i) for i in fired])
+
+    def delete(self, queue: str, name: str) -> bool:
+        """Remove a stored schedule (a worker that still declares it adds it back at its next start)."""
+        with unavailable_on_redis_errors():
+            pipe = self.client.pipeline(transaction=True)
+            pipe.delete(self.keys.schedule(queue, name))
+            pipe.srem(self.keys.schedules(queue), name)
+            return bool(pipe.execute()[0])
 
     def heartbeat(self, queues: Sequence[str]) -> None:
         """Say that a scheduler is looking at `queues` (see `Keys.schedulers_seen`)."""

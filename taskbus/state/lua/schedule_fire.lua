@@ -33,6 +33,9 @@ if f[4] then
   first = #due + 1  -- paused: the slots pass unfired
 elseif redis.call('EXISTS', KEYS[2]) == 0 then
   if ARGV[12] == 'skip' then first = #due + 1 elseif ARGV[12] == 'once' then first = #due end
+  if first > 1 then  -- say what passed unfired, for operators (and the tests)
+    redis.call('HSET', KEYS[1], 'missed_ms', now, 'missed_from_s', last, 'missed_to_s', ARGV[due[#due]])
+  end
 end
 local running = false
 if not overlap and last_task ~= '' then

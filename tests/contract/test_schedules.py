@@ -1,0 +1,150 @@
+"""Schedules against a real Valkey and real worker processes (`tests/handlers_sched.py`):
+exactly one run per slot while workers race, die and stall; the misfire policies after every
+worker was down; overlap=False; concurrent upserts of one schedule."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import signal
+from collections.abc import Callable, Iterator
+
+import pytest
+import redis
+
+from taskbus.keys import Keys
+from taskbus.schedules.model import Schedule
+from taskbus.schedules.slots import slot_task_id
+from taskbus.schedules.store import ScheduleStore
+from taskbus.settings import Settings
+from testkit.procs import Proc, wait_until
+
+SCHED = "tests.handlers_sched"
+
+
+@pytest.fixture
+def store(settings: Settings) -> Iterator[ScheduleStore]:
+    s = ScheduleStore(settings)
+    yield s
+    s.close()
+
+
+def server_s(r: redis.Redis) -> float:
+    seconds, micros = r.time()
+    return seconds + micros / 1e6
+
+
+def last_s(r: redis.Redis, keys: Keys, queue: str, name: str) -> int:
+    return int(r.hget(keys.schedule(queue, name), "last_s") or 0)
+
+
+def task(r: redis.Redis, keys: Keys, queue: str, name: str, slot: int) -> dict[str, str]:
+    return r.hgetall(keys.task(slot_task_id(queue, name, slot)))  # type: ignore[return-value]
+
+
+def fired(r: redis.Redis, keys: Keys, queue: str, name: str, after: int, until: int) -> list[int]:
+    """The slots in (after, until] whose task exists."""
+    return [s for s in range(after + 1, until + 1) if r.exists(keys.task(slot_task_id(queue, name, s)))]
+
+
+def first_slot(r: redis.Redis, keys: Keys, queue: str, name: str, proc: Proc) -> int:
+    """The schedule's first fired slot (its `last_s` starts at its creation, not at a slot)."""
+    wait_until(lambda: r.hget(keys.schedule(queue, name), "last_task"), timeout=20, message=f"{name} fired", proc=proc)
+    return last_s(r, keys, queue, name)
+
+
+def test_racing_workers_fire_each_slot_once_through_a_kill_and_a_stall(
+    workers: Callable[..., Proc], r: redis.Redis, keys: Keys, queue: str
+) -> None:
+    procs = [workers(handlers=SCHED) for _ in range(3)]
+    start = first_slot(r, keys, queue, "race", procs[0])
+    wait_until(lambda: last_s(r, keys, queue, "race") >= start + 3, timeout=10, message="3 slots")
+    procs[0].kill()
+    wait_until(lambda: last_s(r, keys, queue, "race") >= start + 5, timeout=10, message="slots after the kill")
+    procs[1].signal(signal.SIGSTOP)  # for 4 slots: past its 2 s lease and the 3 s scheduler heartbeat
+    try:
+        wait_until(lambda: last_s(r, keys, queue, "race") >= start + 9, timeout=10, message="slots during the stall")
+    finally:
+        procs[1].signal(signal.SIGCONT)
+    end = wait_until(lambda: (n := last_s(r, keys, queue, "race")) >= start + 12 and n, timeout=10, message="12 slots")
+    slots = range(start, end + 1)
+    ids = [slot_task_id(queue, "race", s) for s in slots]
+    runs = f"{queue}:runs"
+    wait_until(lambda: all(r.hget(runs, i) for i in ids), timeout=15,
+               message=f"every slot's task ran: {[(s, r.hgetall(keys.task(i))) for s, i in zip(slots, ids) if not r.hget(runs, i)]}")
+    assert [int(r.hget(runs, i) or 0) for i in ids] == [1] * len(ids)  # each slot ran exactly once
+    statuses = {r.hget(keys.task(i), "status") for i in ids}
+    assert statuses <= {"succeeded", "running", "queued"} and "succeeded" in statuses
+    assert fired(r, keys, queue, "race", start - 30, start - 1) == []  # nothing before the schedule existed
+    assert r.hget(keys.schedule(queue, "race"), "missed_ms") is None  # a worker was always looking
+
+
+def test_after_every_worker_was_down_skip_once_and_all_do_what_they_say(
+    workers: Callable[..., Proc], r: redis.Redis, keys: Keys, queue: str
+) -> None:
+    names = ("skip", "once", "all3")
+    first = workers(handlers=SCHED)
+    wait_until(lambda: all(last_s(r, keys, queue, n) for n in names), timeout=20, message="first slots", proc=first)
+    begun = {n: last_s(r, keys, queue, n) for n in names}
+    wait_until(lambda: all(last_s(r, keys, queue, n) >= begun[n] + 2 for n in names), timeout=10, message="2 slots")
+    first.kill()
+    before = {n: last_s(r, keys, queue, n) for n in names}
+    wait_until(lambda: server_s(r) >= max(before.values()) + 6.2, timeout=10, message="6 slots of downtime")
+    assert not r.exists(keys.schedulers_seen(queue))
+    again = workers(handlers=SCHED)
+    wait_until(lambda: all(r.hget(keys.schedule(queue, n), "missed_to_s") for n in names), timeout=20,
+               message="the catch-up", proc=again)
+    missed = {n: r.hmget(keys.schedule(queue, n), "missed_from_s", "missed_to_s") for n in names}
+    for n in names:
+        lo, hi = int(missed[n][0]), int(missed[n][1])
+        assert lo == before[n] and hi - lo >= 6, (n, lo, hi)
+    wait_until(lambda: all(last_s(r, keys, queue, n) >= int(missed[n][1]) + 2 for n in names), timeout=10,
+               message="slots after the restart")
+    for n in names:
+        lo, hi = int(missed[n][0]), int(missed[n][1])
+        caught_up = fired(r, keys, queue, n, lo, hi)
+        assert caught_up == {"skip": [], "once": [hi], "all3": [hi - 2, hi - 1, hi]}[n], n
+        assert fired(r, keys, queue, n, hi, hi + 2) == [hi + 1, hi + 2], n  # then on time again
+
+
+def test_overlap_false_skips_slots_while_the_last_run_is_unfinished(
+    workers: Callable[..., Proc], r: redis.Redis, keys: Keys, queue: str
+) -> None:
+    proc = workers(handlers=SCHED)
+    start = wait_until(lambda: last_s(r, keys, queue, "slow"), timeout=20, message="the first slot", proc=proc)
+    wait_until(lambda: last_s(r, keys, queue, "slow") >= start + 6, timeout=15, message="6 slots")
+    runs = [task(r, keys, queue, "slow", s) for s in range(start - 1, start + 7)]
+    runs = [t for t in runs if t]
+    assert 2 <= len(runs) <= 4  # a 2.2 s task on a 1 s schedule: about one slot in three
+    for previous, following in zip(runs, runs[1:]):
+        assert int(following["created_ms"]) >= int(previous["finished_ms"])
+
+
+def test_concurrent_upserts_leave_one_definition(store: ScheduleStore, r: redis.Redis, keys: Keys, queue: str,
+                                                 settings: Settings) -> None:
+    a = Schedule("nightly", "record", cron="0 2 * * *", queue=queue, tz="Europe/Berlin")
+    b = Schedule("nightly", "record", every_s=300, queue=queue)
+    stores = [ScheduleStore(settings) for _ in range(10)]
+    try:
+        def upsert(i: int, which: list[Schedule]) -> str:
+            return stores[i % 10].sync([which[i % len(which)]])[0][0]
+
+        with concurrent.futures.ThreadPoolExecutor(25) as pool:
+            same = list(pool.map(lambda i: upsert(i, [a]), range(50)))
+        assert sorted(same) == ["created"] + ["same"] * 49
+        assert r.hget(keys.schedule(queue, "nightly"), "generation") == "1"
+        changed_at = int(server_s(r))
+        with concurrent.futures.ThreadPoolExecutor(25) as pool:
+            mixed = list(pool.map(lambda i: upsert(i, [a, b]), range(50)))
+    finally:
+        for s in stores:
+            s.close()
+    stored = r.hgetall(keys.schedule(queue, "nightly"))
+    winner = Schedule.from_definition(stored["def"])
+    assert winner in (a, b) and stored["version"] == winner.version()
+    assert int(stored["generation"]) == 1 + mixed.count("changed")
+    assert "changed" in mixed and int(stored["last_s"]) >= changed_at  # a change starts from the next slot
+    assert r.smembers(keys.schedules(queue)) == {"nightly"}
+    assert [(s.schedule, s.version) for s in store.load([queue])] == [(winner, winner.version())]
+    assert store.delete(queue, "nightly") and store.load([queue]) == []
+    assert store.sync([a]) == [("created", 1)]
+    assert [s.schedule for s in store.load([queue])] == [a]
