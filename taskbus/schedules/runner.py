@@ -2,7 +2,7 @@
 fire script decides on Redis's clock which slots still fire (see `schedule_fire.lua`).
 
 Each loop offers every schedule whose next slot is due its latest due slots (at most
-`max_catchup`), then renews the queue's heartbeat, then sleeps until the earliest next slot
+`max_catchup` + 1), then renews the queue's heartbeat, then sleeps until the earliest next slot
 (at most `TICK_S`). Slots come from the local clock corrected by the server time each reply
 reports: a skewed host asks early or late, the script answers on Redis's clock.
 """
@@ -93,7 +93,7 @@ class SchedulerRunner:
     def _fire(self, stored: Stored) -> None:
         s = stored.schedule
         for _ in range(2):  # a second call only after 'prev': another worker fired a task meanwhile
-            slots = due(s, stored.last_s, int(self._now()), s.max_catchup)
+            slots = due(s, stored.last_s, int(self._now()), s.max_catchup + 1)  # one more: to see a miss
             reply = self.store.fire(stored, slots)
             self._offset_s = reply.now_ms / 1000 - time.time()
             if reply.verdict == "stale":

@@ -104,7 +104,7 @@ class ScheduleStore:
             stored.version, "outbox" if kafka else "stream", stored.last_task, s.task_type, s.queue,
             codec.dumps(s.payload if s.payload is not None else {}), self.settings.default_max_attempts,
             repr(self.settings.default_timeout_s), self.settings.pending_ttl_s, "max_attempts,timeout_s",
-            "1" if s.overlap else "0", s.misfire,
+            "1" if s.overlap else "0", s.misfire, s.max_catchup,
         ]
         for slot, task_id in zip(slots, ids):
             args += [slot, task_id]

@@ -69,8 +69,7 @@ def test_racing_workers_fire_each_slot_once_through_a_kill_and_a_stall(
     slots = range(start, end + 1)
     ids = [slot_task_id(queue, "race", s) for s in slots]
     runs = f"{queue}:runs"
-    wait_until(lambda: all(r.hget(runs, i) for i in ids), timeout=15,
-               message=f"every slot's task ran: {[(s, r.hgetall(keys.task(i))) for s, i in zip(slots, ids) if not r.hget(runs, i)]}")
+    wait_until(lambda: all(r.hget(runs, i) for i in ids), timeout=15, message="every slot's task ran")
     assert [int(r.hget(runs, i) or 0) for i in ids] == [1] * len(ids)  # each slot ran exactly once
     statuses = {r.hget(keys.task(i), "status") for i in ids}
     assert statuses <= {"succeeded", "running", "queued"} and "succeeded" in statuses
@@ -110,11 +109,11 @@ def test_overlap_false_skips_slots_while_the_last_run_is_unfinished(
     workers: Callable[..., Proc], r: redis.Redis, keys: Keys, queue: str
 ) -> None:
     proc = workers(handlers=SCHED)
-    start = wait_until(lambda: last_s(r, keys, queue, "slow"), timeout=20, message="the first slot", proc=proc)
+    start = first_slot(r, keys, queue, "slow", proc)
     wait_until(lambda: last_s(r, keys, queue, "slow") >= start + 6, timeout=15, message="6 slots")
-    runs = [task(r, keys, queue, "slow", s) for s in range(start - 1, start + 7)]
+    runs = [task(r, keys, queue, "slow", s) for s in range(start, start + 7)]
     runs = [t for t in runs if t]
-    assert 2 <= len(runs) <= 4  # a 2.2 s task on a 1 s schedule: about one slot in three
+    assert runs[0] and 2 <= len(runs) <= 3  # a 2.2 s task on a 1 s schedule: one slot in three
     for previous, following in zip(runs, runs[1:]):
         assert int(following["created_ms"]) >= int(previous["finished_ms"])
 

@@ -84,7 +84,8 @@ def test_slot_task_ids_are_deterministic_well_formed_and_distinct() -> None:
     first = slot_task_id("reports", "nightly", 1_800_000_000)
     assert first == slot_task_id("reports", "nightly", 1_800_000_000)
     assert queue_of(first) == "reports"
-    assert len({first, slot_task_id("reports", "nightly", 1_800_000_001), slot_task_id("reports", "other", 1_800_000_000)}) == 3
+    others = {slot_task_id("reports", "nightly", 1_800_000_001), slot_task_id("reports", "other", 1_800_000_000)}
+    assert len({first, *others}) == 3
 
 
 @pytest.mark.parametrize(("kwargs", "message"), [

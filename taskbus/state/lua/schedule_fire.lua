@@ -10,8 +10,8 @@
 -- ARGV[1] the definition version the caller fires, ARGV[2] target kind ('stream' | 'outbox'),
 --   ARGV[3] the last task id the caller assumes ('' none), ARGV[4..10] the task: type, queue,
 --   payload JSON, max_attempts, timeout_s, pending TTL s, fields left to the handler's defaults,
---   ARGV[11] overlap ('1' | '0'), ARGV[12] misfire ('skip' | 'once' | 'all'), then per candidate
---   i (oldest first) ARGV[11 + 2i] slot (epoch s), ARGV[12 + 2i] its task id
+--   ARGV[11] overlap ('1' | '0'), ARGV[12] misfire ('skip' | 'once' | 'all'), ARGV[13] max_catchup,
+--   then per candidate i (oldest first) ARGV[12 + 2i] slot (epoch s), ARGV[13 + 2i] its task id
 -- Returns {verdict, now_ms, last_s, last_task, {fired ids}}; verdict 'ok', 'stale' (the stored
 -- version differs: reload) or 'prev' (last_task differs from ARGV[3]: call again with it).
 local now = now_ms()
@@ -22,7 +22,7 @@ local last, last_task = tonumber(f[2]) or 0, f[3] or ''
 local overlap = ARGV[11] == '1'
 if not overlap and last_task ~= ARGV[3] then return {'prev', now, last, last_task, {}} end
 local due = {}
-for i = 13, #ARGV, 2 do
+for i = 14, #ARGV, 2 do
   local slot = tonumber(ARGV[i])
   if slot > last and slot <= now_s then due[#due + 1] = i end
 end
@@ -32,7 +32,13 @@ local first = 1
 if f[4] then
   first = #due + 1  -- paused: the slots pass unfired
 elseif redis.call('EXISTS', KEYS[2]) == 0 then
-  if ARGV[12] == 'skip' then first = #due + 1 elseif ARGV[12] == 'once' then first = #due end
+  if ARGV[12] == 'skip' then
+    first = #due + 1
+  elseif ARGV[12] == 'once' then
+    first = #due
+  else
+    first = math.max(1, #due - tonumber(ARGV[13]) + 1)
+  end
   if first > 1 then  -- say what passed unfired, for operators (and the tests)
     redis.call('HSET', KEYS[1], 'missed_ms', now, 'missed_from_s', last, 'missed_to_s', ARGV[due[#due]])
   end
@@ -46,7 +52,7 @@ local task_args = {'', ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8], 0, ARGV[9], 
 local fired = {}
 for j = first, #due do
   local i = due[j]
-  local task = KEYS[6 + (i - 13) / 2]
+  local task = KEYS[6 + (i - 14) / 2]
   if not running and redis.call('EXISTS', task) == 0 then
     task_args[1] = ARGV[i + 1]
     record_task(task, KEYS[3], KEYS[4], ARGV[2] == 'outbox', now, task_args, 1)
