@@ -75,9 +75,11 @@ def _problem(s: Schedule) -> str | None:
         if not isinstance(s.cron, str) or len(s.cron.split()) not in (5, 6):
             return "cron must have 5 fields, or 6 with seconds first"
         try:
-            CronSim(s.cron, datetime.datetime(2000, 1, 1, tzinfo=zone))
+            next(CronSim(s.cron, datetime.datetime(2000, 1, 1, tzinfo=zone)))
         except CronSimError as exc:
             return f"invalid cron {s.cron!r} ({exc})"
+        except StopIteration:  # cronsim looks 50 years ahead
+            return f"cron {s.cron!r} never fires"
     if s.misfire not in MISFIRES:
         return f"misfire must be one of {', '.join(MISFIRES)}"
     if not _is_int(s.max_catchup) or not 1 <= s.max_catchup <= MAX_CATCHUP_LIMIT:

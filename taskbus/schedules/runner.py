@@ -73,7 +73,12 @@ class SchedulerRunner:
             return
         for stored in self._known:
             if next_after(stored.schedule, stored.last_s) <= self._now():
-                self._fire(stored)
+                try:
+                    self._fire(stored)
+                except Unavailable:
+                    raise
+                except Exception:  # noqa: BLE001 - one schedule's failure must not stop the others
+                    log.exception("schedule %s could not fire", stored.schedule.name)
         self.store.heartbeat(sorted({s.schedule.queue for s in self._known}))
         soonest = min(next_after(s.schedule, s.last_s) for s in self._known)
         self._stop.wait(min(TICK_S, max(0.005, soonest - self._now())))
