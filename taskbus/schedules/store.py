@@ -113,6 +113,18 @@ class ScheduleStore:
         verdict, now_ms, last_s, last_task, fired = reply
         return Fired(str(verdict), int(now_ms), int(last_s), str(last_task), [str(i) for i in fired])
 
+    def queues(self) -> list[str]:
+        """Every queue seen (the console's index): where `load` looks when no queue is named."""
+        with unavailable_on_redis_errors():
+            return sorted(str(q) for q in self.client.smembers(self.keys.queue_index()))
+
+    def set_paused(self, queue: str, name: str, paused: bool, actor: str) -> bool:
+        """Pause or resume; False when there is no such schedule."""
+        with unavailable_on_redis_errors():
+            found = self.scripts.schedule_pause(keys=[self.keys.schedule(queue, name)],
+                                                args=["1" if paused else "0", actor], client=self.client)
+        return bool(found)
+
     def delete(self, queue: str, name: str) -> bool:
         """Remove a stored schedule (a worker that still declares it adds it back at its next start)."""
         with unavailable_on_redis_errors():

@@ -1,21 +1,25 @@
 """Schedules against a real Valkey and real worker processes (`tests/handlers_sched.py`):
 exactly one run per slot while workers race, die and stall; the misfire policies after every
-worker was down; overlap=False; concurrent upserts of one schedule."""
+worker was down; overlap=False; concurrent upserts of one schedule; the operator commands."""
 
 from __future__ import annotations
 
 import concurrent.futures
+import json
 import signal
 from collections.abc import Callable, Iterator
 
+import click.testing
 import pytest
 import redis
 
+from taskbus import cli_ops
 from taskbus.keys import Keys
 from taskbus.schedules.model import Schedule
-from taskbus.schedules.slots import slot_task_id
+from taskbus.schedules.slots import due, slot_task_id
 from taskbus.schedules.store import ScheduleStore
 from taskbus.settings import Settings
+from testkit.env import setting_vars
 from testkit.procs import Proc, wait_until
 
 SCHED = "tests.handlers_sched"
@@ -147,3 +151,38 @@ def test_concurrent_upserts_leave_one_definition(store: ScheduleStore, r: redis.
     assert store.delete(queue, "nightly") and store.load([queue]) == []
     assert store.sync([a]) == [("created", 1)]
     assert [s.schedule for s in store.load([queue])] == [a]
+
+
+def taskbus_cli(settings: Settings, *args: str) -> click.testing.Result:
+    """`taskbus schedules ARGS --queue <queue> --json`, in process, configured by environment only."""
+    runner = click.testing.CliRunner()
+    return runner.invoke(cli_ops.schedules, [*args, "--queue", settings.queues[0], "--json"],
+                         env=setting_vars(settings))
+
+
+def test_operators_list_pause_resume_trigger_and_delete(store: ScheduleStore, r: redis.Redis, keys: Keys,
+                                                         queue: str, settings: Settings) -> None:
+    store.sync([Schedule("tick", "record", every_s=1, queue=queue, payload={"key": f"{queue}:runs"})])
+    listed = taskbus_cli(settings, "list")
+    assert listed.exit_code == 0, listed.output
+    rows = json.loads(listed.stdout)["schedules"]
+    assert [(s["name"], s["every_s"], s["paused"]) for s in rows] == [("tick", 1, False)]
+    assert taskbus_cli(settings, "pause", "tick").exit_code == 0
+    stored = store.load([queue])[0]
+    assert stored.paused
+    wait_until(lambda: server_s(r) >= stored.last_s + 2, message="2 slots")
+    paused = store.fire(stored, due(stored.schedule, stored.last_s, int(server_s(r)), 3))
+    assert paused.ids == [] and paused.last_s > stored.last_s  # the slots passed unfired
+    assert taskbus_cli(settings, "resume", "tick").exit_code == 0
+    stored = store.load([queue])[0]
+    wait_until(lambda: server_s(r) >= stored.last_s + 1, message="the next slot")
+    resumed = store.fire(stored, due(stored.schedule, stored.last_s, int(server_s(r)), 3))
+    assert resumed.ids == [slot_task_id(queue, "tick", resumed.last_s)]
+    triggered = taskbus_cli(settings, "trigger", "tick")
+    assert triggered.exit_code == 0, triggered.output
+    manual = json.loads(triggered.stdout)["result"]
+    assert r.hget(keys.task(manual), "type") == "record" and manual not in resumed.ids
+    assert taskbus_cli(settings, "delete", "tick").exit_code == 0
+    missing = taskbus_cli(settings, "delete", "tick")
+    assert missing.exit_code == 1 and "no schedule named 'tick'" in missing.stderr
+    assert store.load([queue]) == []
