@@ -96,7 +96,9 @@ class ScheduleStore:
         s = stored.schedule
         ids = [slot_task_id(s.queue, s.name, slot) for slot in slots]
         kafka = self.settings.channel == "kafka"
-        target = self.keys.outbox(s.queue) if kafka else self.keys.stream(s.queue)
+        # On Kafka the task goes to the delayed zset due now (ZADD), as a retry does: the workers'
+        # next promotion publishes it through the outbox (this process has no producer).
+        target = self.keys.delayed(s.queue) if kafka else self.keys.stream(s.queue)
         previous = self.keys.task(stored.last_task) if stored.last_task else self.keys.schedule(s.queue, s.name)
         keys = [self.keys.schedule(s.queue, s.name), self.keys.schedulers_seen(s.queue), target,
                 self.keys.delayed(s.queue), previous, *(self.keys.task(i) for i in ids)]

@@ -1,6 +1,6 @@
 """Schedules against a real Valkey and real worker processes (`tests/handlers_sched.py`):
 exactly one run per slot while workers race, die and stall; the misfire policies after every
-worker was down; overlap=False; concurrent upserts of one schedule; the operator commands."""
+worker was down; overlap=False; Kafka; concurrent upserts of one schedule; the operator commands."""
 
 from __future__ import annotations
 
@@ -79,6 +79,16 @@ def test_racing_workers_fire_each_slot_once_through_a_kill_and_a_stall(
     assert statuses <= {"succeeded", "running", "queued"} and "succeeded" in statuses
     assert fired(r, keys, queue, "race", start - 30, start - 1) == []  # nothing before the schedule existed
     assert r.hget(keys.schedule(queue, "race"), "missed_ms") is None  # a worker was always looking
+    assert_no_overlap(r, keys, queue, start, end)
+
+
+def assert_no_overlap(r: redis.Redis, keys: Keys, queue: str, start: int, end: int) -> None:
+    """`slow` (overlap=False, a 2.2 s task every 1 s slot) skipped each slot whose previous run
+    was unfinished, across the racing workers: no run was created before the previous one ended."""
+    runs = [t for t in (task(r, keys, queue, "slow", s) for s in range(start, end + 1)) if t]
+    assert 2 <= len(runs) <= (end - start) // 2
+    for previous, following in zip(runs, runs[1:]):
+        assert previous.get("finished_ms") and int(following["created_ms"]) >= int(previous["finished_ms"])
 
 
 def test_after_every_worker_was_down_skip_once_and_all_do_what_they_say(
@@ -107,19 +117,6 @@ def test_after_every_worker_was_down_skip_once_and_all_do_what_they_say(
         caught_up = fired(r, keys, queue, n, lo, hi)
         assert caught_up == {"skip": [], "once": [hi], "all3": [hi - 2, hi - 1, hi]}[n], n
         assert fired(r, keys, queue, n, hi, hi + 2) == [hi + 1, hi + 2], n  # then on time again
-
-
-def test_overlap_false_skips_slots_while_the_last_run_is_unfinished(
-    workers: Callable[..., Proc], r: redis.Redis, keys: Keys, queue: str
-) -> None:
-    proc = workers(handlers=SCHED)
-    start = first_slot(r, keys, queue, "slow", proc)
-    wait_until(lambda: last_s(r, keys, queue, "slow") >= start + 6, timeout=15, message="6 slots")
-    runs = [task(r, keys, queue, "slow", s) for s in range(start, start + 7)]
-    runs = [t for t in runs if t]
-    assert runs[0] and 2 <= len(runs) <= 3  # a 2.2 s task on a 1 s schedule: one slot in three
-    for previous, following in zip(runs, runs[1:]):
-        assert int(following["created_ms"]) >= int(previous["finished_ms"])
 
 
 def test_concurrent_upserts_leave_one_definition(store: ScheduleStore, r: redis.Redis, keys: Keys, queue: str,
@@ -186,3 +183,13 @@ def test_operators_list_pause_resume_trigger_and_delete(store: ScheduleStore, r:
     missing = taskbus_cli(settings, "delete", "tick")
     assert missing.exit_code == 1 and "no schedule named 'tick'" in missing.stderr
     assert store.load([queue]) == []
+
+
+@pytest.mark.parametrize("channel", ["kafka"])
+def test_a_slot_fires_on_the_kafka_channel_too(workers: Callable[..., Proc], r: redis.Redis, keys: Keys,
+                                               queue: str) -> None:
+    proc = workers(handlers=SCHED)
+    start = first_slot(r, keys, queue, "race", proc)
+    task_id = slot_task_id(queue, "race", start)
+    wait_until(lambda: r.hget(f"{queue}:runs", task_id), timeout=15, message="the slot's task ran", proc=proc)
+    assert r.hget(keys.task(task_id), "status") == "succeeded"
