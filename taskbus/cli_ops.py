@@ -41,8 +41,7 @@ from taskbus.errors import (
     TaskbusError,
     Unavailable,
 )
-from taskbus.schedules.slots import next_after
-from taskbus.schedules.store import ScheduleStore, Stored
+from taskbus.schedules.store import ScheduleStore
 from taskbus.settings import Settings, mask_url
 
 CONTEXT = {"help_option_names": ["-h", "--help"]}
@@ -460,28 +459,13 @@ def schedules() -> None:
     trigger, delete."""
 
 
-def _schedule_view(stored: Stored) -> dict[str, Any]:
-    s = stored.schedule
-    return {"name": s.name, "queue": s.queue, "type": s.task_type, "cron": s.cron, "every_s": s.every_s, "tz": s.tz,
-            "misfire": s.misfire, "max_catchup": s.max_catchup, "overlap": s.overlap, "paused": stored.paused,
-            "generation": stored.generation, "last_slot_s": stored.last_s, "last_task": stored.last_task or None,
-            "next_slot_s": next_after(s, stored.last_s)}
-
-
-def _stored(ops: Ops, queue: str, name: str) -> Stored:
-    found = next((s for s in ops.schedules.load([queue]) if s.schedule.name == name), None)
-    if found is None:
-        raise NotFound(f"no schedule named {name!r} on queue {queue!r}")
-    return found
-
-
 @schedules.command("list", context_settings=CONTEXT)
 @click.option("--queue", default=None, help="Only this queue's schedules (default: every queue).")
 @click.option("--json", "as_json", is_flag=True, help="Print exactly one JSON document on stdout.")
 def schedules_list(queue: str | None, as_json: bool) -> None:
     """The stored schedules, with their last and next slot."""
     with _session(as_json) as ops:
-        rows = [_schedule_view(s) for s in ops.schedules.load([queue] if queue else ops.schedules.queues())]
+        rows = [s.view() for s in ops.schedules.load([queue] if queue else ops.schedules.queues())]
         if ops.as_json:
             return ops.emit({"schedules": rows})
         columns = ["name", "queue", "type", "cron", "every_s", "tz", "misfire", "overlap", "paused", "next_slot_s"]
@@ -510,28 +494,25 @@ def _schedule_action(name: str, help_text: str) -> Callable[[Callable[[Ops, str,
 
 @_schedule_action("pause", "Pause schedule NAME: its slots pass unfired until it is resumed.")
 def schedules_pause(ops: Ops, queue: str, name: str) -> str:
-    if not ops.schedules.set_paused(queue, name, True, ops.actor):
-        raise NotFound(f"no schedule named {name!r} on queue {queue!r}")
+    ops.schedules.set_paused(queue, name, True, ops.actor)
     return f"paused {name}"
 
 
 @_schedule_action("resume", "Resume schedule NAME from its next slot (slots passed while paused do not fire).")
 def schedules_resume(ops: Ops, queue: str, name: str) -> str:
-    if not ops.schedules.set_paused(queue, name, False, ops.actor):
-        raise NotFound(f"no schedule named {name!r} on queue {queue!r}")
+    ops.schedules.set_paused(queue, name, False, ops.actor)
     return f"resumed {name}"
 
 
 @_schedule_action("trigger", "Enqueue schedule NAME's task now (a run of its own: no slot is used); print its id.")
 def schedules_trigger(ops: Ops, queue: str, name: str) -> str:
-    s = _stored(ops, queue, name).schedule
+    s = ops.schedules.get(queue, name).schedule
     return ops.client.enqueue(s.task_type, s.payload if s.payload is not None else {}, queue=s.queue).id
 
 
 @_schedule_action("delete", "Delete schedule NAME (a worker that still declares it stores it again when it starts).")
 def schedules_delete(ops: Ops, queue: str, name: str) -> str:
-    if not ops.schedules.delete(queue, name):
-        raise NotFound(f"no schedule named {name!r} on queue {queue!r}")
+    ops.schedules.delete(queue, name)
     return f"deleted {name}"
 
 

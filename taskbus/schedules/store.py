@@ -9,11 +9,13 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 from taskbus import codec
+from taskbus.errors import NotFound
 from taskbus.keys import Keys
 from taskbus.schedules.model import Schedule
-from taskbus.schedules.slots import slot_task_id
+from taskbus.schedules.slots import next_after, slot_task_id
 from taskbus.settings import Settings
 from taskbus.state.client import connect, unavailable_on_redis_errors
 from taskbus.state.scripts import Scripts
@@ -36,6 +38,14 @@ class Stored:
     last_task: str
     paused: bool = False
     generation: int = 0
+
+    def view(self) -> dict[str, Any]:
+        """The public JSON shape (the console API and `taskbus schedules list --json`)."""
+        s = self.schedule
+        return {"name": s.name, "queue": s.queue, "type": s.task_type, "cron": s.cron, "every_s": s.every_s,
+                "tz": s.tz, "misfire": s.misfire, "max_catchup": s.max_catchup, "overlap": s.overlap,
+                "paused": self.paused, "generation": self.generation, "last_slot_s": self.last_s,
+                "last_task": self.last_task or None, "next_slot_s": next_after(s, self.last_s)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,20 +130,29 @@ class ScheduleStore:
         with unavailable_on_redis_errors():
             return sorted(str(q) for q in self.client.smembers(self.keys.queue_index()))
 
-    def set_paused(self, queue: str, name: str, paused: bool, actor: str) -> bool:
-        """Pause or resume; False when there is no such schedule."""
+    def set_paused(self, queue: str, name: str, paused: bool, actor: str) -> None:
+        """Pause or resume (`NotFound` when there is no such schedule)."""
         with unavailable_on_redis_errors():
             found = self.scripts.schedule_pause(keys=[self.keys.schedule(queue, name)],
                                                 args=["1" if paused else "0", actor], client=self.client)
-        return bool(found)
+        if not found:
+            raise _missing(queue, name)
 
-    def delete(self, queue: str, name: str) -> bool:
+    def get(self, queue: str, name: str) -> Stored:
+        """One stored schedule, or `NotFound`."""
+        found = next((s for s in self.load([queue]) if s.schedule.name == name), None)
+        if found is None:
+            raise _missing(queue, name)
+        return found
+
+    def delete(self, queue: str, name: str) -> None:
         """Remove a stored schedule (a worker that still declares it adds it back at its next start)."""
         with unavailable_on_redis_errors():
             pipe = self.client.pipeline(transaction=True)
             pipe.delete(self.keys.schedule(queue, name))
             pipe.srem(self.keys.schedules(queue), name)
-            return bool(pipe.execute()[0])
+            if not pipe.execute()[0]:
+                raise _missing(queue, name)
 
     def heartbeat(self, queues: Sequence[str]) -> None:
         """Say that a scheduler is looking at `queues` (see `Keys.schedulers_seen`)."""
@@ -151,3 +170,7 @@ class ScheduleStore:
     def close(self) -> None:
         self.client.close()
 
+
+
+def _missing(queue: str, name: str) -> NotFound:
+    return NotFound(f"no schedule named {name!r} on queue {queue!r}")

@@ -14,6 +14,7 @@ import pytest
 import redis
 
 from taskbus import cli_ops
+from taskbus.errors import NotFound
 from taskbus.keys import Keys
 from taskbus.schedules.model import Schedule
 from taskbus.schedules.slots import due, slot_task_id
@@ -145,7 +146,10 @@ def test_concurrent_upserts_leave_one_definition(store: ScheduleStore, r: redis.
     assert "changed" in mixed and int(stored["last_s"]) >= changed_at  # a change starts from the next slot
     assert r.smembers(keys.schedules(queue)) == {"nightly"}
     assert [(s.schedule, s.version) for s in store.load([queue])] == [(winner, winner.version())]
-    assert store.delete(queue, "nightly") and store.load([queue]) == []
+    store.delete(queue, "nightly")
+    assert store.load([queue]) == []
+    with pytest.raises(NotFound, match="no schedule named 'nightly'"):
+        store.delete(queue, "nightly")
     assert store.sync([a]) == [("created", 1)]
     assert [s.schedule for s in store.load([queue])] == [a]
 
