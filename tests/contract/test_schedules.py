@@ -1,10 +1,11 @@
 """Schedules against a real Valkey and real worker processes (`tests/handlers_sched.py`):
 exactly one run per slot while workers race, die and stall; the misfire policies after every
-worker was down; overlap=False; Kafka; concurrent upserts of one schedule; the operator commands."""
+worker was down; overlap=False; Kafka; concurrent upserts of one schedule; the operator commands and console routes."""
 
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
 import json
 import signal
 from collections.abc import Callable, Iterator
@@ -22,6 +23,7 @@ from taskbus.schedules.store import ScheduleStore
 from taskbus.settings import Settings
 from testkit.env import setting_vars
 from testkit.procs import Proc, wait_until
+from tests.http.conftest import build_app, close
 
 SCHED = "tests.handlers_sched"
 
@@ -197,3 +199,26 @@ def test_a_slot_fires_on_the_kafka_channel_too(workers: Callable[..., Proc], r: 
     task_id = slot_task_id(queue, "race", start)
     wait_until(lambda: r.hget(f"{queue}:runs", task_id), timeout=15, message="the slot's task ran", proc=proc)
     assert r.hget(keys.task(task_id), "status") == "succeeded"
+
+
+def test_the_console_lists_pauses_resumes_triggers_and_deletes(store: ScheduleStore, r: redis.Redis, keys: Keys,
+                                                                queue: str, settings: Settings) -> None:
+    store.sync([Schedule("tick", "record", every_s=60, queue=queue, payload={"key": f"{queue}:runs"})])
+    built = build_app("console", dataclasses.replace(settings, admin_keys=(("ops", "k"),)), "wsgi", ADMIN_KEYS="ops:k")
+    try:
+        http = built.app.test_client()
+        auth = {"Authorization": "Bearer k"}
+        base = f"/api/queues/{queue}/schedules"
+        listed = http.get(base, headers=auth).get_json()["schedules"]
+        assert [(s["name"], s["every_s"], s["paused"]) for s in listed] == [("tick", 60, False)]
+        assert http.post(f"{base}/tick:pause", headers=auth).get_json()["paused"] is True
+        assert r.hget(keys.schedule(queue, "tick"), "paused")
+        assert http.post(f"{base}/tick:resume", headers=auth).get_json()["paused"] is False
+        triggered = http.post(f"{base}/tick:trigger", headers=auth).get_json()
+        assert triggered["status"] == "queued" and r.hget(keys.task(triggered["id"]), "type") == "record"
+        assert http.post(f"{base}/tick:delete", headers=auth).get_json() == {"deleted": "tick"}
+        missing = http.post(f"{base}/tick:delete", headers=auth)
+        assert missing.status_code == 404 and "no schedule named 'tick'" in missing.get_json()["error"]["message"]
+        assert http.post(f"{base}/tick:pause").status_code == 401
+    finally:
+        close(built)
