@@ -5,7 +5,8 @@
 -- a second fence.
 -- KEYS[1] the schedule hash, KEYS[2] the queue's scheduler heartbeat (exists while some
 --   scheduler looked within the last few seconds), KEYS[3] the channel target: the stream
---   (XADD), or on Kafka the delayed zset (ZADD due now: the next promotion publishes it), KEYS[4] the delayed zset, KEYS[5] the task hash of the schedule's last task (for
+--   (XADD), or on Kafka the delayed zset (ZADD due now: the next promotion publishes it),
+--   KEYS[4] the delayed zset, KEYS[5] the task hash of the schedule's last task (for
 --   overlap=false; else any key), KEYS[5 + i] the task hash of candidate i
 -- ARGV[1] the definition version the caller fires, ARGV[2] target kind ('stream' | 'outbox'),
 --   ARGV[3] the last task id the caller assumes ('' none), ARGV[4..10] the task: type, queue,
