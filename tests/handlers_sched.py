@@ -1,11 +1,18 @@
 """The shared test handlers plus schedules on the test's queue (the worker's first QUEUES
-entry), each counting executions in `<queue>:runs` (task id -> count) through `record`."""
+entry), each counting executions in `<queue>:runs` (task id -> count) through `record`.
+With SCHEDULES_ONLY set, the schedules without the handlers: a worker that fires slots and runs
+none of their tasks (the clock-skew test's libfaketime breaks `time.sleep` in handlers)."""
 
 from __future__ import annotations
 
 import os
 
-from tests.handlers import registry
+from taskbus import Registry
+
+if os.environ.get("SCHEDULES_ONLY"):
+    registry = Registry()
+else:
+    from tests.handlers import registry
 
 QUEUE = os.environ["QUEUES"].split(",")[0]
 RUNS = f"{QUEUE}:runs"

@@ -1,6 +1,7 @@
 """Schedules against a real Valkey and real worker processes (`tests/handlers_sched.py`):
-exactly one run per slot while workers race, die and stall; the misfire policies after every
-worker was down; overlap=False; Kafka; concurrent upserts of one schedule; the operator commands and console routes."""
+exactly one run per slot while workers race, die, stall and disagree on the time by ±30 s;
+the misfire policies after every worker was down; overlap=False; Kafka; concurrent upserts of
+one schedule; the operator commands and console routes."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import dataclasses
 import json
 import signal
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import click.testing
 import pytest
@@ -22,7 +24,7 @@ from taskbus.schedules.slots import due, slot_task_id
 from taskbus.schedules.store import ScheduleStore
 from taskbus.settings import Settings
 from testkit.env import setting_vars
-from testkit.procs import Proc, wait_until
+from testkit.procs import Proc, spawn, wait_until
 from tests.http.conftest import build_app, close
 
 SCHED = "tests.handlers_sched"
@@ -59,10 +61,31 @@ def first_slot(r: redis.Redis, keys: Keys, queue: str, name: str, proc: Proc) ->
     return last_s(r, keys, queue, name)
 
 
-def test_racing_workers_fire_each_slot_once_through_a_kill_and_a_stall(
-    workers: Callable[..., Proc], r: redis.Redis, keys: Keys, queue: str
+@pytest.fixture
+def skewed(settings: Settings, tmp_path: Path) -> Iterator[Callable[[str], Proc]]:
+    """`skewed("+30s")`: a worker whose wall clock is off by that much (libfaketime) and which
+    fires the schedules of tests/handlers_sched.py but runs none of their tasks (libfaketime
+    makes `time.sleep` fail; with a faked monotonic clock too, timed `Event.wait` hangs, so
+    that one stays true, as on a skewed host). Killed after the test."""
+    started: list[Proc] = []
+
+    def start(offset: str) -> Proc:
+        proc = spawn("worker", dataclasses.replace(settings, handlers=SCHED), tmp_path,
+                     wrapper=("faketime", "-f", offset), FAKETIME_DONT_FAKE_MONOTONIC="1", SCHEDULES_ONLY="1")
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        proc.kill()
+
+
+def test_racing_workers_fire_each_slot_once_through_a_kill_a_stall_and_skewed_clocks(
+    workers: Callable[..., Proc], skewed: Callable[[str], Proc], r: redis.Redis, keys: Keys, queue: str
 ) -> None:
-    procs = [workers(handlers=SCHED) for _ in range(3)]
+    # 30 s ahead (then SIGKILLed), on time (then SIGSTOPped), 30 s behind (alive throughout):
+    # the slots follow Redis's clock, whatever the hosts' clocks say.
+    procs = [skewed("+30s"), workers(handlers=SCHED), skewed("-30s")]
     start = first_slot(r, keys, queue, "race", procs[0])
     wait_until(lambda: last_s(r, keys, queue, "race") >= start + 3, timeout=10, message="3 slots")
     procs[0].kill()
@@ -76,7 +99,7 @@ def test_racing_workers_fire_each_slot_once_through_a_kill_and_a_stall(
     slots = range(start, end + 1)
     ids = [slot_task_id(queue, "race", s) for s in slots]
     runs = f"{queue}:runs"
-    wait_until(lambda: all(r.hget(runs, i) for i in ids), timeout=15, message="every slot's task ran")
+    wait_until(lambda: all(r.hget(runs, i) for i in ids), timeout=20, message="every slot's task ran")
     assert [int(r.hget(runs, i) or 0) for i in ids] == [1] * len(ids)  # each slot ran exactly once
     statuses = {r.hget(keys.task(i), "status") for i in ids}
     assert statuses <= {"succeeded", "running", "queued"} and "succeeded" in statuses
