@@ -1,7 +1,7 @@
 """The operator commands of `taskbus`: queues, tasks, show, cancel, retry, pause, resume, purge,
-redrive, workers and enqueue. Each is a thin layer over the core (`taskbus.admin`,
-`taskbus.client`): arguments in, a rich table for people or `--json` (exactly one JSON document
-on stdout, an error too) for scripts.
+redrive, workers, enqueue and schedules (list, pause, resume, trigger, delete). Each is a thin
+layer over the core (`taskbus.admin`, `taskbus.client`, `taskbus.schedules`): arguments in, a
+rich table for people or `--json` (exactly one JSON document on stdout, an error too) for scripts.
 
 Exit codes, for scripts to branch on (not `serve`'s 3 for a bad setting: these are stable):
 0 done; 1 not found or refused (a 409: the task's state forbids it); 2 usage or configuration;
@@ -41,6 +41,7 @@ from taskbus.errors import (
     TaskbusError,
     Unavailable,
 )
+from taskbus.schedules.store import ScheduleStore
 from taskbus.settings import Settings, mask_url
 
 CONTEXT = {"help_option_names": ["-h", "--help"]}
@@ -82,6 +83,10 @@ class Ops:
     def client(self) -> Client:
         return Client(self.settings)
 
+    @functools.cached_property
+    def schedules(self) -> ScheduleStore:
+        return ScheduleStore(self.settings)
+
     def emit(self, document: Any) -> None:
         click.echo(codec.dumps(document).decode())
 
@@ -89,7 +94,7 @@ class Ops:
         self.out.print(line, markup=False, soft_wrap=True)  # a traceback line stays whole
 
     def close(self) -> None:
-        for name in ("admin", "redrives", "client"):
+        for name in ("admin", "redrives", "client", "schedules"):
             if name in self.__dict__:
                 with contextlib.suppress(TaskbusError):
                     self.__dict__[name].close()
@@ -445,4 +450,70 @@ def enqueue(ops: Ops, task_type: str, payload: Any, queue: str, wait: float | No
         _print_task(ops, task)
 
 
-COMMANDS = [queues, tasks, show, cancel, retry, pause, resume, purge, redrive, workers, enqueue]
+# --- schedules (taskbus.schedules) ------------------------------------------------------------
+
+
+@click.group(context_settings=CONTEXT, epilog=EPILOG)
+def schedules() -> None:
+    """The schedules stored in Redis (declared with `registry.schedule`): list, pause, resume,
+    trigger, delete."""
+
+
+@schedules.command("list", context_settings=CONTEXT)
+@click.option("--queue", default=None, help="Only this queue's schedules (default: every queue).")
+@click.option("--json", "as_json", is_flag=True, help="Print exactly one JSON document on stdout.")
+def schedules_list(queue: str | None, as_json: bool) -> None:
+    """The stored schedules, with their last and next slot."""
+    with _session(as_json) as ops:
+        rows = [s.view() for s in ops.schedules.load([queue] if queue else ops.schedules.queues())]
+        if ops.as_json:
+            return ops.emit({"schedules": rows})
+        columns = ["name", "queue", "type", "cron", "every_s", "tz", "misfire", "overlap", "paused", "next_slot_s"]
+        for row in rows:
+            row["next_slot_s"] = dt.datetime.fromtimestamp(row["next_slot_s"], dt.timezone.utc).isoformat()
+        ops.out.print(_table(columns, [[row[c] for c in columns] for row in rows]))
+
+
+def _schedule_action(name: str, help_text: str) -> Callable[[Callable[[Ops, str, str], str]], click.Command]:
+    def decorate(fn: Callable[[Ops, str, str], str]) -> click.Command:
+        @schedules.command(name, context_settings=CONTEXT, help=help_text)
+        @click.argument("schedule", metavar="NAME")
+        @click.option("--queue", default="default", show_default=True)
+        @click.option("--json", "as_json", is_flag=True, help="Print exactly one JSON document on stdout.")
+        def run(schedule: str, queue: str, as_json: bool) -> None:
+            with _session(as_json) as ops:
+                said = fn(ops, queue, schedule)
+                if ops.as_json:
+                    return ops.emit({"schedule": schedule, "queue": queue, "result": said})
+                ops.say(said)
+
+        return run
+
+    return decorate
+
+
+@_schedule_action("pause", "Pause schedule NAME: its slots pass unfired until it is resumed.")
+def schedules_pause(ops: Ops, queue: str, name: str) -> str:
+    ops.schedules.set_paused(queue, name, True, ops.actor)
+    return f"paused {name}"
+
+
+@_schedule_action("resume", "Resume schedule NAME from its next slot (slots passed while paused do not fire).")
+def schedules_resume(ops: Ops, queue: str, name: str) -> str:
+    ops.schedules.set_paused(queue, name, False, ops.actor)
+    return f"resumed {name}"
+
+
+@_schedule_action("trigger", "Enqueue schedule NAME's task now (a run of its own: no slot is used); print its id.")
+def schedules_trigger(ops: Ops, queue: str, name: str) -> str:
+    s = ops.schedules.get(queue, name).schedule
+    return ops.client.enqueue(s.task_type, s.payload if s.payload is not None else {}, queue=s.queue).id
+
+
+@_schedule_action("delete", "Delete schedule NAME (a worker that still declares it stores it again when it starts).")
+def schedules_delete(ops: Ops, queue: str, name: str) -> str:
+    ops.schedules.delete(queue, name)
+    return f"deleted {name}"
+
+
+COMMANDS = [queues, tasks, show, cancel, retry, pause, resume, purge, redrive, workers, enqueue, schedules]

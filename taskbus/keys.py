@@ -90,6 +90,21 @@ class Keys:
         The one key outside any queue's hash tag; only SADD and SMEMBERS touch it."""
         return f"{self.prefix}:queues"
 
+    def schedule(self, queue: str, name: str) -> str:
+        """A schedule's hash: def (JSON), version, generation, last_s (the last slot fired or
+        passed, epoch s), last_task, paused (exists while paused), updated_ms, and after slots
+        passed unfired by the misfire policy: missed_ms, missed_from_s, missed_to_s."""
+        return f"{self._queue_prefix(queue)}:schedule:{name}"
+
+    def schedules(self, queue: str) -> str:
+        """Set of the names of the queue's schedules."""
+        return f"{self._queue_prefix(queue)}:schedules"
+
+    def schedulers_seen(self, queue: str) -> str:
+        """Exists (a few seconds' TTL, renewed each loop) while some worker runs the queue's
+        schedules: slots that fall due while it is missing were missed (see schedule_fire.lua)."""
+        return f"{self._queue_prefix(queue)}:schedulers:seen"
+
     def idempotency(self, queue: str, key: str) -> str:
         digest = hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()
         return f"{self._queue_prefix(queue)}:idem:{digest}"

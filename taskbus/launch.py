@@ -3,8 +3,8 @@
 Settings (a bad one exits in one line), the handlers module named by `HANDLERS` (imported with the
 current directory importable, as Celery and RQ do, so a user's own project works), the start-up
 checks, `GET /healthz` and `GET /metrics` on `PORT` (or `METRICS_PORT`) when it is set, then the
-worker until SIGTERM/SIGINT, with a thread that continues the re-drives of its queues; tracing
-(when on) is set up first and flushed last.
+worker until SIGTERM/SIGINT, with a thread that continues the re-drives of its queues and one
+that fires their schedules; tracing (when on) is set up first and flushed last.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from types import ModuleType
 from taskbus import logs, preflight
 from taskbus.admin.redrive import RedriveRunner
 from taskbus.registry import Registry
+from taskbus.schedules import SchedulerRunner
 from taskbus.telemetry import tracing
 from taskbus.telemetry.metrics import WorkerMetrics
 from taskbus.worker import Worker
@@ -46,6 +47,8 @@ def run_worker(stop: threading.Event | None = None) -> int:
     worker = Worker(settings, registry, stop_event=stop, metrics=metrics)
     redrives = RedriveRunner(settings, settings.queues)  # any worker continues its queues' re-drives
     redrives.start()
+    scheduler = SchedulerRunner(settings, settings.queues, registry.schedules)  # any worker fires (no leader)
+    scheduler.start()
     health = None
     if port:
         try:
@@ -56,6 +59,7 @@ def run_worker(stop: threading.Event | None = None) -> int:
         return worker.run()
     finally:
         redrives.stop()
+        scheduler.stop()
         if health is not None:
             health.close()
         tracing.shutdown()  # the drained attempts' spans, within FLUSH_S

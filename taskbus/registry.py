@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 from taskbus.errors import Cancelled
+from taskbus.schedules.model import Schedule
 from taskbus.task import NAME_RE
 
 MAX_ATTEMPTS_LIMIT = 100
@@ -54,6 +55,7 @@ class Registry:
     def __init__(self) -> None:
         self._exact: dict[str, Registration] = {}
         self._prefixes: dict[str, Registration] = {}
+        self.schedules: list[Schedule] = []  # every worker syncs these into Redis at start
 
     def register(
         self, task_type: str, *, max_attempts: int | None = None, timeout_s: float | None = None
@@ -83,6 +85,20 @@ class Registry:
             self._exact[task_type] = registration
         else:
             raise ValueError(f"invalid task type {task_type!r}")
+
+    def schedule(
+        self, name: str, task_type: str, *, cron: str | None = None, every_s: int | None = None, tz: str = "UTC",
+        payload: Any = None, queue: str = "default", misfire: str = "once", max_catchup: int = 10,
+        overlap: bool = True,
+    ) -> Schedule:
+        """Enqueue `task_type` at every slot of `cron` or every `every_s` seconds (see
+        `taskbus.schedules.Schedule`); a bad declaration raises ValueError naming the schedule."""
+        schedule = Schedule(name, task_type, cron=cron, every_s=every_s, tz=tz, payload=payload, queue=queue,
+                            misfire=misfire, max_catchup=max_catchup, overlap=overlap)
+        if any(s.name == name and s.queue == queue for s in self.schedules):
+            raise ValueError(f"schedule {name!r}: declared twice on queue {queue!r}")
+        self.schedules.append(schedule)
+        return schedule
 
     def registration(self, task_type: str) -> Registration | None:
         if task_type in self._exact:

@@ -11,6 +11,7 @@ re-drives of its queues (a `RedriveRunner`), so a re-drive goes on while any con
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import logging
 import re
 from pathlib import Path
@@ -22,11 +23,13 @@ from taskbus import openapi, serving
 from taskbus import task as tasks
 from taskbus.admin import STATES, Admin
 from taskbus.admin.redrive import RedriveRunner, Redrives
+from taskbus.client import Client
 from taskbus.errors import Forbidden, NotFound, ValidationError
 from taskbus.http import Service, cancel_response, json_response, not_found, query_value
 from taskbus.http.body import json_body
 from taskbus.http.core import JSON_TYPE, Request, Response
 from taskbus.http.static import StaticFiles
+from taskbus.schedules.store import ScheduleStore
 from taskbus.settings import Settings
 from taskbus.state.reader import StatusReader
 from taskbus.telemetry.metrics import HttpMetrics, QueueCollector
@@ -54,12 +57,18 @@ class ObjectId(BaseConverter):
     regex = r"[^/]+(?<!:cancel)(?<!:retry)"
 
 
+class ScheduleName(BaseConverter):
+    """A schedule's name in a path, likewise without a custom method's suffix."""
+
+    regex = r"[^/]+(?<!:pause)(?<!:resume)(?<!:trigger)(?<!:delete)"
+
+
 class ReadOnly(Forbidden):
     code = "read_only"
 
 
 class ConsoleAPI:
-    converters = {"queue": QueueName, "id": ObjectId}
+    converters = {"queue": QueueName, "id": ObjectId, "schedule": ScheduleName}
     routes: tuple[tuple[str, str, str, tuple[str, ...] | None], ...] = (
         ("/api/queues", "GET", "queues", None),
         ("/api/queues/<queue:queue>", "GET", "queue", None),
@@ -75,6 +84,11 @@ class ConsoleAPI:
         ("/api/redrives/<id:redrive_id>", "GET", "redrive", None),
         ("/api/redrives/<id:redrive_id>:cancel", "POST", "cancel_redrive", None),
         ("/api/workers", "GET", "workers", None),
+        ("/api/queues/<queue:queue>/schedules", "GET", "schedules", None),
+        ("/api/queues/<queue:queue>/schedules/<schedule:name>:pause", "POST", "pause_schedule", None),
+        ("/api/queues/<queue:queue>/schedules/<schedule:name>:resume", "POST", "resume_schedule", None),
+        ("/api/queues/<queue:queue>/schedules/<schedule:name>:trigger", "POST", "trigger_schedule", None),
+        ("/api/queues/<queue:queue>/schedules/<schedule:name>:delete", "POST", "delete_schedule", None),
         ("/healthz", "GET", "healthz", None),
         ("/openapi.json", "GET", "openapi", None),
         ("/", "GET", "index", None),
@@ -98,6 +112,8 @@ class ConsoleAPI:
             raise ReadOnly("this console is read-only (CONSOLE_READ_ONLY=true): actions are refused")
         if "queue" in args and not tasks.NAME_RE.fullmatch(args["queue"]):
             raise NotFound(f"no queue named {args['queue'][:200]!r}")
+        if "name" in args and not tasks.NAME_RE.fullmatch(args["name"]):
+            raise NotFound(f"no schedule named {args['name'][:200]!r}")
         for name in ("task_id", "redrive_id"):
             if name in args and tasks.queue_of(args[name]) is None:
                 raise NotFound(f"no {name.removesuffix('_id').replace('redrive', 're-drive')} with id "
@@ -171,6 +187,37 @@ class ConsoleAPI:
     def cancel_redrive(self, request: Request, redrive_id: str) -> Response:
         return json_response(self.jobs.cancel(redrive_id, actor=request.actor))
 
+    # ----------------------------------------------------------------- schedules
+
+    def schedules(self, request: Request, queue: str) -> Response:
+        return json_response({"schedules": [s.view() for s in self.scheduled.load([queue])]})
+
+    def pause_schedule(self, request: Request, queue: str, name: str) -> Response:
+        self.scheduled.set_paused(queue, name, True, request.actor)
+        return json_response(self.scheduled.get(queue, name).view())
+
+    def resume_schedule(self, request: Request, queue: str, name: str) -> Response:
+        self.scheduled.set_paused(queue, name, False, request.actor)
+        return json_response(self.scheduled.get(queue, name).view())
+
+    def trigger_schedule(self, request: Request, queue: str, name: str) -> Response:
+        """A run of its own now (a fresh id: no slot is used)."""
+        s = self.scheduled.get(queue, name).schedule
+        enqueued = self.client.enqueue(s.task_type, s.payload if s.payload is not None else {}, queue=s.queue)
+        return json_response({"id": enqueued.id, "status": enqueued.status})
+
+    def delete_schedule(self, request: Request, queue: str, name: str) -> Response:
+        self.scheduled.delete(queue, name)
+        return json_response({"deleted": name})
+
+    @functools.cached_property
+    def scheduled(self) -> ScheduleStore:
+        return ScheduleStore(self.settings)
+
+    @functools.cached_property
+    def client(self) -> Client:
+        return Client(self.settings)
+
     # ----------------------------------------------------------------- the rest
 
     def workers(self, request: Request) -> Response:
@@ -201,6 +248,9 @@ class ConsoleAPI:
         self.jobs.close()
         self.admin.close()
         self.reader.close()
+        for opened in ("scheduled", "client"):
+            if opened in self.__dict__:
+                self.__dict__[opened].close()
 
 
 def _limit(request: Request) -> int:

@@ -28,6 +28,7 @@ class Scripts:
         *("enqueue", "start", "finish", "heartbeat", "read_due", "promote", "dead_letter_malformed", "announce"),
         *("kafka_start", "kafka_lease", "kafka_republish", "kafka_undo", "kafka_mark_published"),
         *("cancel", "requeue", "purge_queued", "redrive_claim", "redrive_step", "redrive_cancel"),
+        *("schedule_upsert", "schedule_fire", "schedule_pause"),
     )
     enqueue: Script
     start: Script
@@ -48,6 +49,9 @@ class Scripts:
     redrive_claim: Script
     redrive_step: Script
     redrive_cancel: Script
+    schedule_upsert: Script
+    schedule_fire: Script
+    schedule_pause: Script
 
     def __init__(self, client: redis.Redis) -> None:
         self.client = client

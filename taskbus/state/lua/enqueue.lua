@@ -18,27 +18,14 @@ local traceparent = ARGV[10 * (#KEYS / 4) + 2]
 for i = 1, #KEYS / 4 do
   local task, target, delayed, idem = KEYS[4 * i - 3], KEYS[4 * i - 2], KEYS[4 * i - 1], KEYS[4 * i]
   local a = 10 * i - 8
-  local id, delay, pending_ttl, idem_ttl = ARGV[a], tonumber(ARGV[a + 6]), tonumber(ARGV[a + 7]), ARGV[a + 8]
+  local id, idem_ttl = ARGV[a], ARGV[a + 8]
   local first = false
   if idem_ttl ~= '' then first = redis.call('GET', idem) end
   if first then
     out[i] = {first, 0, ''}
   else
-    local status = 'queued'
-    if delay > 0 then status = 'scheduled' end
-    redis.call('HSET', task, 'id', id, 'type', ARGV[a + 1], 'queue', ARGV[a + 2], 'payload', ARGV[a + 3],
-      'max_attempts', ARGV[a + 4], 'timeout_s', ARGV[a + 5], 'status', status, 'attempts', 0, 'created_ms', now)
-    if ARGV[a + 9] ~= '' then redis.call('HSET', task, 'defaults', ARGV[a + 9]) end
+    local status = record_task(task, target, delayed, outbox, now, ARGV, a)
     if traceparent then redis.call('HSET', task, 'traceparent', traceparent) end
-    -- a delayed task must outlive its delay: keep it PENDING_TTL_S past its due time
-    redis.call('EXPIRE', task, pending_ttl + math.ceil(delay / 1000))
-    if delay > 0 then
-      redis.call('ZADD', delayed, now + delay, id)
-    elseif outbox then
-      redis.call('ZADD', target, now, id)
-    else
-      redis.call('XADD', target, '*', 'id', id)
-    end
     if idem_ttl ~= '' then redis.call('SET', idem, id, 'EX', idem_ttl) end
     out[i] = {id, 1, status}
   end

@@ -17,6 +17,30 @@ local function now_ms()
   return t[1] * 1000 + math.floor(t[2] / 1000)
 end
 
+-- Record one new task and hand it to the channel: enqueue.lua's step, shared with
+-- schedule_fire.lua. `t[a..a+9]` holds the task in enqueue.lua's ARGV layout (id, type, queue,
+-- payload JSON, max_attempts, timeout_s, delay_ms, pending TTL s, -, the fields the request left
+-- out), so enqueue.lua passes its ARGV as is. `target` is the stream (XADD) or, with `outbox`,
+-- the Kafka outbox (ZADD). Returns the task's status.
+local function record_task(task, target, delayed, outbox, now, t, a)
+  local delay = tonumber(t[a + 6])
+  local status = 'queued'
+  if delay > 0 then status = 'scheduled' end
+  redis.call('HSET', task, 'id', t[a], 'type', t[a + 1], 'queue', t[a + 2], 'payload', t[a + 3],
+    'max_attempts', t[a + 4], 'timeout_s', t[a + 5], 'status', status, 'attempts', 0, 'created_ms', now)
+  if t[a + 9] ~= '' then redis.call('HSET', task, 'defaults', t[a + 9]) end
+  -- a delayed task must outlive its delay: keep it PENDING_TTL_S past its due time
+  redis.call('EXPIRE', task, tonumber(t[a + 7]) + math.ceil(delay / 1000))
+  if delay > 0 then
+    redis.call('ZADD', delayed, now + delay, t[a])
+  elseif outbox then
+    redis.call('ZADD', target, now, t[a])
+  else
+    redis.call('XADD', target, '*', 'id', t[a])
+  end
+  return status
+end
+
 -- Acknowledge a stream entry and delete it: acknowledged entries never pile up, and the
 -- stream is never trimmed by length (MAXLEN would delete pending entries too).
 local function ack(stream, group, entry)
