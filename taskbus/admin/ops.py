@@ -11,7 +11,7 @@ import redis
 
 from taskbus import codec
 from taskbus.admin import stats
-from taskbus.admin.rows import detail, row, workers_of
+from taskbus.admin.rows import as_int, as_json, detail, row, workers_of
 from taskbus.errors import Conflict, NotFound, ValidationError
 from taskbus.keys import Keys
 from taskbus.redact import redact
@@ -160,7 +160,7 @@ class Admin:
             rows.append({
                 **now, "id": fields.get("id", ""), "type": fields.get("type") or now.get("type"),
                 "queue": queue, "status": now.get("status") or "failed",
-                "attempts": _int(fields.get("attempts")), "error": _json(fields.get("error")),
+                "attempts": as_int(fields.get("attempts")), "error": as_json(fields.get("error")),
                 "entry": entry, "dead_at": iso(entry.split("-")[0]),
             })
         return rows, entries[-1][0] if len(entries) == limit else None
@@ -337,15 +337,3 @@ def _offset_cursor(cursor: str | None) -> int:
         raise ValidationError("cursor", "is not a cursor this listing returned")
     return int(cursor)
 
-
-def _int(raw: str | None) -> int | None:
-    return int(raw) if raw and raw.isdigit() else None
-
-
-def _json(raw: str | None) -> Any:
-    if not raw:
-        return None
-    try:
-        return codec.loads(raw)
-    except ValueError:
-        return raw

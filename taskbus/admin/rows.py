@@ -16,12 +16,12 @@ def row(record: dict[str, str]) -> dict[str, Any]:
         "type": record.get("type"),
         "queue": record.get("queue"),
         "status": record.get("status"),
-        "attempts": _int(record.get("attempts")),
-        "max_attempts": _int(record.get("max_attempts")),
+        "attempts": as_int(record.get("attempts")),
+        "max_attempts": as_int(record.get("max_attempts")),
         "created_at": iso(record.get("created_ms")),
         "started_at": iso(record.get("started_ms")),
         "finished_at": iso(record.get("finished_ms")),
-        "error": _json(record.get("error")),
+        "error": as_json(record.get("error")),
         "cancel_requested_at": iso(record.get("cancel_requested_ms")),
     }
 
@@ -30,13 +30,13 @@ def detail(record: dict[str, str]) -> dict[str, Any]:
     """Everything the status function shows, and the payload, the attempt history, the audit
     trail and the dead-letter entry."""
     out = row(record)
-    out["result"] = _json(record.get("result"))
-    out["payload"] = _json(record.get("payload"))
+    out["result"] = as_json(record.get("result"))
+    out["payload"] = as_json(record.get("payload"))
     out["worker"] = record.get("consumer")
     out["history"] = history(record)
     out["audit"] = [
         {"at": iso(str(a.get("at_ms"))), "actor": a.get("actor"), "action": a.get("action"), "detail": a.get("detail")}
-        for a in _json(record.get("audit")) or []
+        for a in as_json(record.get("audit")) or []
     ]
     entry = record.get("dead_entry")
     out["dead_letter"] = {"entry": entry, "at": iso(entry.split("-")[0])} if entry else None
@@ -49,18 +49,18 @@ def history(record: dict[str, str]) -> list[dict[str, Any]]:
     kept: dict[int, dict[str, Any]] = {}
     for field, raw in record.items():
         if field.startswith("attempt:") and field[8:].isdigit():
-            a = _json(raw) or {}
+            a = as_json(raw) or {}
             kept[int(field[8:])] = {
                 "attempt": int(field[8:]), "worker": a.get("worker"), "started_at": _iso(a.get("started_ms")),
                 "finished_at": _iso(a.get("finished_ms")), "outcome": a.get("outcome"), "error": a.get("error"),
             }
-    attempts = _int(record.get("attempts")) or 0
+    attempts = as_int(record.get("attempts")) or 0
     status = record.get("status")
     if attempts and record.get("started_ms") and attempts not in kept and status in TERMINAL | {"running"}:
         kept[attempts] = {
             "attempt": attempts, "worker": record.get("consumer"), "started_at": iso(record.get("started_ms")),
             "finished_at": iso(record.get("finished_ms")), "outcome": status,
-            "error": _json(record.get("error")) if status != "succeeded" else None,
+            "error": as_json(record.get("error")) if status != "succeeded" else None,
         }
     return [kept[n] for n in sorted(kept)]
 
@@ -88,11 +88,13 @@ def _iso(ms: Any) -> str | None:
     return iso(str(int(ms))) if isinstance(ms, (int, float)) else None
 
 
-def _int(raw: str | None) -> int | None:
+def as_int(raw: str | None) -> int | None:
+    """A stored integer field, or None (absent or not a number)."""
     return int(raw) if raw and raw.lstrip("-").isdigit() else None
 
 
-def _json(raw: str | None) -> Any:
+def as_json(raw: str | None) -> Any:
+    """A stored JSON field decoded, None when absent, the raw text when it is not JSON."""
     if not raw:
         return None
     try:
