@@ -16,7 +16,7 @@ import click.testing
 import pytest
 import redis
 
-from taskbus import cli_ops
+from taskbus import cli_schedules
 from taskbus.errors import NotFound
 from taskbus.keys import Keys
 from taskbus.schedules.model import Schedule
@@ -188,7 +188,7 @@ def test_concurrent_upserts_leave_one_definition(store: ScheduleStore, r: redis.
 def taskbus_cli(settings: Settings, *args: str) -> click.testing.Result:
     """`taskbus schedules ARGS --queue <queue> --json`, in process, configured by environment only."""
     runner = click.testing.CliRunner()
-    return runner.invoke(cli_ops.schedules, [*args, "--queue", settings.queues[0], "--json"],
+    return runner.invoke(cli_schedules.schedules, [*args, "--queue", settings.queues[0], "--json"],
                          env=setting_vars(settings))
 
 
