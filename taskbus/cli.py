@@ -62,8 +62,10 @@ def serve(function: str, wsgi: bool) -> None:
     except ValueError as exc:
         preflight.refuse(str(exc))
     settings = preflight.settings_or_exit()
-    if preflight.may_refuse(settings, function):  # refuse here, in one line, before gunicorn; it warns itself
-        preflight.check(settings, function, announce=False)
+    # Check here, before gunicorn's imports: a refusal or an unreachable Redis is said at once
+    # and once (not once per worker); the workers say the warnings.
+    preflight.check(settings, function, warn=False)
+    os.environ[preflight.CHECKED_ENV] = "1"
     argv = serving.gunicorn_argv(function, settings, path)
     from taskbus.telemetry.metrics import MULTIPROC_ENV, prepare_multiproc_dir  # only when serving
 

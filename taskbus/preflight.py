@@ -36,6 +36,9 @@ log = logging.getLogger(__name__)
 # server instead of being respawned forever; the CLIs use the same code.
 EXIT_REFUSED = 3
 REACH_TIMEOUT_S = 4.0  # the whole reachability check, DNS included: said within 5 s
+# Set by `taskbus serve` for the gunicorn it becomes: Redis was checked (and said) once, before
+# gunicorn's slow imports, so its workers do not check it again each.
+CHECKED_ENV = "TASKBUS_PREFLIGHT_DONE"
 _CLIENT_TIMEOUT_S = 1.5
 
 
@@ -61,19 +64,20 @@ def _console_open(settings: Settings) -> bool:
     return not settings.admin_keys and not settings.console_read_only
 
 
-def check(settings: Settings, role: str, *, announce: bool = True) -> None:
+def check(settings: Settings, role: str, *, warn: bool = True, redis_checked: bool = False) -> None:
     """Run the start-up checks of `role` (`enqueue`, `status`, `console` or `worker`). Refuses
     (exits) only on a Redis that cannot do what the settings ask, or a console without keys that
-    is not read-only; with `announce=False` warnings are left to the process that runs next
-    (`taskbus serve` checks before gunicorn, whose workers say them)."""
+    is not read-only. `taskbus serve` checks Redis before gunicorn with `warn=False` (warnings are
+    said by gunicorn's workers) and its workers then pass `redis_checked=True`."""
     if role == "console" and _console_open(settings):
         refuse("the console needs ADMIN_KEYS (or ADMIN_KEYS_FILE) of label:key entries, or CONSOLE_READ_ONLY=true "
                "to serve only its read views")
-    _check_redis(settings, role, announce)  # first: a refusal is then the only line
-    if role == "console" and not settings.admin_keys and announce:
+    if not redis_checked:
+        _check_redis(settings, role)  # first: a refusal is then the only line
+    if role == "console" and not settings.admin_keys and warn:
         log.warning("ADMIN_KEYS is not set: this read-only console shows every queue and task to anyone who can "
                     "reach it")
-    if role == "enqueue" and not settings.status_base_url and announce:
+    if role == "enqueue" and not settings.status_base_url and warn:
         log.warning(
             "STATUS_BASE_URL is not set: status_url and Location are relative (/tasks/<id>), which leads "
             "nowhere when the status function is deployed apart from this one; set it to the status "
@@ -81,7 +85,7 @@ def check(settings: Settings, role: str, *, announce: bool = True) -> None:
         )
 
 
-def _check_redis(settings: Settings, role: str, announce: bool) -> None:
+def _check_redis(settings: Settings, role: str) -> None:
     url = mask_url(settings.redis_url)
     client = redis.Redis.from_url(
         settings.redis_url,
@@ -94,14 +98,13 @@ def _check_redis(settings: Settings, role: str, announce: bool) -> None:
     try:
         failure = _within(REACH_TIMEOUT_S, client.ping)
         if failure is not None:
-            if announce:
-                log.error(f"Redis at {url} is unreachable: {failure}", extra={"fields": {"redis_url": url}})
+            log.error(f"Redis at {url} is unreachable: {failure}", extra={"fields": {"redis_url": url}})
             return
         if may_refuse(settings, role):
             failure = _within(REACH_TIMEOUT_S, lambda: _fsync_refusal(client, url))
             if isinstance(failure, _Refusal):
                 refuse(str(failure))
-            if failure is not None and announce:  # Redis went away meanwhile: the enqueue says it per request
+            if failure is not None:  # Redis went away meanwhile: the enqueue says it per request
                 log.error(f"could not check WAITAOF on Redis at {url}: {failure}")
     finally:
         client.close()

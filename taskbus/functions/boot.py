@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import os
 from collections.abc import Callable
 
 import flask
@@ -24,7 +25,7 @@ def boot(role: str, make_service: Callable[[Settings], Service]) -> tuple[Settin
     if flask.has_app_context():  # functions-framework loads the function module inside its app context
         gunicorn.install(flask.current_app, serving.threads(role, settings))
     uvicorn.install()
-    preflight.check(settings, role)
+    preflight.check(settings, role, redis_checked=os.environ.get(preflight.CHECKED_ENV) == "1")
     service = make_service(settings)
     # What is loaded now lives as long as the process: out of the collector's sight, a full
     # collection no longer walks it (measured: ~40 ms pauses in the console's page times).
