@@ -96,6 +96,8 @@ def table(result: dict[str, Any]) -> str:
         memory_table(w, s)
     if any(k.startswith("console/") for k in s):
         console_table(w, s)
+    if any(k.startswith("tracing/") for k in s):
+        tracing_table(w, s)
     # targets
     w("")
     w("TARGETS (lead's)")
@@ -506,6 +508,21 @@ def console_table(w: Callable[[str], None], s: dict[str, Any]) -> None:
             f"console RSS, whole process tree (MiB): started {cold:.1f}; empty queue after {CONSOLE_HTTP_CALLS} GETs "
             f"{before:.1f}; after the fill and {CONSOLE_HTTP_CALLS} more GETs {after:.1f} ({after - before:+.1f})"
         )
+
+
+def tracing_table(w: Callable[[str], None], s: dict[str, Any]) -> None:
+    """Tracing's cost: OpenTelemetry not importable, installed but off, on (OTLP to a local receiver)."""
+    w("")
+    w("TRACING: drain (1 proc, c32) and POST /tasks (c16) with OpenTelemetry absent / off / on")
+    w(f"  {'':<40} {'absent':>18} {'off':>18} {'on':>18} {'off/absent':>11} {'on/off':>8}")
+    for part, unit in (("drain", "tasks/s"), ("http", "tasks/s")):
+        base = f"tracing/{part}"
+        w(f"  {part + ' ' + unit:<40} " + " ".join(f"{fmt(s, f'{base}/{v}'):>18}" for v in ("absent", "off", "on"))
+          + f" {rfmt(ratio(s, f'{base}/off', f'{base}/absent')):>11} {rfmt(ratio(s, f'{base}/on', f'{base}/off')):>8}")
+    w(f"  {'worker CPU ms/task':<40} " + " ".join(
+        f"{fmt(s, f'tracing/drain/{v}/worker_cpu_ms', 3):>18}" for v in ("absent", "off", "on")))
+    w(f"  {'server p99 ms (http)':<40} " + " ".join(
+        f"{fmt(s, f'tracing/http/{v}/p99_ms', 2):>18}" for v in ("absent", "off", "on")))
 
 
 def console_worst(s: dict[str, Any], stat: str) -> tuple[str, float] | None:

@@ -4,6 +4,7 @@ being reshaped: repoint them here), so each measurement module sees only what it
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import http.client
 import importlib.metadata
@@ -11,6 +12,7 @@ import itertools
 import os
 import time
 import urllib.parse
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -114,6 +116,7 @@ class Stack:
         self.host = procs.HostLoad()  # CPU used outside the bench, so a perturbed run says so
         self._kafka_seq = itertools.count(1)
         self._kafka_stores: list[Store] = []
+        self.extra_env: dict[str, str] = {}  # see `environment`
 
     # servers
 
@@ -210,7 +213,16 @@ class Stack:
                 env[field.name.upper()] = ",".join(value) if isinstance(value, tuple) else str(value)
         env["PYTHONPATH"] = str(ROOT)
         env["BENCH_REDIS_URL"] = self.url
-        return env
+        return env | self.extra_env
+
+    @contextlib.contextmanager
+    def environment(self, **extra: str) -> Iterator[None]:
+        """Processes started in the block get `extra` on top of their environment."""
+        self.extra_env = extra
+        try:
+            yield
+        finally:
+            self.extra_env = {}
 
     def spawn(self, name: str, argv: list[str], settings: Settings | None = None) -> Proc:
         log = self.run_dir / f"{name}-{time.monotonic_ns()}.log"

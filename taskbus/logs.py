@@ -12,6 +12,7 @@ also carries the trace fields Cloud Logging joins it to its trace by, and `trace
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import sys
 import time
@@ -21,6 +22,10 @@ from typing import Any
 import orjson
 
 Context = Callable[[], "dict[str, Any] | None"]
+
+# The task a handler runs for (task_id, type, queue, attempt), set by the worker around the
+# handler call: the handler's own log lines carry them, with no logger adapter to pass around.
+TASK: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar("taskbus_task", default=None)
 
 
 class JsonFormatter(logging.Formatter):
@@ -43,6 +48,9 @@ class JsonFormatter(logging.Formatter):
         }
         if self.context is not None and (traced := self.context()):
             line.update(traced)
+        task = TASK.get()
+        if task is not None:
+            line.update(task)
         extra = record.__dict__.get("fields")
         if extra:
             line.update(extra)

@@ -19,7 +19,7 @@ import traceback
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from taskbus import codec
+from taskbus import codec, logs
 from taskbus.channel import Job, OutcomeKind
 from taskbus.errors import Cancelled, PermanentError
 from taskbus.registry import Context, Registry
@@ -148,6 +148,7 @@ class RunnerPool:
             return "failed", error_json("UnknownTaskType", f"no handler for task type {job.type!r}")
         ctx = Context(job.task_id, job.type, job.queue, job.attempt, job.max_attempts, running.deadline,
                       running.cancelled)
+        task = logs.TASK.set(log_fields(job))  # the handler's own lines carry the task's fields
         try:
             result = handler(job.payload, ctx)
         except Cancelled as exc:
@@ -156,6 +157,8 @@ class RunnerPool:
             if span is not None:
                 tracing.failed(span, exc)
             return failure(job, exc, traceback.format_exc())
+        finally:
+            logs.TASK.reset(task)
         return encode_result(result)
 
     def expire(self, now: float) -> None:

@@ -144,6 +144,7 @@ def test_a_handlers_span_is_a_child_of_its_attempt_and_its_log_lines_carry_the_t
     inside = [x for x in lines if x["message"] == "inside the handler's span"]
     assert sorted(x["task_id"] for x in inside) == sorted(ids)
     for line in inside:
+        assert (line["type"], line["queue"], line["attempt"]) == ("traced", queue, 1), "the task's fields"
         assert line["severity"] == "INFO" and line["time"].endswith("Z")
         assert line["logging.googleapis.com/trace"] == f"projects/{PROJECT}/traces/{trace_id}"
         assert line["logging.googleapis.com/trace_sampled"] is True
