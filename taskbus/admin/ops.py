@@ -206,8 +206,10 @@ class Admin:
     def cancel(self, task_id: str, actor: str) -> tuple[str, dict[str, Any]]:
         queue = self._queue_of(task_id)
         keys = [self.keys.task(task_id), self.keys.events(task_id), self.keys.delayed(queue), self.keys.outbox(queue),
-                self.keys.stats(queue), self.keys.recent(queue), self.keys.cancels(queue)]
-        args: list[Any] = [task_id, actor, self.settings.result_ttl_s, self.settings.recent_max]
+                self.keys.stats(queue), self.keys.recent(queue), self.keys.cancels(queue), *self.keys.limits(queue),
+                self.keys.stream(queue)]
+        args: list[Any] = [task_id, actor, self.settings.result_ttl_s, self.settings.recent_max,
+                           "delayed" if self.kafka else "stream"]
         with unavailable_on_redis_errors():
             reply: Any = self.scripts.cancel(keys=keys, args=args, client=self.client)
         self._refuse(task_id, reply, "cancel")
@@ -291,7 +293,8 @@ class Admin:
             entries = [(e, f.get("id", "")) for e, f in entries]
             if not entries:
                 return total
-            keys = [stream, self.keys.stats(queue), self.keys.recent(queue), self.keys.cancels(queue)]
+            keys = [stream, self.keys.stats(queue), self.keys.recent(queue), self.keys.cancels(queue),
+                    *self.keys.limits(queue)]
             args: list[Any] = [actor, self.settings.result_ttl_s, self.settings.recent_max]
             for entry, task_id in entries:
                 ok = queue_of(task_id) == queue
