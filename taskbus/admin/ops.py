@@ -22,7 +22,7 @@ from taskbus.task import check_name, iso, queue_of
 
 log = logging.getLogger(__name__)
 
-STATES = ("queued", "scheduled", "running", "dead", "finished")
+STATES = ("queued", "scheduled", "throttled", "running", "dead", "finished")
 PURGEABLE = ("queued", "dead")
 MAX_PAGE = 200
 PURGE_CHUNK = 500
@@ -129,6 +129,15 @@ class Admin:
         members: Any = self.client.zrange(key, offset, offset + limit - 1, withscores=True)
         found = self._rows([m for m, _ in members])
         rows = [{**r, field: iso(str(int(score)))} for r, (_, score) in zip(found, members)]
+        return rows, str(offset + limit) if len(members) == limit else None
+
+    def _list_throttled(self, queue: str, cursor: str | None, limit: int) -> Page:
+        """The tasks waiting for a concurrency slot: by limit key, each key's in its FIFO order."""
+        offset = _offset_cursor(cursor)
+        members: Any = self.client.zrange(self.keys.throttled(queue), offset, offset + limit - 1)
+        waiting = [m.split("\0") for m in members]  # type, key, order, task id
+        rows = [{**r, "limit_key": w[1] if len(w) == 4 else None}
+                for r, w in zip(self._rows([w[-1] for w in waiting]), waiting)]
         return rows, str(offset + limit) if len(members) == limit else None
 
     def _list_running(self, queue: str, cursor: str | None, limit: int) -> Page:

@@ -102,7 +102,7 @@ def test_fair_between_keys(client: Client, workers: Any, r: redis.Redis, queue: 
     last_b = max(k for k, (t, *_) in enumerate(seen) if t == "B")
     a_before = sum(1 for t, *_ in seen[:last_b] if t == "A")
     print(f"A starts before B's last: {a_before}")
-    assert a_before <= 60, a_before  # B's 5 turns (2 at once) cost A no more than a few turns' worth
+    assert a_before <= 40, a_before  # measured 11 on an idle host: B waits a few of A's turns, not its backlog
     assert max(n for t, *_, n, _ in seen if t == "B") <= 2
     wait_until(lambda: all_succeeded(client, b_ids), timeout=20, message="B succeeded")
 
