@@ -388,14 +388,27 @@ local function release_slot(id)
   end
 end
 
--- GCRA: reserve the next start of `slot` at ms `interval` apart, `burst` at once. Returns 0 when
--- it may start now, else the ms until its reserved time (the token is taken either way, so
--- the next task reserves a later time: FIFO, no herd).
-local function rate_reserve(slot, interval, burst, now)
-  local tat = tonumber(redis.call('HGET', L.rates, slot)) or now
+-- GCRA over `field` of the rates hash: ms `interval` apart, `burst` at once. Returns 0 when a
+-- start is allowed now, else the ms until it would be. `reserve`: the time is taken either way
+-- (the next task reserves a later one: FIFO, no herd); else only an allowed start takes it.
+local function gcra(field, interval, burst, now, reserve)
+  local tat = tonumber(redis.call('HGET', L.rates, field)) or now
   if tat < now then tat = now end
-  redis.call('HSET', L.rates, slot, tat + interval)
-  return math.max(0, math.ceil(tat + interval - burst * interval - now))
+  local wait = math.max(0, math.ceil(tat + interval - burst * interval - now))
+  if reserve or wait == 0 then redis.call('HSET', L.rates, field, tat + interval) end
+  return wait
+end
+
+-- The rate step of a start: a task reserves its time once (`paid`: it already has), and every
+-- start also passes a GCRA over actual starts (field slot.."\0a"), so tasks whose reserved
+-- times came late together (a slow promotion, a stalled worker) never bunch up. That one allows
+-- one more at once: a start late by less than an interval catches up instead of pushing every
+-- later one back, and any window of a period still holds at most rate + burst starts.
+local function rate_wait(slot, d, paid, now)
+  local wait = 0
+  if not paid then wait = gcra(slot, d[5], d[6], now, true) end
+  if wait == 0 then wait = gcra(slot .. '\0a', d[5], d[6] + 1, now, false) end
+  return wait
 end
 
 -- The flow-control step of a start, for a task of a limited type (`d` its handler row, `f` the
@@ -420,8 +433,8 @@ local function admit(task, id, entry, f, d, delayed, now)
       return {'throttled', 'concurrency'}
     end
   end
-  if d[5] > 0 and not f[12] then
-    local wait = rate_reserve(slot, d[5], d[6], now)
+  if d[5] > 0 then
+    local wait = rate_wait(slot, d, f[12], now)
     if wait > 0 then
       redis.call('ZADD', delayed, now + wait, id)
       redis.call('HSET', task, 'status', 'throttled', 'throttled_reason', 'rate', 'rate_paid', 1)
