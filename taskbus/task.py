@@ -25,7 +25,7 @@ SUCCEEDED, FAILED, CANCELLED = "succeeded", "failed", "cancelled"
 TERMINAL = frozenset({SUCCEEDED, FAILED, CANCELLED})
 STATUSES = (QUEUED, SCHEDULED, THROTTLED, RUNNING, SUCCEEDED, FAILED, CANCELLED)
 
-FIELDS = {"type", "payload", "queue", "max_attempts", "timeout_s", "delay_s"}
+FIELDS = {"type", "payload", "queue", "max_attempts", "timeout_s", "delay_s", "concurrency_key"}
 DEFAULTABLE = frozenset({"max_attempts", "timeout_s"})  # a handler may set its own defaults for these
 
 
@@ -42,6 +42,9 @@ class TaskSpec:
     # Fields the request left out ("max_attempts", "timeout_s"): the values above are the
     # deployment's defaults, and the handler's own defaults replace them when the task first starts.
     defaults: frozenset[str] = frozenset()
+    # The limit key its type's concurrency and rate limits count it under, instead of the payload
+    # field the type names (taskbus.limits); None: that field, or one key for the type.
+    concurrency_key: str | None = None
 
 
 def check_name(field: str, value: object) -> str:
@@ -86,6 +89,8 @@ def parse_spec(
         timeout_s=float(timeout_s),
         delay_s=float(delay_s),
         defaults=frozenset(DEFAULTABLE - set(obj)),
+        concurrency_key=check_idempotency_key("concurrency_key", obj["concurrency_key"])
+        if "concurrency_key" in obj else None,
     )
 
 

@@ -152,3 +152,21 @@ def test_sigkilled_holder_keeps_its_slot_until_reclaimed(client: Client, workers
     print(f"slot in use again {again_s:.2f} s after the SIGKILL (LEASE_S={settings.lease_s})")
     assert again_s <= settings.lease_s * 1.5 + 0.5, again_s  # reclaim polls every LEASE_S/2; 0.5 s for a loaded host
     assert seen[2][4] >= done[(held, 2)]  # never two holders
+
+
+def test_request_concurrency_key_overrides_the_payload_field(client: Client, workers: Any, r: redis.Redis,
+                                                             queue: str, mark: str, keys: Keys) -> None:
+    """All eight tasks name tenant "same" in their payload, but their requests put them under four
+    keys: four run at once (the handler counts overlap by the payload's tenant), two per key in turn."""
+    tasks = [{"type": "lim.one", "queue": queue, "payload": {"mark": mark, "tenant": "same", "seconds": 0.5},
+              "concurrency_key": f"k{i % 4}"} for i in range(8)]
+    ids = [t.id for t in client.enqueue_many(tasks)]
+    assert r.hget(keys.task(ids[1]), "ckey") == "k1"
+    workers(handlers=LIMITS, concurrency=8)
+    wait_until(lambda: all_succeeded(client, ids), timeout=30, message="all succeeded")
+    seen = starts(r, mark)
+    assert max(n for *_, n, _ in seen) == 4
+    done = ends(r, mark)
+    for k in range(4):  # each key's two ran one after the other
+        first, second = ids[k], ids[k + 4]
+        assert next(ms for _, i, _, _, ms in seen if i == second) >= done[(first, 1)]
