@@ -2,7 +2,8 @@
 handler records its start and end in Redis under `<payload.mark>`: `:starts` (a list of
 "tenant|id|attempt|overlap|server ms", overlap being how many of the tenant's runs were in
 progress, this one included) and `:ends` ("tenant|id|attempt|server ms"); sleeps
-`payload.first_s` on its first attempt (a run to SIGKILL) and `payload.seconds` otherwise."""
+`payload.first_s` on its first attempt (a run to SIGKILL) and `payload.seconds` otherwise, or,
+with `payload.hold`, until an item is pushed to that list (30 s at most)."""
 
 from __future__ import annotations
 
@@ -36,7 +37,10 @@ def _recorded(payload: Any, ctx: Context) -> Any:
     who = f"{tenant}|{ctx.id}|{ctx.attempt}"
     _START(keys=[f"{mark}:cur:{tenant}", f"{mark}:starts"], args=[who])
     first_s = payload.get("first_s")
-    time.sleep(float(first_s if first_s and ctx.attempt == 1 else payload.get("seconds", 0)))
+    if payload.get("hold"):
+        _client.blpop([payload["hold"]], timeout=30)
+    else:
+        time.sleep(float(first_s if first_s and ctx.attempt == 1 else payload.get("seconds", 0)))
     _END(keys=[f"{mark}:cur:{tenant}", f"{mark}:ends"], args=[who])
     return {"attempt": ctx.attempt}
 

@@ -414,12 +414,13 @@ local function rate_wait(slot, d, paid, now)
 end
 
 -- The flow-control step of a start, for a task of a limited type (`d` its handler row, `f` the
--- start's HMGET with f[1] status, f[4] type, f[5] payload, f[11] ckey, f[12] rate_paid). nil:
+-- start's HMGET with f[1] status, f[4] type, f[5] payload; `ckey` and `paid` its fields ckey and
+-- rate_paid; `entry` its stream entry, nil on Kafka: waiters are then in the order they came). nil:
 -- it may run now (holding its slot, if it has a concurrency limit); else {'throttled', reason}:
 -- it waits without spending an attempt, in its slot's FIFO (concurrency) or in the delayed zset
 -- until its reserved time (rate, `delayed`).
-local function admit(task, id, entry, f, d, delayed, now)
-  local slot = limit_key(f[4], d, f[11], f[5])
+local function admit(task, id, entry, f, d, delayed, now, ckey, paid)
+  local slot = limit_key(f[4], d, ckey, f[5])
   local holds = d[3] > 0 and redis.call('HGET', L.holders, id)
   if holds and f[1] == 'running' then return nil end  -- a reclaimed lease runs again under its slot
   if d[3] > 0 and not holds then
@@ -436,7 +437,7 @@ local function admit(task, id, entry, f, d, delayed, now)
     end
   end
   if d[5] > 0 then
-    local wait = rate_wait(slot, d, f[12], now)
+    local wait = rate_wait(slot, d, paid, now)
     if wait > 0 then
       redis.call('ZADD', delayed, now + wait, id)
       redis.call('HSET', task, 'status', 'throttled', 'throttled_reason', 'rate', 'rate_paid', 1)

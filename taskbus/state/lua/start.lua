@@ -80,7 +80,7 @@ for i = 1, n do
         release_slot(id)
         out[i] = {'dead', 'WorkerLost'}
       else
-        local held_back = limited(handler) and admit(task, id, entry, f, handler, delayed, now)
+        local held_back = limited(handler) and admit(task, id, entry, f, handler, delayed, now, f[11], f[12])
         if held_back then
           acked[#acked + 1] = entry
           out[i] = held_back
