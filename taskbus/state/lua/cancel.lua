@@ -31,6 +31,7 @@ end
 redis.call('ZREM', KEYS[3], id)
 redis.call('ZREM', KEYS[4], id)
 if f[3] then redis.call('ZREM', KEYS[10], f[3]) end
+if f[1] == 'throttled' then redis.call('HDEL', task, 'twait', 'rate_paid') end  -- a retry starts afresh
 release_slot(id)
 redis.call('HSET', task, 'cancel_requested_ms', now, 'cancel_by', actor)
 audit(task, now, actor, 'cancel', 'was ' .. f[1])
