@@ -155,9 +155,10 @@ def test_sigkilled_holder_keeps_its_slot_until_reclaimed(client: Client, workers
     wait_until(holders_ok, timeout=30, interval=0.01, message="both ran")
     seen, done = starts(r, mark), ends(r, mark)
     assert [(i, a) for _, i, a, *_ in seen] == [(held, 1), (held, 2), (waiter, 1)]
-    again_s = (seen[1][4] - killed_ms) / 1000
+    again_s = (int(r.hget(keys.task(held), "started_ms") or 0) - killed_ms) / 1000  # start.lua's admission
     print(f"slot in use again {again_s:.2f} s after the SIGKILL (LEASE_S={settings.lease_s})")
-    assert again_s <= settings.lease_s * 1.5 + 0.5, again_s  # reclaim polls every LEASE_S/2; 0.5 s for a loaded host
+    # the lease ends within LEASE_S of the kill and reclaim looks every LEASE_S/2; 1 s more for a loaded host
+    assert again_s <= settings.lease_s * 1.5 + 1.0, again_s
     assert seen[2][4] >= done[(held, 2)]  # never two holders
 
 
