@@ -105,7 +105,7 @@ class Keys:
         schedules: slots that fall due while it is missing were missed (see schedule_fire.lua)."""
         return f"{self._queue_prefix(queue)}:schedulers:seen"
 
-    # -- flow control (concurrency slots, rate limits: lua/lib.lua "Flow control") --
+    # -- flow control (concurrency slots, rate limits: lua/limits.lua) --
 
     def limit_holders(self, queue: str) -> str:
         """Hash: task id -> the limit key ("type\0key") whose concurrency slot it holds."""

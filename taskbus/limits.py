@@ -1,5 +1,5 @@
 """Flow-control declarations: a task type's concurrency and rate limits, checked at
-registration and laid out for the start script (see lua/lib.lua "Flow control").
+registration and laid out for the start script (see lua/limits.lua).
 
 A rate is "N/s", "N/m" or "N/h" (N a positive number; "/m" alone means 1 per minute). Redis
 keeps it as a GCRA: one theoretical arrival time per limit key, so the rate is shared by every
@@ -62,5 +62,5 @@ class Limits:
         return cls(concurrency or 0, concurrency_key or "", interval, burst or 1)
 
     def row(self) -> list[float | str]:
-        """The handler table's extra columns (lib.lua `handler_of` rows 3-6)."""
+        """The handler table's extra columns (rows 3-6 of a `handler_of` row, see lua/limits.lua)."""
         return [self.concurrency, self.key_field, self.interval_ms, self.burst]

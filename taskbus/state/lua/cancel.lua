@@ -2,7 +2,7 @@
 -- wins, in this script and in finish.lua: a task ends in exactly one terminal state.
 -- KEYS[1] task hash  KEYS[2] events channel  KEYS[3] delayed zset  KEYS[4] outbox zset
 --   KEYS[5] stats hash  KEYS[6] recently finished stream  KEYS[7] cancel requests set
---   KEYS[8..11] flow control: slot holders, slots held, throttled zset, rates (lib.lua `L`)
+--   KEYS[8..11] flow control: slot holders, slots held, throttled zset, rates (limits.lua `L`)
 --   KEYS[12] work stream (where a released slot's next waiter goes on Redis Streams)
 -- ARGV[1] task id  ARGV[2] actor (a key's label)  ARGV[3] result TTL s  ARGV[4] recently finished maxlen
 --   ARGV[5] 'stream' or 'delayed' (Kafka: a released slot's next waiter goes through the delayed zset)

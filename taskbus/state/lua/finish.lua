@@ -5,7 +5,7 @@
 -- did (the request was recorded first: cancel and finish never both win).
 -- KEYS[1] work stream  KEYS[2] delayed zset  KEYS[3] dead-letter stream  KEYS[4] stats hash
 --   KEYS[5] recently finished stream  KEYS[6] cancel requests set
---   KEYS[7..10] flow control: slot holders, slots held, throttled zset, rates (lib.lua `L`): an
+--   KEYS[7..10] flow control: slot holders, slots held, throttled zset, rates (limits.lua `L`): an
 --   attempt that ends (a retry too: it competes again) releases its slot to the slot's head waiter
 --   then per item i: KEYS[9+2i] task hash, KEYS[10+2i] events channel (sharded pub/sub)
 -- ARGV[1] group  ARGV[2] consumer  ARGV[3] result TTL s  ARGV[4] pending TTL s  ARGV[5] dead-letter maxlen

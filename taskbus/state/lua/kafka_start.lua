@@ -6,7 +6,7 @@
 -- Every task but a busy one leaves the outbox, where it waited to be published again if never started.
 -- KEYS[1] dead-letter stream  KEYS[2] outbox zset  KEYS[3] delayed zset  KEYS[4] workers hash
 --   KEYS[5] stats hash  KEYS[6] recently finished stream  KEYS[7] cancel requests set  KEYS[8] paused flag
---   KEYS[9..12] flow control: slot holders, slots held, throttled zset, rates (lib.lua `L`; a slot
+--   KEYS[9..12] flow control: slot holders, slots held, throttled zset, rates (limits.lua `L`; a slot
 --   released here goes to its next waiter through the delayed zset, then the outbox)
 --   then per task i: KEYS[11+2i] task hash, KEYS[12+2i] events channel
 -- ARGV[1] consumer  ARGV[2] result TTL s  ARGV[3] dead-letter maxlen  ARGV[4] lease ms
@@ -22,7 +22,7 @@
 --                 (a running task with a cancel request whose lease ended is cancelled now)
 --   {'deferred'}  this worker has no handler for its type, or the queue is paused: back in the
 --                 delayed zset, still queued (a paused queue's tasks are offered again every second)
---   {'throttled', reason[, wait ms]}  held back by its type's concurrency or rate limit (lib.lua
+--   {'throttled', reason[, wait ms]}  held back by its type's concurrency or rate limit (limits.lua
 --                 `admit`): it leaves the partition (commit the offset) and comes back through the
 --                 delayed zset and the outbox, no attempt spent
 --   {'dead', reason[, type, attempts, error]}  dead-lettered now: task record missing, the last

@@ -2,7 +2,7 @@
 -- ends `cancelled` (it never runs). An entry a worker has just read is still acknowledged
 -- unrun: its start finds the task cancelled.
 -- KEYS[1] work stream  KEYS[2] stats hash  KEYS[3] recently finished stream  KEYS[4] cancel requests set
---   KEYS[5..8] flow control: slot holders, slots held, throttled zset, rates (lib.lua `L`); a
+--   KEYS[5..8] flow control: slot holders, slots held, throttled zset, rates (limits.lua `L`); a
 --   purged entry's task that is `throttled` (back from a rate wait, or given a slot and not yet
 --   started) is purged too, and its slot goes to the next waiter
 --   then per entry i: KEYS[7+2i] task hash, KEYS[8+2i] events channel

@@ -3,7 +3,7 @@
 -- terminal states are announced on the task's events channel (long-polls wait for those alone).
 -- KEYS[1] work stream  KEYS[2] dead-letter stream  KEYS[3] delayed zset  KEYS[4] workers hash
 --   KEYS[5] stats hash  KEYS[6] recently finished stream  KEYS[7] cancel requests set  KEYS[8] paused flag
---   KEYS[9..12] flow control: slot holders, slots held, throttled (waiting) zset, rates (lib.lua `L`)
+--   KEYS[9..12] flow control: slot holders, slots held, throttled (waiting) zset, rates (limits.lua `L`)
 --   then per entry i: KEYS[11+2i] task hash, KEYS[12+2i] events channel
 -- ARGV[1] group  ARGV[2] consumer  ARGV[3] result TTL s  ARGV[4] dead-letter maxlen
 --   ARGV[5] this worker's handler table (JSON, see handler_of)  ARGV[6] unknown-type grace ms
@@ -20,7 +20,7 @@
 --   {'paused'}    the queue is paused: acknowledged, back in the delayed zset (still queued),
 --                 due in a second; workers do not read a paused queue, so it waits in the stream
 --   {'throttled', reason[, wait ms]}  held back by its type's concurrency or rate limit
---                 (lib.lua `admit`): acknowledged, waiting, no attempt spent
+--                 (limits.lua `admit`): acknowledged, waiting, no attempt spent
 --   {'dead', reason}  dead-lettered now: task record missing, the last attempt died with its
 --                 worker, or no live worker has a handler for its type
 local stream, dead, delayed, workers, group, consumer = KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[1], ARGV[2]
