@@ -69,9 +69,10 @@ class Registry:
         `concurrency_key`, or of the request's `concurrency_key`), `rate` ("10/s", "/m", "5/h")
         and `burst`: flow-control limits shared by every worker (README "Concurrency and rate limits")."""
 
+        limits = Limits.of(task_type, concurrency, concurrency_key, rate, burst)  # a bad one fails here
+
         def decorate(fn: Handler) -> Handler:
-            self.add(task_type, fn, max_attempts=max_attempts, timeout_s=timeout_s,
-                     limits=Limits.of(task_type, concurrency, concurrency_key, rate, burst))
+            self.add(task_type, fn, max_attempts=max_attempts, timeout_s=timeout_s, limits=limits)
             return fn
 
         return decorate

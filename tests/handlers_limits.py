@@ -3,7 +3,8 @@ handler records its start and end in Redis under `<payload.mark>`: `:starts` (a 
 "tenant|id|attempt|overlap|server ms", overlap being how many of the tenant's runs were in
 progress, this one included) and `:ends` ("tenant|id|attempt|server ms"); sleeps
 `payload.first_s` on its first attempt (a run to SIGKILL) and `payload.seconds` otherwise, or,
-with `payload.hold`, until an item is pushed to that list (30 s at most)."""
+with `payload.hold`, until an item is pushed to that list (30 s at most). With
+`payload.fail_first`, its first attempt then fails (a retry)."""
 
 from __future__ import annotations
 
@@ -42,6 +43,8 @@ def _recorded(payload: Any, ctx: Context) -> Any:
     else:
         time.sleep(float(first_s if first_s and ctx.attempt == 1 else payload.get("seconds", 0)))
     _END(keys=[f"{mark}:cur:{tenant}", f"{mark}:ends"], args=[who])
+    if payload.get("fail_first") and ctx.attempt == 1:
+        raise RuntimeError("first attempt fails")
     return {"attempt": ctx.attempt}
 
 

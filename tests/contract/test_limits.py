@@ -195,3 +195,30 @@ def test_kafka_channel_honours_the_limits(client: Client, workers: Any, r: redis
     rate_starts = sorted(int(r.hget(keys.task(i), "started_ms") or 0) for i in ids[12:])
     assert (rate_starts[-1] - rate_starts[0]) / 1000 >= 0.45  # 10 gaps of 50 ms
     wait_until(lambda: not r.exists(keys.limit_held(queue)), timeout=10, message="every slot released")
+
+
+def test_a_retry_releases_its_slot_and_queues_again(client: Client, workers: Any, r: redis.Redis, queue: str,
+                                                     mark: str) -> None:
+    """The first task fails once: its slot goes to the next waiter, and its retry waits behind
+    the tasks that were already waiting."""
+    first = enqueue(client, queue, "lim.one", mark, 1, tenant="t", fail_first=True)[0]
+    rest = enqueue(client, queue, "lim.one", mark, 2, tenant="t", seconds=0.2)
+    workers(handlers=LIMITS, concurrency=8)
+    wait_until(lambda: all_succeeded(client, [first, *rest]), timeout=30, message="all succeeded")
+    assert [(i, a) for _, i, a, *_ in starts(r, mark)] == [(first, 1), (rest[0], 1), (rest[1], 1), (first, 2)]
+    assert [(client.get(i) or {}).get("attempts") for i in (first, *rest)] == [2, 1, 1]
+
+
+def test_bad_limit_declarations_name_the_type() -> None:
+    from taskbus import Registry
+    from taskbus.limits import parse_rate
+
+    assert parse_rate("10/s") == 100.0 and parse_rate("/m") == 60_000.0 and parse_rate("2/h") == 1_800_000.0
+    registry = Registry()
+    for kwargs, words in [({"concurrency": 0}, "concurrency of 'x'"), ({"rate": "10/d"}, "'x': rate '10/d'"),
+                          ({"concurrency_key": "tenant"}, "need concurrency= or rate="),
+                          ({"rate": "1/s", "burst": 0}, "burst of 'x'")]:
+        with pytest.raises(ValueError, match=words):
+            registry.register("x", **kwargs)  # type: ignore[arg-type]
+    registry.register("y", concurrency=3, concurrency_key="tenant", rate="5/s", burst=2)(lambda p, c: None)
+    assert registry.table()["exact"]["y"] == [0, 0, 3, "tenant", 200.0, 2]
