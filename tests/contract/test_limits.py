@@ -15,6 +15,7 @@ import httpx
 import pytest
 import redis
 
+from taskbus.admin import Admin
 from taskbus.client import Client
 from taskbus.keys import Keys
 from taskbus.settings import Settings
@@ -116,7 +117,7 @@ def test_fair_between_keys(client: Client, workers: Any, r: redis.Redis, queue: 
 
 def test_throttled_is_visible_and_cancellable(client: Client, workers: Any, r: redis.Redis, queue: str,
                                               mark: str, keys: Keys, http: httpx.Client,
-                                              functions: dict[str, str]) -> None:
+                                              functions: dict[str, str], settings: Settings) -> None:
     holder = enqueue(client, queue, "lim.one", mark, 1, tenant="t1", hold=f"{mark}:release")[0]
     workers(handlers=LIMITS, concurrency=8)
     wait_until(lambda: r.llen(f"{mark}:starts") == 1, timeout=20, message="the holder started")
@@ -125,6 +126,14 @@ def test_throttled_is_visible_and_cancellable(client: Client, workers: Any, r: r
     shown = status(http, functions, waiting)
     assert shown["status"] == "throttled" and shown["throttled_reason"] == "concurrency"
     assert shown["attempts"] == 0
+    admin = Admin(settings)
+    try:  # the console's overview counts them and its listing shows them in their key's order
+        assert admin.overview(queue)["counts"]["throttled"] == 2
+        listed = admin.tasks(queue, "throttled")["tasks"]
+        assert [(t["id"], t["limit_key"], t["status"]) for t in listed] == [(waiting, "t1", "throttled"),
+                                                                             (after, "t1", "throttled")]
+    finally:
+        admin.close()
     assert client.cancel(waiting) == "cancelled"
     assert r.zcard(keys.throttled(queue)) == 1
     r.rpush(f"{mark}:release", "go")
