@@ -96,6 +96,9 @@ def table(result: dict[str, Any]) -> str:
         memory_table(w, s)
     if any(k.startswith("console/") for k in s):
         console_table(w, s)
+    if any(k.startswith("limits/") for k in s):
+        from bench.limits import limits_table  # its own module: the section and its table together
+        limits_table(w, s)
     if any(k.startswith("tracing/") for k in s):
         tracing_table(w, s)
     # targets

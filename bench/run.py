@@ -1,5 +1,5 @@
 """`make bench` — python -m bench.run [--quick] [--rounds R] [--n N]
-[--only drain,enqueue,latency,longpoll,peers,kafka,fsync,memory,console,tracing]
+[--only drain,enqueue,latency,longpoll,peers,kafka,fsync,memory,console,limits,tracing]
 
 Starts its own Valkey server, taskbus functions/workers and peer queues on free loopback
 ports, measures drain, enqueue and latency over several rounds (round-robin, so drift hits
@@ -25,7 +25,7 @@ import time
 import traceback
 from collections.abc import Callable
 
-from bench import console, drain, enqueue, fsync, latency, longpoll, memory, procs, tracing
+from bench import console, drain, enqueue, fsync, latency, limits, longpoll, memory, procs, tracing
 from bench.config import RESULTS, Config
 from bench.load import Load, ensure_wrk
 from bench.metrics import Metrics
@@ -44,9 +44,10 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--n", type=int, help="tasks per drain (default 20000)")
     ap.add_argument(
         "--only",
-        default="drain,enqueue,latency,longpoll,peers,kafka,fsync,memory,console,tracing",
-        help="comma-separated sections: drain, enqueue, latency, longpoll, peers, kafka, fsync, memory, console "
-        "(kafka: taskbus on its Kafka channel, in the drain section and, with latency, in the latency section)",
+        default="drain,enqueue,latency,longpoll,peers,kafka,fsync,memory,console,limits,tracing",
+        help="comma-separated sections: drain, enqueue, latency, longpoll, peers, kafka, fsync, memory, console, "
+        "limits, tracing (kafka: taskbus on its Kafka channel, in the drain section and, with latency, in the "
+        "latency section)",
     )
     ap.add_argument(
         "--systems",
@@ -83,6 +84,7 @@ def sections(stack: Stack, cfg: Config, m: Metrics, load: Load | None) -> list[S
         ("fsync", lambda: fsync.run_fsync(stack, cfg, m)),
         ("memory", lambda: memory.run_memory(stack, cfg, m)),
         ("console", lambda: console.run_console(stack, cfg, m)),
+        ("limits", lambda: limits.run_limits(stack, cfg, m)),
         ("tracing", lambda: tracing.run_tracing(stack, cfg, m, load)),
     ]
     drain_parts = [x for x in ("drain", "peers", "kafka") if x in cfg.only]

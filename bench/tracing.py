@@ -1,4 +1,4 @@
-"""Section 7, tracing: what OpenTelemetry tracing costs on the two hot paths, the drain (one
+"""Section 8, tracing: what OpenTelemetry tracing costs on the two hot paths, the drain (one
 worker process) and HTTP enqueue (`taskbus serve enqueue`, c=16), in three variants run
 round-robin within each round, so drift hits all alike:
 

@@ -251,15 +251,16 @@ def queues(ops: Ops) -> None:
     if ops.as_json:
         return ops.emit({"queues": rows})
     ops.out.print(_table(
-        ["queue", "paused", "queued", "scheduled", "running", "dead", "oldest queued s", "oldest running s",
-         "succeeded 1h", "failed 1h", "cancelled 1h", "dead evicted", "workers"],
-        [[o["queue"], o["paused"], *(o["counts"][k] for k in ("queued", "scheduled", "running", "dead")),
+        ["queue", "paused", "queued", "scheduled", "throttled", "running", "dead", "oldest queued s",
+         "oldest running s", "succeeded 1h", "failed 1h", "cancelled 1h", "dead evicted", "workers"],
+        [[o["queue"], o["paused"], *(o["counts"][k] for k in ("queued", "scheduled", "throttled", "running", "dead")),
           o["oldest_age_s"]["queued"], o["oldest_age_s"]["running"],
           *(o["last_hour"][k] for k in ("succeeded", "failed", "cancelled")), o["dead_letters"]["evicted"],
           o["workers"]] for o in rows]))
 
 
-EXTRA_COLUMNS = {"scheduled": ["due_at"], "running": ["worker", "idle_s"], "dead": ["dead_at", "error"]}
+EXTRA_COLUMNS = {"scheduled": ["due_at"], "throttled": ["limit_key"], "running": ["worker", "idle_s"],
+                 "dead": ["dead_at", "error"]}
 
 
 @command

@@ -91,6 +91,7 @@ class Enqueuer:
                 self.settings.pending_ttl_s,
                 (idempotency_ttl_s or self.settings.idempotency_ttl_s) if key is not None else "",
                 ",".join(sorted(spec.defaults)),
+                spec.concurrency_key or "",
             ]
         if traceparent is not None:
             args.append(traceparent)

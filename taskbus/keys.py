@@ -105,6 +105,29 @@ class Keys:
         schedules: slots that fall due while it is missing were missed (see schedule_fire.lua)."""
         return f"{self._queue_prefix(queue)}:schedulers:seen"
 
+    # -- flow control (concurrency slots, rate limits: lua/limits.lua) --
+
+    def limit_holders(self, queue: str) -> str:
+        """Hash: task id -> the limit key ("type\0key") whose concurrency slot it holds."""
+        return f"{self._queue_prefix(queue)}:limits:holders"
+
+    def limit_held(self, queue: str) -> str:
+        """Hash: limit key -> slots held (one per holder in `limit_holders`)."""
+        return f"{self._queue_prefix(queue)}:limits:held"
+
+    def throttled(self, queue: str) -> str:
+        """Lexicographic zset (scores 0) of "type\0key\0order\0task id": the tasks waiting for a
+        concurrency slot, each limit key's FIFO. Its ZCARD is the queue's throttled count."""
+        return f"{self._queue_prefix(queue)}:throttled"
+
+    def limit_rates(self, queue: str) -> str:
+        """Hash: limit key -> GCRA theoretical arrival time (ms, server clock) of its rate limit."""
+        return f"{self._queue_prefix(queue)}:limits:rates"
+
+    def limits(self, queue: str) -> list[str]:
+        """The four flow-control keys, in the order the scripts take them in KEYS."""
+        return [self.limit_holders(queue), self.limit_held(queue), self.throttled(queue), self.limit_rates(queue)]
+
     def idempotency(self, queue: str, key: str) -> str:
         digest = hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()
         return f"{self._queue_prefix(queue)}:idem:{digest}"

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 from taskbus.errors import Cancelled
+from taskbus.limits import Limits
 from taskbus.schedules.model import Schedule
 from taskbus.task import NAME_RE
 
@@ -46,6 +47,7 @@ class Registration:
     handler: Handler
     max_attempts: int | None = None  # for tasks of this type whose request gives none
     timeout_s: float | None = None
+    limits: Limits | None = None  # concurrency and rate limits (taskbus.limits)
 
 
 class Registry:
@@ -58,24 +60,30 @@ class Registry:
         self.schedules: list[Schedule] = []  # every worker syncs these into Redis at start
 
     def register(
-        self, task_type: str, *, max_attempts: int | None = None, timeout_s: float | None = None
+        self, task_type: str, *, max_attempts: int | None = None, timeout_s: float | None = None,
+        concurrency: int | None = None, concurrency_key: str | None = None, rate: str | None = None,
+        burst: int | None = None,
     ) -> Callable[[Handler], Handler]:
         """Decorator. `max_attempts` and `timeout_s` are this type's defaults, used when the
-        request that enqueued a task gives none."""
+        request that enqueued a task gives none. `concurrency` (per value of the payload field
+        `concurrency_key`, or of the request's `concurrency_key`), `rate` ("10/s", "/m", "5/h")
+        and `burst`: flow-control limits shared by every worker (README "Concurrency and rate limits")."""
+
+        limits = Limits.of(task_type, concurrency, concurrency_key, rate, burst)  # a bad one fails here
 
         def decorate(fn: Handler) -> Handler:
-            self.add(task_type, fn, max_attempts=max_attempts, timeout_s=timeout_s)
+            self.add(task_type, fn, max_attempts=max_attempts, timeout_s=timeout_s, limits=limits)
             return fn
 
         return decorate
 
     def add(self, task_type: str, fn: Handler, *, max_attempts: int | None = None,
-            timeout_s: float | None = None) -> None:
+            timeout_s: float | None = None, limits: Limits | None = None) -> None:
         if max_attempts is not None and not (isinstance(max_attempts, int) and 1 <= max_attempts <= MAX_ATTEMPTS_LIMIT):
             raise ValueError(f"max_attempts of {task_type!r} must be an integer from 1 to {MAX_ATTEMPTS_LIMIT}")
         if timeout_s is not None and not 0 < timeout_s <= TIMEOUT_LIMIT_S:
             raise ValueError(f"timeout_s of {task_type!r} must be > 0 and <= {TIMEOUT_LIMIT_S:g}")
-        registration = Registration(fn, max_attempts, None if timeout_s is None else float(timeout_s))
+        registration = Registration(fn, max_attempts, None if timeout_s is None else float(timeout_s), limits)
         if task_type.endswith(".*"):
             prefix = task_type[:-1]
             if not NAME_RE.fullmatch(prefix):
@@ -117,8 +125,9 @@ class Registry:
         """What the worker's scripts (and other workers) are told about these handlers: which
         types they take and their defaults, 0 meaning none (see lua/lib.lua `handler_of`)."""
 
-        def row(r: Registration) -> list[float]:
-            return [r.max_attempts or 0, r.timeout_s or 0]
+        def row(r: Registration) -> list[float | str]:
+            defaults: list[float | str] = [r.max_attempts or 0, r.timeout_s or 0]
+            return defaults + r.limits.row() if r.limits else defaults  # unlimited: no extra columns
 
         return {
             "exact": {t: row(r) for t, r in self._exact.items()},
@@ -126,5 +135,5 @@ class Registry:
         }
 
 
-HandlerTable = dict[str, dict[str, list[float]]]
+HandlerTable = dict[str, dict[str, list[float | str]]]
 ANY_TYPE: HandlerTable = {"exact": {}, "prefix": {"": [0, 0]}}  # takes every type, sets no default

@@ -20,12 +20,12 @@ NAME_RE = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
 ID_RE = re.compile(r"([A-Za-z0-9_.:-]{1,128})~([0-9a-f]{32})")
 IDEMPOTENCY_KEY_RE = re.compile(r"[\x21-\x7e](?:[\x20-\x7e]{0,253}[\x21-\x7e])?")
 
-QUEUED, SCHEDULED, RUNNING = "queued", "scheduled", "running"
+QUEUED, SCHEDULED, RUNNING, THROTTLED = "queued", "scheduled", "running", "throttled"
 SUCCEEDED, FAILED, CANCELLED = "succeeded", "failed", "cancelled"
 TERMINAL = frozenset({SUCCEEDED, FAILED, CANCELLED})
-STATUSES = (QUEUED, SCHEDULED, RUNNING, SUCCEEDED, FAILED, CANCELLED)
+STATUSES = (QUEUED, SCHEDULED, THROTTLED, RUNNING, SUCCEEDED, FAILED, CANCELLED)
 
-FIELDS = {"type", "payload", "queue", "max_attempts", "timeout_s", "delay_s"}
+FIELDS = {"type", "payload", "queue", "max_attempts", "timeout_s", "delay_s", "concurrency_key"}
 DEFAULTABLE = frozenset({"max_attempts", "timeout_s"})  # a handler may set its own defaults for these
 
 
@@ -42,6 +42,9 @@ class TaskSpec:
     # Fields the request left out ("max_attempts", "timeout_s"): the values above are the
     # deployment's defaults, and the handler's own defaults replace them when the task first starts.
     defaults: frozenset[str] = frozenset()
+    # The limit key its type's concurrency and rate limits count it under, instead of the payload
+    # field the type names (taskbus.limits); None: that field, or one key for the type.
+    concurrency_key: str | None = None
 
 
 def check_name(field: str, value: object) -> str:
@@ -86,6 +89,8 @@ def parse_spec(
         timeout_s=float(timeout_s),
         delay_s=float(delay_s),
         defaults=frozenset(DEFAULTABLE - set(obj)),
+        concurrency_key=check_idempotency_key("concurrency_key", obj["concurrency_key"])
+        if "concurrency_key" in obj else None,
     )
 
 
@@ -109,8 +114,9 @@ def queue_of(task_id: str) -> str | None:
 
 
 def view(record: dict[str, str]) -> dict[str, Any]:
-    """The public JSON shape of a stored task record (string fields from the task hash)."""
-    return {
+    """The public JSON shape of a stored task record (string fields from the task hash); a
+    `throttled` task also says which limit holds it back."""
+    shown = {
         "id": record["id"],
         "type": record["type"],
         "queue": record["queue"],
@@ -123,6 +129,9 @@ def view(record: dict[str, str]) -> dict[str, Any]:
         "result": codec.loads(record["result"]) if record.get("result") else None,
         "error": codec.loads(record["error"]) if record.get("error") else None,
     }
+    if record["status"] == THROTTLED:
+        shown["throttled_reason"] = record.get("throttled_reason") or "concurrency"
+    return shown
 
 
 def iso(ms: str | None) -> str | None:

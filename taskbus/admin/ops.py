@@ -22,7 +22,7 @@ from taskbus.task import check_name, iso, queue_of
 
 log = logging.getLogger(__name__)
 
-STATES = ("queued", "scheduled", "running", "dead", "finished")
+STATES = ("queued", "scheduled", "throttled", "running", "dead", "finished")
 PURGEABLE = ("queued", "dead")
 MAX_PAGE = 200
 PURGE_CHUNK = 500
@@ -131,6 +131,15 @@ class Admin:
         rows = [{**r, field: iso(str(int(score)))} for r, (_, score) in zip(found, members)]
         return rows, str(offset + limit) if len(members) == limit else None
 
+    def _list_throttled(self, queue: str, cursor: str | None, limit: int) -> Page:
+        """The tasks waiting for a concurrency slot: by limit key, each key's in its FIFO order."""
+        offset = _offset_cursor(cursor)
+        members: Any = self.client.zrange(self.keys.throttled(queue), offset, offset + limit - 1)
+        waiting = [m.split("\0") for m in members]  # type, key, order, task id
+        rows = [{**r, "limit_key": w[1] if len(w) == 4 else None}
+                for r, w in zip(self._rows([w[-1] for w in waiting]), waiting)]
+        return rows, str(offset + limit) if len(members) == limit else None
+
     def _list_running(self, queue: str, cursor: str | None, limit: int) -> Page:
         if self.kafka:  # Kafka has no pending list to page through
             return [], None
@@ -206,8 +215,10 @@ class Admin:
     def cancel(self, task_id: str, actor: str) -> tuple[str, dict[str, Any]]:
         queue = self._queue_of(task_id)
         keys = [self.keys.task(task_id), self.keys.events(task_id), self.keys.delayed(queue), self.keys.outbox(queue),
-                self.keys.stats(queue), self.keys.recent(queue), self.keys.cancels(queue)]
-        args: list[Any] = [task_id, actor, self.settings.result_ttl_s, self.settings.recent_max]
+                self.keys.stats(queue), self.keys.recent(queue), self.keys.cancels(queue), *self.keys.limits(queue),
+                self.keys.stream(queue)]
+        args: list[Any] = [task_id, actor, self.settings.result_ttl_s, self.settings.recent_max,
+                           "delayed" if self.kafka else "stream"]
         with unavailable_on_redis_errors():
             reply: Any = self.scripts.cancel(keys=keys, args=args, client=self.client)
         self._refuse(task_id, reply, "cancel")
@@ -291,7 +302,8 @@ class Admin:
             entries = [(e, f.get("id", "")) for e, f in entries]
             if not entries:
                 return total
-            keys = [stream, self.keys.stats(queue), self.keys.recent(queue), self.keys.cancels(queue)]
+            keys = [stream, self.keys.stats(queue), self.keys.recent(queue), self.keys.cancels(queue),
+                    *self.keys.limits(queue)]
             args: list[Any] = [actor, self.settings.result_ttl_s, self.settings.recent_max]
             for entry, task_id in entries:
                 ok = queue_of(task_id) == queue

@@ -36,6 +36,7 @@ def first_round(pipe: Any, keys: Keys, settings: Settings, queue: str) -> None:
     pipe.hgetall(keys.stats(queue))
     pipe.hgetall(keys.workers(queue))
     pipe.zcard(keys.outbox(queue))
+    pipe.zcard(keys.throttled(queue))  # waiting for a concurrency slot (flow control)
 
 
 @dataclasses.dataclass
@@ -52,6 +53,7 @@ class Head:
     counters: dict[str, str]
     workers: dict[str, str]
     outbox: int
+    throttled: int
     oldest_queued_ms: int | None = None
     running_task: str | None = None
     oldest_started_ms: int | None = None
@@ -67,7 +69,7 @@ class Head:
             pending=int(summary.get("pending") or 0), oldest_pending=summary.get("min"),
             scheduled=_count(r[3]), dead=_count(r[4]), paused=paused if r[5] is not None else None,
             counters=r[6] if isinstance(r[6], dict) else {}, workers=r[7] if isinstance(r[7], dict) else {},
-            outbox=_count(r[8]),
+            outbox=_count(r[8]), throttled=_count(r[9]),
         )
 
     def second_round(self, pipe: Any, keys: Keys, queue: str) -> None:
@@ -105,7 +107,8 @@ class Head:
             "paused": self.paused is not None,
             "paused_by": (self.paused or {}).get("by"),
             "paused_at": iso(str((self.paused or {}).get("at_ms") or "")) if self.paused else None,
-            "counts": {"queued": queued, "scheduled": self.scheduled, "running": running, "dead": self.dead},
+            "counts": {"queued": queued, "scheduled": self.scheduled, "throttled": self.throttled,
+                       "running": running, "dead": self.dead},
             "oldest_age_s": {
                 "queued": _age(now_ms, self.oldest_queued_ms) if queued and not kafka else None,
                 "running": _age(now_ms, self.oldest_started_ms) if running and not kafka else None,

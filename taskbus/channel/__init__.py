@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from taskbus.state.scripts import Scripts
 
 OutcomeKind = Literal["succeeded", "retry", "failed", "cancelled"]
-SkipKind = Literal["dead", "done", "busy", "lost", "deferred", "paused"]
+SkipKind = Literal["dead", "done", "busy", "lost", "deferred", "paused", "throttled"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,7 +69,8 @@ class Skip:
     finished, acknowledged; `busy`: another worker holds it, asked again later; `lost`: no longer
     ours (reclaimed by another worker); `deferred`: this worker has no handler for its type, so
     it waits (no attempt spent) for a worker that has one; `paused`: its queue is paused, so it
-    waits, still queued, for the queue to be resumed."""
+    waits, still queued, for the queue to be resumed; `throttled`: held back by its type's
+    concurrency or rate limit (`reason`), waiting without spending an attempt."""
 
     delivery: Delivery
     kind: SkipKind

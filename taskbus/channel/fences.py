@@ -108,7 +108,8 @@ class Fences:
         """Write outcomes in one script call; `entries[i]` is the stream entry to acknowledge with
         outcome i ('' when the channel acknowledges otherwise). Returns per outcome the status
         written, or None where this worker's lease was lost (fenced off)."""
-        keys = [self.keys.stream(queue), self.keys.delayed(queue), self.keys.dead(queue), *self.ending_keys(queue)]
+        keys = [self.keys.stream(queue), self.keys.delayed(queue), self.keys.dead(queue), *self.ending_keys(queue),
+                *self.keys.limits(queue)]
         args: list[Any] = [
             self.settings.consumer_group,
             self.consumer,

@@ -160,7 +160,7 @@ class StreamsChannel:
 
     def start(self, queue: str, deliveries: list[Delivery]) -> list[Verdict]:
         keys = [self.keys.stream(queue), self.keys.dead(queue), self.keys.delayed(queue), self.keys.workers(queue),
-                *self.fences.start_keys(queue)]
+                *self.fences.start_keys(queue), *self.keys.limits(queue)]
         args: list[Any] = [self.group, self.consumer, self.settings.result_ttl_s, self.settings.dead_max,
                            *self.fences.typing_args()]
         for d in deliveries:

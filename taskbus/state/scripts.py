@@ -14,10 +14,14 @@ from taskbus.errors import Unavailable
 log = logging.getLogger(__name__)
 
 
+PRELUDE = ("lib.lua", "limits.lua")  # the functions every script shares, in this order
+
+
 def load_script(name: str) -> str:
-    """Script `name`, after the functions every script shares (`lua/lib.lua`)."""
+    """Script `name`, after the functions every script shares (`lua/lib.lua`, then the flow
+    control's `lua/limits.lua`)."""
     lua = importlib.resources.files("taskbus.state").joinpath("lua")
-    return lua.joinpath("lib.lua").read_text("utf-8") + lua.joinpath(f"{name}.lua").read_text("utf-8")
+    return "".join(lua.joinpath(part).read_text("utf-8") for part in (*PRELUDE, f"{name}.lua"))
 
 
 class Scripts:

@@ -186,7 +186,7 @@ class QueueCollector:
                                        for name, doc, labels in QUEUE_GAUGES)
         for o in overviews:
             queue = o["queue"]
-            for state in ("queued", "scheduled", "running", "dead"):
+            for state in ("queued", "scheduled", "throttled", "running", "dead"):
                 tasks.add_metric([queue, state], o["counts"][state])
             for state in ("queued", "running"):
                 age.add_metric([queue, state], o["oldest_age_s"][state] or 0.0)

@@ -176,6 +176,8 @@ class Worker:
                     _log_skip(verdict)
                     if verdict.kind == "dead" and self.metrics is not None:
                         self.metrics.dead_lettered(queue)
+                    elif verdict.kind == "throttled" and verdict.reason == "rate":
+                        self._promote_by(now)  # it waits in the delayed zset: promote by its time
             if started:
                 if self.metrics is not None:
                     self.metrics.started([r.job for r in started], now_ms())
@@ -242,6 +244,9 @@ def _log_skip(verdict: Skip) -> None:
         log.info("no handler here for the task's type: left for a worker that has one", extra={"fields": fields})
     elif verdict.kind == "paused":
         log.debug("queue paused: task left queued", extra={"fields": {"task_id": d.task_id, "queue": d.queue}})
+    elif verdict.kind == "throttled":
+        fields = {"task_id": d.task_id, "queue": d.queue, "reason": verdict.reason}
+        log.debug("task throttled: it waits for its limit", extra={"fields": fields})
     elif verdict.kind == "busy":
         log.debug("task held by another worker; asking again later", extra={"fields": {"task_id": d.task_id}})
     else:

@@ -242,7 +242,7 @@ def test_overview_counts_and_ages(admin, client, queue, r, keys):
     client.enqueue_many([{"type": "echo", "queue": queue, "delay_s": 600}] * 2)
     r.xadd(keys.dead(queue), {"id": "", "type": "", "error": "{}"})
     o = admin.overview(queue)
-    assert o["counts"] == {"queued": 4, "scheduled": 2, "running": 0, "dead": 1}
+    assert o["counts"] == {"queued": 4, "scheduled": 2, "throttled": 0, "running": 0, "dead": 1}
     assert o["oldest_age_s"]["queued"] is not None and 0 <= o["oldest_age_s"]["queued"] < 30
     assert o["oldest_age_s"]["running"] is None
     assert len(o["per_minute"]) == 15 and len(o["per_10s"]) == 90

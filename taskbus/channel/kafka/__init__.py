@@ -86,7 +86,7 @@ class KafkaChannel:
 
     def start(self, queue: str, deliveries: list[Delivery]) -> list[Verdict]:
         keys = [self.keys.dead(queue), self.keys.outbox(queue), self.keys.delayed(queue), self.keys.workers(queue),
-                *self.fences.start_keys(queue)]
+                *self.fences.start_keys(queue), *self.keys.limits(queue)]
         args: list[Any] = [self.consumer, self.settings.result_ttl_s, self.settings.dead_max, self.lease_ms,
                            *self.fences.typing_args()]
         for d in deliveries:
@@ -121,6 +121,9 @@ class KafkaChannel:
         if kind == "deferred":  # back in the delay schedule: this record is done with
             self.book.done([d.entry])
             return Skip(d, "deferred")
+        if kind == "throttled":  # waiting for its limit, off the partition: it comes back through the outbox
+            self.book.done([d.entry])
+            return Skip(d, "throttled", reply[1])
         failed = (kind == "done" and reply[1] == "failed") or (kind == "dead" and len(reply) > 2)
         if failed:  # dead-lettered now (WorkerLost) or before (its topic record may be missing)
             dead.append((d, {"type": reply[2], "attempts": int(reply[3]), "error": _json(reply[4])}))

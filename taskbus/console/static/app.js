@@ -4,7 +4,7 @@
 // (never innerHTML): task payloads, errors and names are attacker-controlled.
 
 const KEY = "taskbus.adminKey";
-const STATES = ["queued", "scheduled", "running", "dead", "finished"];
+const STATES = ["queued", "scheduled", "throttled", "running", "dead", "finished"];
 const TERMINAL = ["succeeded", "failed", "cancelled"];
 const RETRYABLE = ["failed", "cancelled"];
 const REFRESH_MS = 2000;
@@ -192,6 +192,7 @@ const QUEUE_COLUMNS = [
   ["Queue", (o) => queueLink(o.queue), "queue"],
   ["Queued", (o) => o.counts.queued, "queued"],
   ["Scheduled", (o) => o.counts.scheduled, "scheduled"],
+  ["Throttled", (o) => o.counts.throttled ?? 0, "throttled"],
   ["Running", (o) => o.counts.running, "running"],
   ["Dead", (o) => link(`#/dead/${enc(o.queue)}`, o.counts.dead), "dead"],
   ["Evicted", (o) => (o.dead_letters ? h("span", { title: `dead letters kept: at most ${o.dead_letters.cap}, ${
@@ -271,6 +272,7 @@ const COMMON_COLUMNS = [
 const STATE_COLUMNS = {
   queued: [],
   scheduled: [["Due", (t) => time(t.due_at), "due_at"]],
+  throttled: [["Limit key", (t) => t.limit_key ?? "", "limit_key"]],
   running: [["Worker", (t) => t.worker ?? "–", "worker"], ["Idle", (t) => age(t.idle_s), "idle_s"]],
   dead: [["Dead since", (t) => time(t.dead_at), "dead_at"], ["Error", (t) => errorText(t.error), "error"]],
   finished: [["Finished", (t) => time(t.finished_at), "finished_at"], ["Error", (t) => errorText(t.error), "error"]],

@@ -5,7 +5,9 @@
 -- did (the request was recorded first: cancel and finish never both win).
 -- KEYS[1] work stream  KEYS[2] delayed zset  KEYS[3] dead-letter stream  KEYS[4] stats hash
 --   KEYS[5] recently finished stream  KEYS[6] cancel requests set
---   then per item i: KEYS[5+2i] task hash, KEYS[6+2i] events channel (sharded pub/sub)
+--   KEYS[7..10] flow control: slot holders, slots held, throttled zset, rates (limits.lua `L`): an
+--   attempt that ends (a retry too: it competes again) releases its slot to the slot's head waiter
+--   then per item i: KEYS[9+2i] task hash, KEYS[10+2i] events channel (sharded pub/sub)
 -- ARGV[1] group  ARGV[2] consumer  ARGV[3] result TTL s  ARGV[4] pending TTL s  ARGV[5] dead-letter maxlen
 --   ARGV[6] recently finished maxlen
 --   then per item i (6 each, from ARGV[6i+1]): stream entry id to acknowledge ('' for none: the
@@ -16,22 +18,28 @@
 -- that pass their fence are acknowledged together, in one XACK and one XDEL.
 local stream, group, consumer = KEYS[1], ARGV[1], ARGV[2]
 Q.stats, Q.recent, Q.cancels, Q.recent_max = KEYS[4], KEYS[5], KEYS[6], tonumber(ARGV[6])
+L.holders, L.held, L.waiting, L.rates = KEYS[7], KEYS[8], KEYS[9], KEYS[10]
 local now = now_ms()
 local acked = {}
 local out = {}
-for i = 1, (#KEYS - 6) / 2 do
-  local task, events = KEYS[5 + 2 * i], KEYS[6 + 2 * i]
+for i = 1, (#KEYS - 10) / 2 do
+  local task, events = KEYS[9 + 2 * i], KEYS[10 + 2 * i]
   local a = 6 * i + 1
   local entry, id, attempt, outcome, body, delay_ms = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4],
     tonumber(ARGV[a + 5])
   local f = redis.call('HMGET', task, 'status', 'attempts', 'consumer', 'type', 'terminal_writes',
-    'cancel_requested_ms', 'cancel_by', 'started_ms')
+    'cancel_requested_ms', 'cancel_by', 'started_ms', 'slot')
   if f[2] == attempt and f[3] == consumer and f[1] ~= 'running' and f[1] ~= 'queued' then
     out[i] = f[1]  -- a retried call whose first try landed (its reply was lost): idempotent
   elseif f[1] ~= 'running' or f[2] ~= attempt or f[3] ~= consumer then
     out[i] = false
   else
     if entry ~= '' then acked[#acked + 1] = entry end
+    if f[9] then  -- a limited type's slot (Kafka: its waiter goes through the delayed zset)
+      L.target, L.kind = entry ~= '' and stream or KEYS[2], entry ~= '' and 'stream' or 'delayed'
+      release_slot(id)
+      redis.call('HDEL', task, 'slot')
+    end
     local writes = (tonumber(f[5]) or 0) + 1  -- `terminal`'s count, in the same HSET
     if f[6] or outcome == 'cancelled' then
       if outcome ~= 'cancelled' then  -- what the handler did, kept in the history

@@ -20,7 +20,8 @@ end
 -- Record one new task and hand it to the channel: enqueue.lua's step, shared with
 -- schedule_fire.lua. `t[a..a+9]` holds the task in enqueue.lua's ARGV layout (id, type, queue,
 -- payload JSON, max_attempts, timeout_s, delay_ms, pending TTL s, -, the fields the request left
--- out), so enqueue.lua passes its ARGV as is. `target` is the stream (XADD) or, with `outbox`,
+-- out, and enqueue.lua's 11th: the request's `concurrency_key`, '' or absent for none), so
+-- enqueue.lua passes its ARGV as is. `target` is the stream (XADD) or, with `outbox`,
 -- the Kafka outbox (ZADD). Returns the task's status.
 local function record_task(task, target, delayed, outbox, now, t, a)
   local delay = tonumber(t[a + 6])
@@ -29,6 +30,7 @@ local function record_task(task, target, delayed, outbox, now, t, a)
   redis.call('HSET', task, 'id', t[a], 'type', t[a + 1], 'queue', t[a + 2], 'payload', t[a + 3],
     'max_attempts', t[a + 4], 'timeout_s', t[a + 5], 'status', status, 'attempts', 0, 'created_ms', now)
   if t[a + 9] ~= '' then redis.call('HSET', task, 'defaults', t[a + 9]) end
+  if t[a + 10] and t[a + 10] ~= '' then redis.call('HSET', task, 'ckey', t[a + 10]) end  -- flow control
   -- a delayed task must outlive its delay: keep it PENDING_TTL_S past its due time
   redis.call('EXPIRE', task, tonumber(t[a + 7]) + math.ceil(delay / 1000))
   if delay > 0 then

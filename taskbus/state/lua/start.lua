@@ -3,7 +3,8 @@
 -- terminal states are announced on the task's events channel (long-polls wait for those alone).
 -- KEYS[1] work stream  KEYS[2] dead-letter stream  KEYS[3] delayed zset  KEYS[4] workers hash
 --   KEYS[5] stats hash  KEYS[6] recently finished stream  KEYS[7] cancel requests set  KEYS[8] paused flag
---   then per entry i: KEYS[7+2i] task hash, KEYS[8+2i] events channel
+--   KEYS[9..12] flow control: slot holders, slots held, throttled (waiting) zset, rates (limits.lua `L`)
+--   then per entry i: KEYS[11+2i] task hash, KEYS[12+2i] events channel
 -- ARGV[1] group  ARGV[2] consumer  ARGV[3] result TTL s  ARGV[4] dead-letter maxlen
 --   ARGV[5] this worker's handler table (JSON, see handler_of)  ARGV[6] unknown-type grace ms
 --   ARGV[7] ms a worker counts as live after it was last seen  ARGV[8] longest deferral ms
@@ -18,33 +19,37 @@
 --   {'deferred'}  this worker has no handler for its type: acknowledged, back in the delayed zset
 --   {'paused'}    the queue is paused: acknowledged, back in the delayed zset (still queued),
 --                 due in a second; workers do not read a paused queue, so it waits in the stream
+--   {'throttled', reason[, wait ms]}  held back by its type's concurrency or rate limit
+--                 (limits.lua `admit`): acknowledged, waiting, no attempt spent
 --   {'dead', reason}  dead-lettered now: task record missing, the last attempt died with its
 --                 worker, or no live worker has a handler for its type
 local stream, dead, delayed, workers, group, consumer = KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[1], ARGV[2]
 Q.stats, Q.recent, Q.cancels, Q.recent_max = KEYS[5], KEYS[6], KEYS[7], tonumber(ARGV[9])
+L.holders, L.held, L.waiting, L.rates, L.target, L.kind = KEYS[9], KEYS[10], KEYS[11], KEYS[12], stream, 'stream'
 local handlers = cjson.decode(ARGV[5])
 local unknown = {tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])}
 local paused = redis.call('EXISTS', KEYS[8]) == 1
 local now = now_ms()
-local n = (#KEYS - 8) / 2
+local n = (#KEYS - 12) / 2
 local entries = {}
 for i = 1, n do entries[i] = ARGV[8 + 2 * i] end
 local mine = pending_of(stream, group, consumer, entries)
 local acked = {}  -- acknowledged together at the end (the fence above was read first, for all)
 local out = {}
 for i = 1, n do
-  local task, events = KEYS[7 + 2 * i], KEYS[8 + 2 * i]
+  local task, events = KEYS[11 + 2 * i], KEYS[12 + 2 * i]
   local entry, id = entries[i], ARGV[9 + 2 * i]
   if not mine[entry] then
     out[i] = {'lost'}
   else
     mine[entry] = nil  -- an entry listed twice is started once
     local f = redis.call('HMGET', task, 'status', 'attempts', 'max_attempts', 'type', 'payload', 'timeout_s',
-      'defaults', 'cancel_requested_ms', 'cancel_by', 'traceparent')
+      'defaults', 'cancel_requested_ms', 'cancel_by', 'traceparent', 'ckey', 'rate_paid')
     local handler = f[4] and handler_of(handlers, f[4])
     if not f[1] then
       acked[#acked + 1] = entry
       task_missing(dead, ARGV[4], id, 'expired or never written')
+      release_slot(id)
       out[i] = {'dead', 'TaskMissing'}
     elseif is_terminal(f[1]) then
       acked[#acked + 1] = entry
@@ -52,6 +57,7 @@ for i = 1, n do
     elseif f[1] == 'running' and f[8] then
       acked[#acked + 1] = entry
       cancel_now(task, events, id, now, f[9] or '', ARGV[3], 'cancelled while running; its worker vanished')
+      release_slot(id)
       out[i] = {'done'}
     elseif paused then
       acked[#acked + 1] = entry
@@ -60,6 +66,7 @@ for i = 1, n do
     elseif not handler then
       acked[#acked + 1] = entry
       if defer_unknown(task, events, delayed, dead, workers, id, f, now, unknown, ARGV[3], ARGV[4]) ~= false then
+        release_slot(id)
         out[i] = {'dead', 'UnknownTaskType'}
       else
         out[i] = {'deferred'}
@@ -70,9 +77,16 @@ for i = 1, n do
         write_defaults(task, extra)
         acked[#acked + 1] = entry
         worker_lost(task, events, dead, ARGV[3], ARGV[4], id, f[4], f[2], now)
+        release_slot(id)
         out[i] = {'dead', 'WorkerLost'}
       else
-        out[i] = begin_attempt(task, f, consumer, now, 'entry', entry, extra, f[10])
+        local held_back = limited(handler) and admit(task, id, entry, f, handler, delayed, now, f[11], f[12])
+        if held_back then
+          acked[#acked + 1] = entry
+          out[i] = held_back
+        else
+          out[i] = begin_attempt(task, f, consumer, now, 'entry', entry, extra, f[10])
+        end
       end
     end
   end
