@@ -52,7 +52,7 @@ def cluster_url(settings: Settings) -> tuple[str, list[tuple[str, int]]]:
 
 def seed_url(settings: Settings) -> str:
     """A plain `redis://` URL of REDIS_URL's first node (the start-up checks ping it)."""
-    return cluster_url(settings)[0]
+    return cluster_url(settings)[0] if settings.cluster else settings.redis_url
 
 
 def _options(settings: Settings, socket_timeout_s: float | None) -> dict[str, Any]:
