@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -22,6 +23,9 @@ import redis.exceptions as rex
 log = logging.getLogger(__name__)
 
 Call = tuple[list[str], list[Any]]  # KEYS and ARGV of one script call
+# CLUSTERDOWN lasts from a master's FAIL to its replica's promotion (40-60 ms measured); redis-py
+# pauses 0.25 s before it retries a command refused so.
+CLUSTER_DOWN_PAUSE_S = 0.25
 # A reply that says the node no longer owns the slot, or the cluster is mid-failover.
 _MOVED = (rex.MovedError, rex.AskError, rex.ClusterDownError, rex.TryAgainError, rex.MasterDownError)
 
@@ -52,49 +56,52 @@ def run_many(client: Any, sha: str, script: str, calls: list[Call],
              tail: list[tuple[Any, ...]]) -> tuple[list[Any], list[Any]]:
     """Each call of `script` (all keys of a call in one slot), grouped by the node that owns it,
     one pipeline per node, each followed by the `tail` commands (WAITAOF, WAIT) on that node's
-    connection. Returns the calls' replies in order, and every tail reply of every node."""
-    by_node: dict[str, tuple[redis.Redis, list[int]]] = {}
-    for index, (keys, _) in enumerate(calls):
-        node = client.get_node_from_key(keys[0])
-        by_node.setdefault(node.name, (node.redis_connection, []))[1].append(index)
+    connection. Returns the calls' replies in order, and every tail reply of every node.
+
+    A call answered NOSCRIPT (a replica promoted since the script was loaded: scripts are not
+    replicated), MOVED/ASK (the slot has a new owner) or CLUSTERDOWN/TRYAGAIN (refused while
+    a failover completes) did not run: only those calls run again, after loading the script on
+    that node, taking the new owner from the redirect or a pause, so none is applied twice."""
     replies: list[Any] = [None] * len(calls)
     tails: list[Any] = []
+    todo = list(range(len(calls)))
     with refreshing(client):
-        for node_redis, indexes in by_node.values():
-            ran = _run_on_node(node_redis, sha, script, [calls[i] for i in indexes], tail, tails)
-            for index, reply in zip(indexes, ran):
-                replies[index] = reply
+        for _ in range(3):
+            by_node: dict[str, tuple[redis.Redis, list[int]]] = {}
+            for index in todo:
+                node = client.get_node_from_key(calls[index][0][0])
+                by_node.setdefault(node.name, (node.redis_connection, []))[1].append(index)
+            todo = []
+            for node_redis, indexes in by_node.values():
+                got = _pipeline(node_redis, sha, [calls[i] for i in indexes], tail)
+                tails.extend(got[len(indexes):])
+                for index, reply in zip(indexes, got):
+                    replies[index] = reply
+                    if isinstance(reply, rex.NoScriptError):
+                        node_redis.script_load(script)
+                    elif isinstance(reply, (rex.MovedError, rex.AskError)):
+                        client.nodes_manager.move_slot(reply)
+                    elif not isinstance(reply, (rex.ClusterDownError, rex.TryAgainError)):
+                        continue
+                    todo.append(index)
+            if not todo:
+                break
+            if any(isinstance(replies[i], (rex.ClusterDownError, rex.TryAgainError)) for i in todo):
+                time.sleep(CLUSTER_DOWN_PAUSE_S)
+        for reply in [*replies, *tails]:
+            if isinstance(reply, Exception):
+                raise reply
     return replies, tails
 
 
-def _run_on_node(node: redis.Redis, sha: str, script: str, calls: list[Call], tail: list[tuple[Any, ...]],
-                 tails: list[Any]) -> list[Any]:
-    """One node's calls in one pipeline. A call the node answers NOSCRIPT (a replica promoted
-    since the script was loaded: scripts are not replicated) did not run; the script is loaded on
-    this node and only those calls run again, so none is applied twice. The tail replies of both
-    rounds go to `tails`: each covers the writes of its own round's connection."""
-    todo = list(range(len(calls)))
-    replies: list[Any] = [None] * len(calls)
-    for attempt in (1, 2):
-        pipe = node.pipeline(transaction=False)
-        for i in todo:
-            keys, args = calls[i]
-            pipe.execute_command("EVALSHA", sha, len(keys), *keys, *args)  # type: ignore[no-untyped-call]
-        for command in tail:
-            pipe.execute_command(*command)  # type: ignore[no-untyped-call]
-        got = pipe.execute(raise_on_error=False)
-        missing = [i for i, reply in zip(todo, got) if isinstance(reply, rex.NoScriptError)]
-        for i, reply in zip(todo, got):
-            replies[i] = reply
-        tails.extend(got[len(todo):])
-        if not missing or attempt == 2:
-            break
-        node.script_load(script)
-        todo = missing
-    for reply in [*replies, *tails]:
-        if isinstance(reply, Exception):
-            raise reply
-    return replies
+def _pipeline(node: redis.Redis, sha: str, calls: list[Call], tail: list[tuple[Any, ...]]) -> list[Any]:
+    """One node's calls and tail in one round trip on one connection; errors as values."""
+    pipe = node.pipeline(transaction=False)
+    for keys, args in calls:
+        pipe.execute_command("EVALSHA", sha, len(keys), *keys, *args)  # type: ignore[no-untyped-call]
+    for command in tail:
+        pipe.execute_command(*command)  # type: ignore[no-untyped-call]
+    return list(pipe.execute(raise_on_error=False))
 
 
 def mget(client: Any, keys: list[str]) -> list[Any]:
