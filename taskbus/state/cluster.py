@@ -26,6 +26,9 @@ Call = tuple[list[str], list[Any]]  # KEYS and ARGV of one script call
 # CLUSTERDOWN lasts from a master's FAIL to its replica's promotion (40-60 ms measured); redis-py
 # pauses 0.25 s before it retries a command refused so.
 CLUSTER_DOWN_PAUSE_S = 0.25
+# Replies after which a call did not run: it is sent again (to the new owner, after a pause, or
+# once its script is loaded).
+_NOT_RUN = (rex.NoScriptError, rex.MovedError, rex.AskError, rex.ClusterDownError, rex.TryAgainError)
 # A reply that says the node no longer owns the slot, or the cluster is mid-failover.
 _MOVED = (rex.MovedError, rex.AskError, rex.ClusterDownError, rex.TryAgainError, rex.MasterDownError)
 
@@ -74,7 +77,8 @@ def run_many(client: Any, sha: str, script: str, calls: list[Call],
             todo = []
             for node_redis, indexes in by_node.values():
                 got = _pipeline(node_redis, sha, [calls[i] for i in indexes], tail)
-                tails.extend(got[len(indexes):])
+                if not all(isinstance(reply, _NOT_RUN) for reply in got[:len(indexes)]):
+                    tails.extend(got[len(indexes):])  # else this node took none: its WAIT says nothing
                 for index, reply in zip(indexes, got):
                     replies[index] = reply
                     if isinstance(reply, rex.NoScriptError):

@@ -34,6 +34,8 @@ from testkit.rcluster import ValkeyCluster, queues_on_masters
 from testkit.settings import FAST
 from testkit.signing import sign_github
 
+# One cluster per test process: `pytest -n N --dist loadgroup` keeps all of these on one runner.
+pytestmark = pytest.mark.xdist_group("cluster")
 RUN = uuid.uuid4().hex[:8]
 GH_SECRET = "cluster-gh-secret"
 
@@ -124,7 +126,7 @@ def test_http_enqueue_drains_on_every_master_and_long_polls_wake(http, urls, cl_
     assert [finished(http, urls, t)["result"] for t in echoed] == [{"q": q} for q in cl_queues]
 
 
-def test_batch_over_three_masters_waits_for_a_replica_on_each(cl_settings, cl_queues, rc):
+def test_batch_over_three_masters_waits_for_a_replica_on_each(cl_settings, cl_queues, urls):
     """One enqueue_many over three masters: one pipeline per node, each with its WAITAOF and WAIT."""
     settings = dataclasses.replace(cl_settings, enqueue_fsync=True, enqueue_replicas=1)
     with Client(settings) as client:
