@@ -25,13 +25,16 @@ from taskbus.admin import Admin
 from taskbus.client import Client
 from taskbus.errors import DataLost, Unavailable
 from taskbus.keys import Keys
+from taskbus.schedules.model import Schedule
+from taskbus.schedules.slots import due, slot_task_id
+from taskbus.schedules.store import ScheduleStore
 from taskbus.settings import Settings
 from taskbus.state.reader import StatusReader
 from testkit.client import enqueue, finished, status
 from testkit.functions import FunctionPair, start_functions
 from testkit.procs import Proc, spawn, wait_until
 from testkit.rcluster import ValkeyCluster, queues_on_masters
-from testkit.settings import FAST
+from testkit.settings import FAST, kafka_settings
 from testkit.signing import sign_github
 
 # One cluster per test process: `pytest -n N --dist loadgroup` keeps all of these on one runner.
@@ -188,6 +191,40 @@ def test_sync_long_poll_and_health_on_the_cluster(cl_settings, cl_queues, urls, 
         rc.delete(flag)
     finally:
         reader.close()
+
+
+def test_schedules_sync_fire_and_delete_over_three_masters(cl_settings, cl_queues, urls, rc):
+    """The schedule store's pipelined upsert and load span the masters; a fired slot's task runs."""
+    store = ScheduleStore(cl_settings)
+    try:
+        store.sync([Schedule(f"tick-{q}", "echo", every_s=1, queue=q, payload={"q": q}) for q in cl_queues])
+        stored = store.load(cl_queues)
+        assert sorted(st.schedule.queue for st in stored) == sorted(cl_queues)
+        first = stored[0]
+        wait_until(lambda: store.server_time() >= first.last_s + 1, timeout=5, message="the next slot")
+        fired = store.fire(first, due(first.schedule, first.last_s, int(store.server_time()), 3))
+        assert fired.ids == [slot_task_id(first.schedule.queue, first.schedule.name, fired.last_s)]
+        with Client(cl_settings) as client:
+            assert (client.wait(fired.ids[0], 20) or {}).get("status") == "succeeded"
+        for st in stored:
+            store.delete(st.schedule.queue, st.schedule.name)
+        assert store.load(cl_queues) == []
+    finally:
+        store.close()
+
+
+def test_the_kafka_channel_keeps_its_state_on_the_cluster(cl_settings, cl_queues, kafka, tmp_path):
+    """CHANNEL=kafka with the task state (and the outbox) on the cluster: enqueue produces, a
+    worker's fenced start and finish run on the cluster, the long-poll wakes."""
+    settings = dataclasses.replace(cl_settings, queues=tuple(f"k{q}" for q in cl_queues[:2]),
+                                   enqueue_replicas=0, **kafka_settings(kafka))  # type: ignore[arg-type]
+    worker = spawn("worker", settings, tmp_path)
+    try:
+        with Client(settings) as client:
+            done = [client.enqueue("echo", {"q": q}, queue=q) for q in settings.queues]
+            assert [(client.wait(d.id, 30) or {}).get("result") for d in done] == [{"q": q} for q in settings.queues]
+    finally:
+        worker.kill()
 
 
 def test_a_frozen_replica_makes_enqueue_replicas_answer_unavailable(valkey_cluster, cl_settings, cl_queues):
