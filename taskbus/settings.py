@@ -192,9 +192,11 @@ class Settings:
         if not self.cluster:
             return
         parts = urlsplit(self.redis_url)
-        if parts.scheme.startswith("unix") or parts.path not in ("", "/", "/0") or "db=" in parts.query:
+        seeds = parts.netloc.rpartition("@")[2].split(",")
+        if (parts.scheme.startswith("unix") or parts.path not in ("", "/", "/0") or "db=" in parts.query
+                or not all(re.fullmatch(r"[^:\s]+(:\d{1,5})?", seed) for seed in seeds)):
             raise _bad("REDIS_URL", mask_url(self.redis_url), "redis[s][+cluster]://[[user]:password@]host[:port]"
-                       "[,host:port...] with db 0 (a Redis Cluster has only db 0)")
+                       "[,host[:port]...] with db 0 (a Redis Cluster has only db 0)")
 
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")

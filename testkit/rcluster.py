@@ -158,14 +158,14 @@ class ValkeyCluster:
                     node.process.wait(10)
 
 
-def queues_on_masters(cluster: ValkeyCluster, prefix: str, tag: str) -> list[str]:
-    """One queue name per master's slot range (`<prefix>-<tag>-<n>`), for tests that span masters.
-    The slot depends only on the queue name (the hash tag of its keys)."""
-    width = SLOTS // cluster.masters
+def queues_on_masters(prefix: str, tag: str, masters: int = 3) -> list[str]:
+    """One queue name per master's slot range of a fresh `ValkeyCluster` (`<prefix>-<tag>-<n>`),
+    for tests that span masters. The slot depends only on the queue name (its keys' hash tag)."""
+    width = SLOTS // masters
     names: dict[int, str] = {}
     n = 0
-    while len(names) < cluster.masters:
+    while len(names) < masters:
         name = f"{prefix}-{tag}-{n}"
-        names.setdefault(min(key_slot(name.encode()) // width, cluster.masters - 1), name)
+        names.setdefault(min(key_slot(name.encode()) // width, masters - 1), name)
         n += 1
-    return [names[i] for i in range(cluster.masters)]
+    return [names[i] for i in range(masters)]

@@ -146,6 +146,7 @@ class AsyncStatusReader:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._client: redis.asyncio.Redis | None = None
         self._subscriptions: dict[str, Subscriptions] = {}  # by node name; one ("") on standalone
+        self._gate: asyncio.Semaphore | None = None
         self.draining = asyncio.Event()  # set on SIGTERM: every long-poll answers now
 
     def _clients(self) -> redis.asyncio.Redis:
@@ -155,7 +156,22 @@ class AsyncStatusReader:
             self.draining = asyncio.Event()
             self._client = connect_async(self.settings, pool_wait_s=POOL_WAIT_S)
             self._subscriptions = {}
+            # redis-py's asyncio cluster fails a command at once when a node's connections are all
+            # in use (no blocking pool): requests queue here instead, as they do for the pool.
+            self._gate = asyncio.Semaphore(self.settings.redis_max_connections) if self.settings.cluster else None
         return self._client
+
+    async def _hgetall(self, client: redis.asyncio.Redis, key: str) -> Any:
+        if self._gate is None:
+            return await client.hgetall(key)
+        try:
+            await asyncio.wait_for(self._gate.acquire(), POOL_WAIT_S)
+        except asyncio.TimeoutError:
+            raise redis.ConnectionError("no free Redis connection") from None
+        try:
+            return await client.hgetall(key)
+        finally:
+            self._gate.release()
 
     def _subscriptions_of(self, client: redis.asyncio.Redis, channel: str) -> Subscriptions:
         """The shared subscription that carries `channel`: on a cluster, that of the master that
@@ -181,7 +197,7 @@ class AsyncStatusReader:
             return None
         client = self._clients()
         with unavailable_on_redis_errors():
-            record: Any = await client.hgetall(self.keys.task(task_id))
+            record: Any = await self._hgetall(client, self.keys.task(task_id))
         return record or None
 
     async def wait(self, task_id: str, timeout_s: float) -> dict[str, str] | None:
@@ -196,7 +212,7 @@ class AsyncStatusReader:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
         with unavailable_on_redis_errors():
-            record: Any = await client.hgetall(task_key)
+            record: Any = await self._hgetall(client, task_key)
             if not record or record.get("status") in TERMINAL or self.draining.is_set():
                 return record or None
             subscriptions = self._subscriptions_of(client, channel)
@@ -218,7 +234,7 @@ class AsyncStatusReader:
             raise redis.TimeoutError("no subscription confirmation") from None
         try:
             while True:
-                record: Any = await client.hgetall(task_key)
+                record: Any = await self._hgetall(client, task_key)
                 remaining = deadline - loop.time()
                 if not record or record.get("status") in TERMINAL or remaining <= 0 or self.draining.is_set():
                     return record or None

@@ -45,7 +45,7 @@ def cluster_url(settings: Settings) -> tuple[str, list[tuple[str, int]]]:
     scheme = parts.scheme.removesuffix("+cluster")
     auth, _, hosts = parts.netloc.rpartition("@")
     first, *others = hosts.split(",")
-    seeds = [(host, int(port or 6379)) for host, _, port in (o.rpartition(":") for o in others)]
+    seeds = [(host, int(port or 6379)) for host, _, port in (o.partition(":") for o in others)]
     netloc = f"{auth}@{first}" if auth else first
     return urlunsplit((scheme, netloc, parts.path, parts.query, parts.fragment)), seeds
 

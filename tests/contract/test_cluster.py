@@ -56,7 +56,7 @@ def valkey_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ValkeyC
 @pytest.fixture(scope="session")
 def cl_queues(valkey_cluster: ValkeyCluster) -> list[str]:
     """Three queues, one on each master (`a` on the seed node, which is never killed)."""
-    return queues_on_masters(valkey_cluster, "cq", RUN)
+    return queues_on_masters("cq", RUN)
 
 
 @pytest.fixture(scope="session")
