@@ -20,7 +20,6 @@ import httpx
 import pytest
 import redis
 
-from local.embedded import free_port
 from taskbus.admin import Admin
 from taskbus.client import Client
 from taskbus.errors import DataLost, Unavailable
@@ -33,44 +32,11 @@ from taskbus.state.reader import StatusReader
 from testkit.client import enqueue, finished, status
 from testkit.functions import FunctionPair, start_functions
 from testkit.procs import Proc, spawn, wait_until
-from testkit.rcluster import ValkeyCluster, queues_on_masters
-from testkit.settings import FAST, kafka_settings
+from testkit.settings import kafka_settings
 from testkit.signing import sign_github
 
-# One cluster per test process: `pytest -n N --dist loadgroup` keeps all of these on one runner.
-pytestmark = pytest.mark.xdist_group("cluster")
-RUN = uuid.uuid4().hex[:8]
+pytestmark = pytest.mark.xdist_group("cluster")  # with `--dist loadgroup`: one cluster for all of them
 GH_SECRET = "cluster-gh-secret"
-
-
-@pytest.fixture(scope="session")
-def valkey_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ValkeyCluster]:
-    cluster = ValkeyCluster(tmp_path_factory.mktemp("rcluster"))
-    try:
-        cluster.start()
-        yield cluster
-    finally:
-        cluster.stop()
-
-
-@pytest.fixture(scope="session")
-def cl_queues(valkey_cluster: ValkeyCluster) -> list[str]:
-    """Three queues, one on each master (`a` on the seed node, which is never killed)."""
-    return queues_on_masters("cq", RUN)
-
-
-@pytest.fixture(scope="session")
-def cl_settings(valkey_cluster: ValkeyCluster, cl_queues: list[str]) -> Settings:
-    return Settings(redis_url=valkey_cluster.url, redis_cluster=True, key_prefix=f"tbc{RUN}", queues=tuple(cl_queues),
-                    enqueue_port=free_port(), status_port=free_port(), enqueue_replicas=1,
-                    **FAST)  # type: ignore[arg-type]
-
-
-@pytest.fixture(scope="session")
-def rc(valkey_cluster: ValkeyCluster) -> Iterator[redis.RedisCluster]:
-    client = redis.RedisCluster.from_url(valkey_cluster.url, decode_responses=True)
-    yield client
-    client.close()
 
 
 @pytest.fixture(scope="session")
