@@ -12,15 +12,12 @@ carries the writes and the WAIT that follows them, and an error is never retried
 from __future__ import annotations
 
 import contextlib
-import logging
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import redis
 import redis.exceptions as rex
-
-log = logging.getLogger(__name__)
 
 Call = tuple[list[str], list[Any]]  # KEYS and ARGV of one script call
 # CLUSTERDOWN lasts from a master's FAIL to its replica's promotion (40-60 ms measured); redis-py
@@ -62,7 +59,7 @@ def run_many(client: Any, sha: str, script: str, calls: list[Call],
     connection. Returns the calls' replies in order, and every tail reply of every node.
 
     A call answered NOSCRIPT (a replica promoted since the script was loaded: scripts are not
-    replicated), MOVED/ASK (the slot has a new owner) or CLUSTERDOWN/TRYAGAIN (refused while
+    replicated), MOVED (the slot has a new owner) or CLUSTERDOWN/TRYAGAIN (refused while
     a failover completes) did not run: only those calls run again, after loading the script on
     that node, taking the new owner from the redirect or a pause, so none is applied twice."""
     replies: list[Any] = [None] * len(calls)
@@ -83,7 +80,7 @@ def run_many(client: Any, sha: str, script: str, calls: list[Call],
                     replies[index] = reply
                     if isinstance(reply, rex.NoScriptError):
                         node_redis.script_load(script)
-                    elif isinstance(reply, (rex.MovedError, rex.AskError)):
+                    elif isinstance(reply, rex.MovedError):  # (an ASK, mid-resharding, is a 503)
                         client.nodes_manager.move_slot(reply)
                     elif not isinstance(reply, (rex.ClusterDownError, rex.TryAgainError)):
                         continue

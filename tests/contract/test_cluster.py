@@ -32,6 +32,7 @@ from taskbus.state.reader import StatusReader
 from testkit.client import enqueue, finished, status
 from testkit.functions import FunctionPair, start_functions
 from testkit.procs import Proc, spawn, wait_until
+from testkit.rcluster import queues_on_masters
 from testkit.settings import kafka_settings
 from testkit.signing import sign_github
 
@@ -104,6 +105,20 @@ def test_batch_over_three_masters_waits_for_a_replica_on_each(cl_settings, cl_qu
         assert [d.status for d in done] == ["queued"] * 12
         assert {d.id.split("~")[0] for d in done} == set(cl_queues)
         assert all(client.wait(d.id, 20)["status"] == "succeeded" for d in done)  # type: ignore[index]
+
+
+def test_a_master_without_the_script_reruns_only_its_own_calls(valkey_cluster, cl_settings, rc):
+    """As after a failover (a promoted replica never loaded the scripts): one master answers
+    NOSCRIPT while the others run their calls; only the refused calls run again, none twice."""
+    queues = queues_on_masters("noscript", uuid.uuid4().hex[:6])  # no worker reads these
+    keys = Keys(cl_settings.key_prefix)
+    with Client(cl_settings) as client:
+        client.enqueue_many([{"type": "echo", "queue": q} for q in queues])  # the scripts are loaded
+        valkey_cluster.master_of(keys.stream(queues[1])).call("SCRIPT", "FLUSH")
+        done = client.enqueue_many([{"type": "echo", "queue": q, "payload": {"i": i}}
+                                    for i, q in enumerate(queues * 5)])
+    assert [d.status for d in done] == ["queued"] * 15
+    assert [rc.xlen(keys.stream(q)) for q in queues] == [6, 6, 6], "every task once in its stream"
 
 
 def test_idempotent_replay_and_webhook_dedupe(http, urls, cl_queues):
