@@ -146,10 +146,7 @@ class Settings:
         message names the variable, its value and what is expected: it is all an operator sees."""
         if self.log_level.upper() not in LOG_LEVELS:
             raise _bad("LOG_LEVEL", self.log_level, f"one of {', '.join(LOG_LEVELS)}")
-        if urlsplit(self.redis_url).scheme not in REDIS_SCHEMES:
-            raise _bad("REDIS_URL", mask_url(self.redis_url),
-                       "redis://[[user]:password@]host[:port][/db], rediss://... or unix:///path/to/socket")
-        self._check_cluster()
+        self._check_redis_url()
         for name in ("port", "enqueue_port", "status_port", "console_port", "metrics_port"):
             if not 0 <= getattr(self, name) <= 65535:
                 raise _bad(name.upper(), getattr(self, name), "a TCP port, 1-65535")
@@ -188,7 +185,10 @@ class Settings:
                 raise _bad("QUEUES", ",".join(self.queues), "comma-separated names of 1-128 characters of "
                            "A-Z a-z 0-9 _ . : -")
 
-    def _check_cluster(self) -> None:
+    def _check_redis_url(self) -> None:
+        if urlsplit(self.redis_url).scheme not in REDIS_SCHEMES:
+            raise _bad("REDIS_URL", mask_url(self.redis_url),
+                       "redis://[[user]:password@]host[:port][/db], rediss://... or unix:///path/to/socket")
         if not self.cluster:
             return
         parts = urlsplit(self.redis_url)
