@@ -24,39 +24,18 @@ from typing import Any
 
 import httpx
 
-from local.embedded import EmbeddedServer, free_port, spawn_logged
+from local.embedded import free_port
 from taskbus.admin import Admin
 from taskbus.enqueue import Enqueuer
 from taskbus.keys import Keys
 from taskbus.settings import Settings
-from taskbus.state.client import connect
 from taskbus.task import TaskSpec
 from testkit.functions import start_functions
 from testkit.procs import spawn, wait_until
-from testkit.rcluster import ValkeyCluster, queues_on_masters
+from testkit.rcluster import ValkeyCluster, primary_with_replica, queues_on_masters
 
 THREADS = 8  # Python enqueue clients
 HTTP_CLIENTS = 16
-
-
-@contextmanager
-def standalone(base: Path) -> Iterator[str]:
-    """A Valkey with one replica attached; yields its URL."""
-    primary = EmbeddedServer(base / "primary")
-    primary.start()
-    replica_port = free_port()
-    replica = spawn_logged([*EmbeddedServer(base / "replica", port=replica_port).argv(), "--replicaof", "127.0.0.1",
-                            str(primary.port), "--repl-diskless-sync-delay", "0"], base / "replica" / "server.log")
-    client = connect(Settings(redis_url=primary.url))
-    try:
-        wait_until(lambda: (client.info("replication").get("slave0") or {}).get("state") == "online", timeout=20,
-                   message="replica in sync")
-        yield primary.url
-    finally:
-        client.close()
-        replica.terminate()
-        replica.wait(10)
-        primary.stop()
 
 
 @contextmanager
@@ -169,7 +148,7 @@ def main() -> None:
     args = parser.parse_args()
     base = Path(tempfile.mkdtemp(prefix="bench-cluster-"))
     results: dict[str, Any] = {"load_average_before": os.getloadavg()}
-    with standalone(base / "standalone") as url:
+    with primary_with_replica(base / "standalone") as url:
         results["standalone"] = measure("standalone", url, False, args, base)
     with cluster(base / "cluster") as url:
         results["cluster"] = measure("cluster", url, True, args, base)

@@ -12,13 +12,14 @@ import contextlib
 import dataclasses
 import signal
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import redis
 from redis.crc import key_slot
 
-from local.embedded import binary, free_port, spawn_logged
+from local.embedded import EmbeddedServer, binary, free_port, spawn_logged
 from testkit.procs import wait_until
 
 NODE_TIMEOUT_MS = 2000
@@ -169,3 +170,25 @@ def queues_on_masters(prefix: str, tag: str, masters: int = 3) -> list[str]:
         names.setdefault(min(key_slot(name.encode()) // width, masters - 1), name)
         n += 1
     return [names[i] for i in range(masters)]
+
+
+@contextlib.contextmanager
+def primary_with_replica(base_dir: Path) -> Iterator[str]:
+    """A standalone Valkey with one replica attached and in sync (what `WAIT 1` needs outside a
+    cluster); yields the primary's URL. Both are stopped after."""
+    primary = EmbeddedServer(base_dir / "primary")
+    primary.start()
+    replica_argv = EmbeddedServer(base_dir / "replica").argv()
+    (base_dir / "replica").mkdir(parents=True, exist_ok=True)
+    replica = spawn_logged([*replica_argv, "--replicaof", "127.0.0.1", str(primary.port),
+                            "--repl-diskless-sync-delay", "0"], base_dir / "replica" / "server.log")
+    client = redis.Redis.from_url(primary.url, decode_responses=True)
+    try:
+        wait_until(lambda: (client.info("replication").get("slave0") or {}).get("state") == "online", timeout=20,
+                   message="replica in sync")
+        yield primary.url
+    finally:
+        client.close()
+        replica.terminate()
+        replica.wait(10)
+        primary.stop()

@@ -25,14 +25,14 @@ from taskbus.client import Client
 from taskbus.errors import DataLost, Unavailable
 from taskbus.keys import Keys
 from taskbus.schedules.model import Schedule
-from taskbus.schedules.slots import due, slot_task_id
+from taskbus.schedules.slots import slot_task_id
 from taskbus.schedules.store import ScheduleStore
 from taskbus.settings import Settings
 from taskbus.state.reader import StatusReader
 from testkit.client import enqueue, finished, status
 from testkit.functions import FunctionPair, start_functions
 from testkit.procs import Proc, spawn, wait_until
-from testkit.rcluster import queues_on_masters
+from testkit.rcluster import primary_with_replica, queues_on_masters
 from testkit.settings import kafka_settings
 from testkit.signing import sign_github
 
@@ -174,22 +174,28 @@ def test_sync_long_poll_and_health_on_the_cluster(cl_settings, cl_queues, urls, 
         reader.close()
 
 
-def test_schedules_sync_fire_and_delete_over_three_masters(cl_settings, cl_queues, urls, rc):
-    """The schedule store's pipelined upsert and load span the masters; a fired slot's task runs."""
+def test_schedules_sync_fire_and_delete_over_three_masters(cl_settings, cl_queues, urls):
+    """The schedule store's pipelined upsert and load span the masters; the session's worker
+    fires each queue's schedule (its runner loads what is stored) and runs the slot's task."""
     store = ScheduleStore(cl_settings)
+    name = f"tick-{uuid.uuid4().hex[:6]}"
     try:
-        store.sync([Schedule(f"tick-{q}", "echo", every_s=1, queue=q, payload={"q": q}) for q in cl_queues])
-        stored = store.load(cl_queues)
-        assert sorted(st.schedule.queue for st in stored) == sorted(cl_queues)
-        first = stored[0]
-        wait_until(lambda: store.server_time() >= first.last_s + 1, timeout=5, message="the next slot")
-        fired = store.fire(first, due(first.schedule, first.last_s, int(store.server_time()), 3))
-        assert fired.ids == [slot_task_id(first.schedule.queue, first.schedule.name, fired.last_s)]
+        store.sync([Schedule(name, "echo", every_s=1, queue=q, payload={"q": q}) for q in cl_queues])
+        initial = {st.schedule.queue: st.last_s for st in store.load(cl_queues) if st.schedule.name == name}
+        assert sorted(initial) == sorted(cl_queues)
+
+        def fired() -> list[str] | None:
+            now = {st.schedule.queue: st.last_s for st in store.load(cl_queues) if st.schedule.name == name}
+            if all(now[q] > initial[q] for q in cl_queues):
+                return [slot_task_id(q, name, now[q]) for q in cl_queues]
+            return None
+
         with Client(cl_settings) as client:
-            assert (client.wait(fired.ids[0], 20) or {}).get("status") == "succeeded"
-        for st in stored:
-            store.delete(st.schedule.queue, st.schedule.name)
-        assert store.load(cl_queues) == []
+            for task_id in wait_until(fired, timeout=20, interval=0.1, message="each queue's slot fired"):
+                assert (client.wait(task_id, 20) or {}).get("status") == "succeeded"
+        for q in cl_queues:
+            store.delete(q, name)
+        assert [st for st in store.load(cl_queues) if st.schedule.name == name] == []
     finally:
         store.close()
 
@@ -239,6 +245,18 @@ def _acknowledged(client: Client, queue: str) -> bool:
         return client.enqueue("echo", {}, queue=queue).status == "queued"
     except Unavailable:
         return False
+
+
+def test_enqueue_replicas_on_standalone_waits_for_its_replica(tmp_path, server):
+    """ENQUEUE_REPLICAS outside a cluster: a 202 once the primary's replica has the task; a
+    Redis without a replica refuses (a 503), it never acknowledges what a failover could lose."""
+    with primary_with_replica(tmp_path) as url:
+        with Client(Settings(redis_url=url, key_prefix="tbr", enqueue_replicas=1)) as client:
+            assert [d.status for d in client.enqueue_many([{"type": "echo", "queue": f"r{i}"} for i in range(3)])] \
+                == ["queued"] * 3
+    with Client(Settings(redis_url=server.url, key_prefix="tbr", enqueue_replicas=1)) as client:
+        with pytest.raises(Unavailable, match="0 of ENQUEUE_REPLICAS=1 replicas"):
+            client.enqueue("echo", {}, queue=f"r-{uuid.uuid4().hex[:6]}")
 
 
 class Traffic:
