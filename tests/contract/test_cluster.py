@@ -292,6 +292,8 @@ def test_master_sigkill_while_tasks_flow(valkey_cluster, cl_settings, cl_queues,
     key = executions_key(cl_settings, cl_queues)
     flows = {q: Traffic(urls["enqueue"], q, key) for q in cl_queues[1:]}
     in_flight = enqueue(http, urls, cl_queues[2], "sleep", {"seconds": 20})  # its long-poll spans the kill
+    reader = StatusReader(cl_settings)  # the WSGI path's reader, its slot map read before the kill
+    assert (reader.wait(in_flight, 0.1) or {}).get("status") in ("queued", "running")
     with concurrent.futures.ThreadPoolExecutor(3) as pool:
         running = [pool.submit(t.run) for t in flows.values()]
         poll = pool.submit(lambda: httpx.get(f"{urls['status']}/tasks/{in_flight}", params={"wait": 25}, timeout=30))
@@ -333,6 +335,18 @@ def test_master_sigkill_while_tasks_flow(valkey_cluster, cl_settings, cl_queues,
     assert len(runs) <= len(acknowledged) + answered_503, "no task enqueued twice by a retry"
     after = enqueue(http, urls, cl_queues[2], "sleep", {"seconds": 0.5})
     assert status(http, urls, after, wait=20)["status"] == "succeeded", "long-polls on queue c work again"
+    later = enqueue(http, urls, cl_queues[2], "sleep", {"seconds": 0.5})
+    try:  # the sync reader too: a 503 at most once (its stale map), then it follows the promoted node
+        wait_until(lambda: _sync_wait(reader, later), timeout=20, message="the sync long-poll on queue c")
+    finally:
+        reader.close()
+
+
+def _sync_wait(reader: StatusReader, task_id: str) -> bool:
+    try:
+        return (reader.wait(task_id, 10) or {}).get("status") == "succeeded"
+    except Unavailable:
+        return False
 
 
 def _runs(rc: redis.RedisCluster, key: str) -> dict[str, int]:
