@@ -37,9 +37,11 @@ def cl_queues(valkey_cluster: ValkeyCluster) -> list[str]:
 
 @pytest.fixture(scope="session")
 def cl_settings(valkey_cluster: ValkeyCluster, cl_queues: list[str]) -> Settings:
+    """ENQUEUE_REPLICAS=1 throughout; a 2 s socket timeout, so WAIT may take 1.5 s before a 503 (a
+    replica on a loaded test machine acknowledges late, rarely within the default's 0.6 s)."""
     return Settings(redis_url=valkey_cluster.url, redis_cluster=True, key_prefix=f"tbc{RUN}", queues=tuple(cl_queues),
                     enqueue_port=free_port(), status_port=free_port(), enqueue_replicas=1,
-                    **FAST)  # type: ignore[arg-type]
+                    redis_socket_timeout_s=2.0, **FAST)  # type: ignore[arg-type]
 
 
 @pytest.fixture(scope="session")

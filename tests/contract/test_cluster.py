@@ -251,9 +251,10 @@ def test_enqueue_replicas_on_standalone_waits_for_its_replica(tmp_path, server):
     """ENQUEUE_REPLICAS outside a cluster: a 202 once the primary's replica has the task; a
     Redis without a replica refuses (a 503), it never acknowledges what a failover could lose."""
     with primary_with_replica(tmp_path) as url:
-        with Client(Settings(redis_url=url, key_prefix="tbr", enqueue_replicas=1)) as client:
-            assert [d.status for d in client.enqueue_many([{"type": "echo", "queue": f"r{i}"} for i in range(3)])] \
-                == ["queued"] * 3
+        patient = Settings(redis_url=url, key_prefix="tbr", enqueue_replicas=1, redis_socket_timeout_s=2.0)
+        with Client(patient) as client:  # WAIT may take 1.5 s on a loaded machine
+            done = client.enqueue_many([{"type": "echo", "queue": f"r{i}"} for i in range(3)])
+            assert [d.status for d in done] == ["queued"] * 3
     with Client(Settings(redis_url=server.url, key_prefix="tbr", enqueue_replicas=1)) as client:
         with pytest.raises(Unavailable, match="0 of ENQUEUE_REPLICAS=1 replicas"):
             client.enqueue("echo", {}, queue=f"r-{uuid.uuid4().hex[:6]}")
