@@ -19,6 +19,8 @@ its in-flight tasks for up to GRACE_S), then the servers.
 environment:
   LOCAL_RUN_DIR     run directory: server data, webhook secrets, the admin key, the lock (default: .run/)
   LOCAL_REDIS_PORT  port of the embedded Valkey (default: 6399)
+  LOCAL_CLUSTER     true: an embedded Redis Cluster instead (3 masters + 3 replicas on
+                    LOCAL_REDIS_PORT and the next 5 ports, bus ports 10000 above); also REDIS_CLUSTER=true
   LOCAL_KAFKA_PORT  port of the embedded Kafka broker with CHANNEL=kafka (default: 19092)
   ENQUEUE_PORT, STATUS_PORT, CONSOLE_PORT, REDIS_URL, CHANNEL, ...: as in the README's Configuration
 """

@@ -26,6 +26,7 @@ from pathlib import Path
 from types import FrameType
 
 from local import admin_key, ready, webhook_samples
+from local.cluster import EmbeddedCluster
 from local.commands import argv
 from local.embedded import EmbeddedKafka, EmbeddedServer
 from local.rundir import AlreadyRunning, RunDir, Stack
@@ -42,7 +43,9 @@ SERVER_START_S = 20.0  # an embedded server binds in well under a second; a cold
 REDIS_REACH_S = 5.0  # how long a REDIS_URL of the user's may take to answer before we give up
 READY_S = 60.0
 FUNCTION_STOP_S = 12.0  # above gunicorn's --graceful-timeout (8 s, local.commands)
-STOP_ORDER = (("enqueue", "status", "console"), ("worker",), ("kafka", "valkey"))
+CLUSTER_NODES = 6  # LOCAL_CLUSTER: 3 masters + 3 replicas on LOCAL_REDIS_PORT.. (+10000: their bus ports)
+STOP_ORDER = (("enqueue", "status", "console"), ("worker",),
+              ("kafka", "valkey", *(f"valkey-{i}" for i in range(CLUSTER_NODES))))
 FUNCTIONS = ("enqueue", "status", "console")
 
 
@@ -143,12 +146,11 @@ class Plan:
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
         env["PYTHONUNBUFFERED"] = "1"  # their lines reach the terminal as they are written
         self.valkey: EmbeddedServer | None = None
+        self.cluster: EmbeddedCluster | None = None
         self.broker: EmbeddedKafka | None = None
         ports: list[tuple[str, str, int]] = []  # (the variable that moves it, host, port)
         if not env.get("REDIS_URL"):
-            self.valkey = EmbeddedServer(run / "valkey", port=_port(env, "LOCAL_REDIS_PORT", DEFAULT_REDIS_PORT))
-            env["REDIS_URL"] = self.valkey.url
-            ports.append(("LOCAL_REDIS_PORT", "127.0.0.1", self.valkey.port))
+            ports += self._embedded_redis(env, run)
         if env.get("CHANNEL") == "kafka" and not env.get("KAFKA_BOOTSTRAP_SERVERS"):
             # tansu, in memory: topics last as long as the stack (KAFKA_REDELIVER_S covers a restart)
             self.broker = EmbeddedKafka(run / "kafka", port=_port(env, "LOCAL_KAFKA_PORT", DEFAULT_KAFKA_PORT))
@@ -171,6 +173,21 @@ class Plan:
         self.kafka = env.get("KAFKA_BOOTSTRAP_SERVERS") if self.settings.channel == "kafka" else None
         self.pid = os.getpid()
 
+    def _embedded_redis(self, env: dict[str, str], run: Path) -> list[tuple[str, str, int]]:
+        """The embedded Valkey, or with LOCAL_CLUSTER=true (or REDIS_CLUSTER=true) a 3 + 3 cluster
+        of it; sets REDIS_URL (and REDIS_CLUSTER). Returns the ports it will bind."""
+        port = _port(env, "LOCAL_REDIS_PORT", DEFAULT_REDIS_PORT)
+        if (env.get("LOCAL_CLUSTER") or env.get("REDIS_CLUSTER") or "").lower() not in ("1", "true", "yes", "on"):
+            self.valkey = EmbeddedServer(run / "valkey", port=port)
+            env["REDIS_URL"] = self.valkey.url
+            return [("LOCAL_REDIS_PORT", "127.0.0.1", self.valkey.port)]
+        if port + CLUSTER_NODES + 10000 > 65535:
+            raise GiveUp(f"LOCAL_REDIS_PORT={port}: a cluster needs {CLUSTER_NODES} ports from it and their "
+                         "bus ports 10000 above; expected at most 55529")
+        self.cluster = EmbeddedCluster(run / "valkey-cluster", ports=[port + i for i in range(CLUSTER_NODES)])
+        env["REDIS_URL"], env["REDIS_CLUSTER"] = self.cluster.url, "true"
+        return [("LOCAL_REDIS_PORT", "127.0.0.1", p) for n in self.cluster.nodes for p in (n.port, n.bus_port)]
+
     def stack(self) -> Stack:
         hooks = {s.name: {"scheme": s.scheme, "secret": s.secrets[0]} for s in self.settings.webhooks}
         return Stack(self.pid, self.enqueue_url, self.status_url, hooks)
@@ -180,7 +197,15 @@ class Plan:
         if self.valkey is not None:
             self.valkey.data_dir.mkdir(parents=True, exist_ok=True)
             supervisor.start(Service("valkey", self.valkey.argv(), self.env, ROOT))
-        _wait(supervisor, stopping, SERVER_START_S if self.valkey else REDIS_REACH_S,
+        if self.cluster is not None:
+            for i, node in enumerate(self.cluster.nodes):
+                node.data_dir.mkdir(parents=True, exist_ok=True)
+                supervisor.start(Service(f"valkey-{i}", node.argv(), self.env, ROOT))
+            try:
+                self.cluster.form(SERVER_START_S)  # a second `make up` finds it formed (nodes.conf)
+            except RuntimeError as exc:
+                raise GiveUp(str(exc)) from None
+        _wait(supervisor, stopping, SERVER_START_S if self.valkey or self.cluster else REDIS_REACH_S,
               lambda: [p] if (p := ready.redis_problem(self.redis_url)) else [])
         broker = self.broker
         if broker is not None:  # tansu does not stop promptly on SIGTERM; it keeps nothing to flush

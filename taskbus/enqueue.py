@@ -98,12 +98,12 @@ class Enqueuer:
         return keys, args
 
     def _run(self, calls: list[tuple[list[str], list[Any]]]) -> list[Any]:
-        fsync = self.settings.enqueue_fsync
-        if len(calls) == 1 and not fsync:
+        fsync, replicas = self.settings.enqueue_fsync, self.settings.enqueue_replicas
+        if len(calls) == 1 and not fsync and not replicas:
             keys, args = calls[0]
             return [self.scripts.enqueue(keys=keys, args=args, client=self.client)]
         wait_ms = int(self.settings.redis_socket_timeout_s * 1000 * FSYNC_WAIT_SHARE)
-        return self.scripts.run_many(self.scripts.enqueue, calls, fsync=fsync, wait_ms=wait_ms)
+        return self.scripts.run_many(self.scripts.enqueue, calls, fsync=fsync, wait_ms=wait_ms, replicas=replicas)
 
     def _dedupe_key(self, queue: str, idempotency_key: str | None, task_id: str) -> str:
         return self.keys.idempotency(queue, idempotency_key) if idempotency_key is not None else self.keys.task(task_id)

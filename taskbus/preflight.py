@@ -29,6 +29,7 @@ from redis.retry import Retry
 
 from taskbus.errors import ConfigError
 from taskbus.settings import Settings, mask_url
+from taskbus.state.client import seed_url
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +89,7 @@ def check(settings: Settings, role: str, *, warn: bool = True, redis_checked: bo
 def _check_redis(settings: Settings, role: str) -> None:
     url = mask_url(settings.redis_url)
     client = redis.Redis.from_url(
-        settings.redis_url,
+        seed_url(settings),  # on a cluster, its first seed node
         socket_connect_timeout=min(settings.redis_connect_timeout_s, _CLIENT_TIMEOUT_S),
         socket_timeout=min(settings.redis_socket_timeout_s, _CLIENT_TIMEOUT_S),
         retry=Retry(NoBackoff(), 0),  # one try: the service's own clients retry later

@@ -34,6 +34,10 @@ class Settings:
     # 202 only once Redis has fsynced the task to its AOF (WAITAOF): a Redis crash cannot lose
     # an acknowledged task. Costs up to ~0.1 s per enqueue with `appendfsync everysec`.
     enqueue_fsync: bool = False
+    # Redis Cluster: REDIS_URL is a seed node (or use redis+cluster://host:port[,host:port...]).
+    # ENQUEUE_REPLICAS=N: a 202 only once N replicas of the node that took the task have it (WAIT N).
+    redis_cluster: bool = False
+    enqueue_replicas: int = 0
     # HTTP: where each function listens (PORT, set by Cloud Run, wins) and how many threads serve it
     host: str = "127.0.0.1"
     port: int = 0
@@ -112,6 +116,11 @@ class Settings:
     metrics_port: int = 0
     prometheus_multiproc_dir: str = dataclasses.field(default="", metadata=_CUSTOM)  # prometheus_client's own name
 
+    @property
+    def cluster(self) -> bool:
+        """Whether REDIS_URL names (a seed node of) a Redis Cluster."""
+        return self.redis_cluster or urlsplit(self.redis_url).scheme.endswith("+cluster")
+
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         """Build settings from `env` (default `os.environ`); unknown names are ignored."""
@@ -137,16 +146,14 @@ class Settings:
         message names the variable, its value and what is expected: it is all an operator sees."""
         if self.log_level.upper() not in LOG_LEVELS:
             raise _bad("LOG_LEVEL", self.log_level, f"one of {', '.join(LOG_LEVELS)}")
-        if urlsplit(self.redis_url).scheme not in REDIS_SCHEMES:
-            raise _bad("REDIS_URL", mask_url(self.redis_url),
-                       "redis://[[user]:password@]host[:port][/db], rediss://... or unix:///path/to/socket")
+        self._check_redis_url()
         for name in ("port", "enqueue_port", "status_port", "console_port", "metrics_port"):
             if not 0 <= getattr(self, name) <= 65535:
                 raise _bad(name.upper(), getattr(self, name), "a TCP port, 1-65535")
         _at_least(self, 0, "web_workers")
         _at_least(self, 1, "enqueue_threads", "status_threads", "concurrency", "max_body_bytes", "block_ms",
                   "redis_max_connections", "kafka_partitions")
-        _at_least(self, 0, "redis_retries")
+        _at_least(self, 0, "redis_retries", "enqueue_replicas")
         _above_zero(self, "redis_connect_timeout_s", "redis_socket_timeout_s", "lease_s", "body_timeout_s",
                     "max_wait_s", "backoff_max_s", "kafka_produce_timeout_s")
         _at_least(self, 0, "grace_s", "backoff_base_s", "unknown_type_grace_s", "cancel_grace_s")
@@ -178,9 +185,22 @@ class Settings:
                 raise _bad("QUEUES", ",".join(self.queues), "comma-separated names of 1-128 characters of "
                            "A-Z a-z 0-9 _ . : -")
 
+    def _check_redis_url(self) -> None:
+        if urlsplit(self.redis_url).scheme not in REDIS_SCHEMES:
+            raise _bad("REDIS_URL", mask_url(self.redis_url),
+                       "redis://[[user]:password@]host[:port][/db], rediss://... or unix:///path/to/socket")
+        if not self.cluster:
+            return
+        parts = urlsplit(self.redis_url)
+        seeds = parts.netloc.rpartition("@")[2].split(",")
+        if (parts.scheme.startswith("unix") or parts.path not in ("", "/", "/0") or "db=" in parts.query
+                or not all(re.fullmatch(r"[^:\s]+(:\d{1,5})?", seed) for seed in seeds)):
+            raise _bad("REDIS_URL", mask_url(self.redis_url), "redis[s][+cluster]://[[user]:password@]host[:port]"
+                       "[,host[:port]...] with db 0 (a Redis Cluster has only db 0)")
+
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
-REDIS_SCHEMES = ("redis", "rediss", "unix")
+REDIS_SCHEMES = ("redis", "rediss", "unix", "redis+cluster", "rediss+cluster")
 CHANNELS = ("redis", "kafka")
 TRACES_EXPORTERS = ("", "otlp", "console", "none")
 _EXPECTED = {"int": "an integer", "float": "a number", "bool": "true or false (or 1/0, yes/no, on/off)"}

@@ -78,10 +78,10 @@ class Admin:
         pipe = self.client.pipeline(transaction=False)
         counts = []
         for q in queues:
-            before = len(pipe.command_stack)
+            before = len(pipe)  # len(), not command_stack: a cluster pipeline queues elsewhere
             add(pipe, q)
-            counts.append(len(pipe.command_stack) - before)
-        replies = pipe.execute(raise_on_error=False) if pipe.command_stack else []
+            counts.append(len(pipe) - before)
+        replies = pipe.execute(raise_on_error=False) if len(pipe) else []
         out, at = [], 0
         for n in counts:
             out.append(list(replies[at:at + n]))

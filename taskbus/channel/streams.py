@@ -14,6 +14,7 @@ import redis
 
 from taskbus import codec
 from taskbus.channel import Delivery, Job, Outcome, Recorded, Skip, Target, Verdict, run_verdict
+from taskbus.channel.cluster_reads import ClusterReads
 from taskbus.channel.fences import PAUSE_CHECK_S, Fences
 from taskbus.errors import DataLost, Unavailable
 from taskbus.keys import Keys
@@ -68,6 +69,7 @@ class StreamsChannel:
         self._group_lost = False  # a command found a group missing: `open` recreates it, flagged
         self._orphans_possible: set[str] = set()  # queues where a lost reply may have delivered to us
         self._next_prune = time.monotonic() + PRUNE_EVERY_S
+        self._cluster_reads = ClusterReads(settings, self.group, consumer) if settings.cluster else None
 
     @contextlib.contextmanager
     def _redis(self) -> Iterator[None]:
@@ -117,6 +119,10 @@ class StreamsChannel:
             if not streams:
                 time.sleep(min(block_ms / 1000, PAUSE_CHECK_S))  # every queue paused: look again soon
                 return []
+            if self._cluster_reads is not None:  # a cluster: one read per queue, on its master
+                read = self._cluster_reads.read(list(streams), count, block_ms)
+                by_stream = {self.keys.stream(q): q for q in self.settings.queues}
+                return [_delivery(by_stream[name], entry, fields) for name, entry, fields in read]
             reply: Any = self.client.xreadgroup(self.group, self.consumer, streams, count=count, block=block_ms)
         by_stream = {self.keys.stream(q): q for q in self.settings.queues}
         return [
@@ -243,6 +249,8 @@ class StreamsChannel:
     def close(self, drained: bool) -> None:
         """Drained: forget our consumer too (nothing is lost if Redis does not answer: an empty
         consumer entry stays until a later prune)."""
+        if self._cluster_reads is not None:  # first: no read delivers to us after the prune
+            self._cluster_reads.close()
         with contextlib.suppress(redis.RedisError):
             self.fences.announce(leaving=True)
             if drained:

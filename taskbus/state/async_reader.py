@@ -10,30 +10,11 @@ import contextlib
 from typing import Any
 
 import redis.asyncio
-from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialBackoff
 
 from taskbus.keys import Keys
 from taskbus.settings import Settings
-from taskbus.state.client import unavailable_on_redis_errors
+from taskbus.state.client import connect_async, connect_async_node, is_cluster, unavailable_on_redis_errors
 from taskbus.task import TERMINAL, queue_of
-
-
-def connect_async(settings: Settings, *, socket_timeout_s: float | None = None,
-                  max_connections: int | None = None, pool_wait_s: float | None = None) -> redis.asyncio.Redis:
-    """The asyncio twin of `state.client.connect`: bounded timeouts, a small retry budget."""
-    pool = redis.asyncio.BlockingConnectionPool.from_url(
-        settings.redis_url,
-        max_connections=max_connections or settings.redis_max_connections,
-        timeout=pool_wait_s or settings.redis_socket_timeout_s,
-        socket_timeout=socket_timeout_s or settings.redis_socket_timeout_s,
-        socket_connect_timeout=settings.redis_connect_timeout_s,
-        retry=Retry(ExponentialBackoff(cap=0.2, base=0.02), settings.redis_retries),
-        decode_responses=True,
-        protocol=2,
-        driver_info=None,
-    )
-    return redis.asyncio.Redis(connection_pool=pool)
 
 # How long the one reader of the shared subscription waits per read (below the socket timeout).
 READ_S = 0.5
@@ -164,18 +145,46 @@ class AsyncStatusReader:
         self.keys = Keys(settings.key_prefix)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._client: redis.asyncio.Redis | None = None
-        self._subscriptions: Subscriptions | None = None
+        self._subscriptions: dict[str, Subscriptions] = {}  # by node name; one ("") on standalone
+        self._gate: asyncio.Semaphore | None = None
         self.draining = asyncio.Event()  # set on SIGTERM: every long-poll answers now
 
-    def _clients(self) -> tuple[redis.asyncio.Redis, Subscriptions]:
+    def _clients(self) -> redis.asyncio.Redis:
         loop = asyncio.get_running_loop()
-        if self._client is None or self._subscriptions is None or self._loop is not loop:
+        if self._client is None or self._loop is not loop:
             self._loop = loop
             self.draining = asyncio.Event()
             self._client = connect_async(self.settings, pool_wait_s=POOL_WAIT_S)
-            listener = connect_async(self.settings, max_connections=2)
-            self._subscriptions = Subscriptions(listener, confirm_s=self.settings.redis_socket_timeout_s)
-        return self._client, self._subscriptions
+            self._subscriptions = {}
+            # redis-py's asyncio cluster fails a command at once when a node's connections are all
+            # in use (no blocking pool): requests queue here instead, as they do for the pool.
+            self._gate = asyncio.Semaphore(self.settings.redis_max_connections) if self.settings.cluster else None
+        return self._client
+
+    async def _hgetall(self, client: redis.asyncio.Redis, key: str) -> Any:
+        if self._gate is None:
+            return await client.hgetall(key)
+        try:
+            await asyncio.wait_for(self._gate.acquire(), POOL_WAIT_S)
+        except asyncio.TimeoutError:
+            raise redis.ConnectionError("no free Redis connection") from None
+        try:
+            return await client.hgetall(key)
+        finally:
+            self._gate.release()
+
+    def _subscriptions_of(self, client: redis.asyncio.Redis, channel: str) -> Subscriptions:
+        """The shared subscription that carries `channel`: on a cluster, that of the master that
+        owns its slot now (a failover moves it to the promoted replica's)."""
+        host, port, name = None, 0, ""
+        if is_cluster(client):
+            node = client.get_node_from_key(channel)  # type: ignore[attr-defined]
+            host, port, name = node.host, node.port, node.name
+        if name not in self._subscriptions:
+            listener = (connect_async(self.settings, max_connections=2) if host is None
+                        else connect_async_node(self.settings, host, port, max_connections=2))
+            self._subscriptions[name] = Subscriptions(listener, confirm_s=self.settings.redis_socket_timeout_s)
+        return self._subscriptions[name]
 
     def drain(self) -> None:
         """Wake every long-poll so it answers with the task as it is (call from any thread)."""
@@ -186,9 +195,9 @@ class AsyncStatusReader:
         """The stored record of a task, or None when unknown, expired or not a task id."""
         if queue_of(task_id) is None:
             return None
-        client, _ = self._clients()
+        client = self._clients()
         with unavailable_on_redis_errors():
-            record: Any = await client.hgetall(self.keys.task(task_id))
+            record: Any = await self._hgetall(client, self.keys.task(task_id))
         return record or None
 
     async def wait(self, task_id: str, timeout_s: float) -> dict[str, str] | None:
@@ -198,30 +207,43 @@ class AsyncStatusReader:
         confirmed, so a change landing in between is always seen."""
         if queue_of(task_id) is None:
             return None
-        client, subscriptions = self._clients()
+        client = self._clients()
         task_key, channel = self.keys.task(task_id), self.keys.events(task_id)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
         with unavailable_on_redis_errors():
-            record: Any = await client.hgetall(task_key)
+            record: Any = await self._hgetall(client, task_key)
             if not record or record.get("status") in TERMINAL or self.draining.is_set():
                 return record or None
+            subscriptions = self._subscriptions_of(client, channel)
             try:
-                waiter = await subscriptions.join(channel)
-            except asyncio.TimeoutError:
-                raise redis.TimeoutError("no subscription confirmation") from None
-            try:
-                while True:
-                    record = await client.hgetall(task_key)
-                    remaining = deadline - loop.time()
-                    if not record or record.get("status") in TERMINAL or remaining <= 0 or self.draining.is_set():
-                        return record or None
-                    await self._next_message(waiter, remaining)
-                    if waiter.done():  # a message (read the state again), or the connection's error
-                        waiter.result()
-                        waiter = subscriptions.rearm(channel, waiter)
-            finally:
-                await asyncio.shield(subscriptions.leave(channel, waiter))
+                return await self._wait(client, subscriptions, task_key, channel, deadline)
+            except (redis.ConnectionError, redis.TimeoutError):
+                if is_cluster(client):  # the subscriber's node may be gone: route the next join afresh
+                    with contextlib.suppress(Exception):
+                        await client.nodes_manager.initialize()  # type: ignore[attr-defined]
+                raise
+
+    async def _wait(self, client: redis.asyncio.Redis, subscriptions: Subscriptions, task_key: str, channel: str,
+                    deadline: float) -> dict[str, str] | None:
+        """Subscribed, read the state again at each message until terminal, drained or the deadline."""
+        loop = asyncio.get_running_loop()
+        try:
+            waiter = await subscriptions.join(channel)
+        except asyncio.TimeoutError:
+            raise redis.TimeoutError("no subscription confirmation") from None
+        try:
+            while True:
+                record: Any = await self._hgetall(client, task_key)
+                remaining = deadline - loop.time()
+                if not record or record.get("status") in TERMINAL or remaining <= 0 or self.draining.is_set():
+                    return record or None
+                await self._next_message(waiter, remaining)
+                if waiter.done():  # a message (read the state again), or the connection's error
+                    waiter.result()
+                    waiter = subscriptions.rearm(channel, waiter)
+        finally:
+            await asyncio.shield(subscriptions.leave(channel, waiter))
 
     async def _next_message(self, waiter: asyncio.Future[None], timeout_s: float) -> None:
         """A message on the task's channel, the drain signal, or the timeout: whichever is first."""
@@ -233,8 +255,8 @@ class AsyncStatusReader:
             drained.cancel()
 
     async def close(self) -> None:
-        if self._subscriptions is not None:
-            await self._subscriptions.close()
+        for subscriptions in self._subscriptions.values():
+            await subscriptions.close()
         if self._client is not None:
             await self._client.aclose()
-        self._client = self._subscriptions = None
+        self._client, self._subscriptions = None, {}

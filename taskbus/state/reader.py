@@ -11,7 +11,8 @@ import redis
 from taskbus.errors import DataLost
 from taskbus.keys import Keys
 from taskbus.settings import Settings
-from taskbus.state.client import connect, unavailable_on_redis_errors
+from taskbus.state import cluster
+from taskbus.state.client import connect, is_cluster, unavailable_on_redis_errors
 from taskbus.task import TERMINAL, queue_of
 
 # How long a long-poll's blocking connection may stay silent beyond the longest wait.
@@ -57,17 +58,25 @@ class StatusReader:
                 return record or None
             pubsub = self.blocking.pubsub()  # type: ignore[no-untyped-call]
             try:
-                pubsub.ssubscribe(channel)
-                if pubsub.get_sharded_message(timeout=self.settings.redis_socket_timeout_s) is None:
-                    raise redis.TimeoutError("no subscription confirmation")
-                while True:
-                    record = self.client.hgetall(task_key)
-                    remaining = deadline - time.monotonic()
-                    if not record or record.get("status") in TERMINAL or remaining <= 0 or self.draining.is_set():
-                        return record or None
-                    pubsub.get_sharded_message(timeout=min(remaining, DRAIN_CHECK_S))
+                return self._wait(pubsub, task_key, channel, deadline)
+            except (redis.ConnectionError, redis.TimeoutError):
+                if is_cluster(self.blocking):  # a subscriber alone never learns of a failover
+                    cluster.refresh(self.blocking)
+                raise
             finally:
                 pubsub.close()
+
+    def _wait(self, pubsub: Any, task_key: str, channel: str, deadline: float) -> dict[str, str] | None:
+        """Subscribed (a ClusterPubSub on a cluster), read the state each time a message comes."""
+        pubsub.ssubscribe(channel)
+        if pubsub.get_sharded_message(timeout=self.settings.redis_socket_timeout_s) is None:
+            raise redis.TimeoutError("no subscription confirmation")
+        while True:
+            record: Any = self.client.hgetall(task_key)
+            remaining = deadline - time.monotonic()
+            if not record or record.get("status") in TERMINAL or remaining <= 0 or self.draining.is_set():
+                return record or None
+            pubsub.get_sharded_message(timeout=min(remaining, DRAIN_CHECK_S))
 
     def close(self) -> None:
         self.client.close()
@@ -77,7 +86,8 @@ class StatusReader:
         """Redis answers, and no worker has flagged a lost consumer group on QUEUES."""
         queues = self.settings.queues
         with unavailable_on_redis_errors():
-            flags = self.client.mget([self.keys.data_lost(q) for q in queues])
+            flags_keys = [self.keys.data_lost(q) for q in queues]  # one per queue: MGET on a cluster is per key
+            flags = cluster.mget(self.client, flags_keys) if is_cluster(self.client) else self.client.mget(flags_keys)
         lost = [q for q, flag in zip(queues, flags) if flag]
         if lost:
             raise DataLost(

@@ -10,6 +10,8 @@ import redis
 from redis.commands.core import Script
 
 from taskbus.errors import Unavailable
+from taskbus.state import cluster
+from taskbus.state.client import is_cluster
 
 log = logging.getLogger(__name__)
 
@@ -63,18 +65,30 @@ class Scripts:
             setattr(self, name, client.register_script(load_script(name)))
 
     def run_many(
-        self, script: Script, calls: list[tuple[list[str], list[Any]]], *, fsync: bool, wait_ms: int
+        self, script: Script, calls: list[tuple[list[str], list[Any]]], *, fsync: bool, wait_ms: int,
+        replicas: int = 0,
     ) -> list[Any]:
         """Pipelined EVALSHA calls in one round trip. (redis-py's pipelined Script objects add a
         SCRIPT EXISTS round trip to every execute; here the script is loaded only when missing.)
         `fsync`: end the pipeline with WAITAOF, which must follow the writes on their connection,
-        and return only once Redis has fsynced them to its append-only file (within `wait_ms`)."""
+        and return only once Redis has fsynced them to its append-only file (within `wait_ms`).
+        `replicas`: likewise WAIT until that many replicas have the writes (ENQUEUE_REPLICAS).
+        On a cluster, one pipeline per node, each with its own WAITAOF/WAIT (`state.cluster`)."""
+        tail: list[tuple[Any, ...]] = [("WAITAOF", 1, 0, wait_ms)] if fsync else []
+        tail += [("WAIT", replicas, wait_ms)] if replicas else []
+        if is_cluster(self.client):
+            try:
+                replies, tails = cluster.run_many(self.client, script.sha, str(script.script), calls, tail)
+            except redis.ResponseError as exc:
+                raise no_aof(exc) from exc
+            _check_waits(tails, fsync, replicas, wait_ms)
+            return replies
         for attempt in (1, 2):
             pipe = self.client.pipeline(transaction=False)
             for keys, args in calls:
                 pipe.evalsha(script.sha, len(keys), *keys, *args)
-            if fsync:
-                pipe.execute_command("WAITAOF", 1, 0, wait_ms)  # type: ignore[no-untyped-call]
+            for command in tail:
+                pipe.execute_command(*command)  # type: ignore[no-untyped-call]
             try:
                 replies = list(pipe.execute())
             except redis.exceptions.NoScriptError:
@@ -84,20 +98,29 @@ class Scripts:
                 continue
             except redis.ResponseError as exc:
                 raise no_aof(exc) from exc
-            if not fsync:
-                return replies
-            if replies[-1][0] < 1:  # recorded, but not known to be on disk: ambiguous, like a timeout
-                raise Unavailable(f"Redis did not fsync the task within {wait_ms} ms")
-            return replies[:-1]
+            _check_waits(replies[len(calls):], fsync, replicas, wait_ms)
+            return replies[:len(calls)]
         raise AssertionError("unreachable")
 
     def check_aof(self) -> None:
         """Raise unless Redis has an append-only file: a fresh connection has written nothing, so
         WAITAOF answers at once, or says AOF is off."""
+        where = {"target_nodes": "primaries"} if is_cluster(self.client) else {}  # every master's AOF
         try:
-            self.client.execute_command("WAITAOF", 1, 0, 1)  # type: ignore[no-untyped-call]
+            self.client.execute_command("WAITAOF", 1, 0, 1, **where)  # type: ignore[no-untyped-call]
         except redis.ResponseError as exc:
             raise no_aof(exc) from exc
+
+
+def _check_waits(tails: list[Any], fsync: bool, replicas: int, wait_ms: int) -> None:
+    """Recorded, but not known to be on disk (WAITAOF) or on enough replicas (WAIT): ambiguous,
+    like a timeout, so a 503."""
+    for reply in tails:
+        if isinstance(reply, list) and fsync and int(reply[0]) < 1:
+            raise Unavailable(f"Redis did not fsync the task within {wait_ms} ms")
+        if not isinstance(reply, list) and int(reply) < replicas:
+            raise Unavailable(f"{reply} of ENQUEUE_REPLICAS={replicas} replicas acknowledged the task "
+                              f"within {wait_ms} ms")
 
 
 def no_aof(exc: redis.ResponseError) -> Exception:

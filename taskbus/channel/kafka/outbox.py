@@ -10,6 +10,7 @@ import contextlib
 import logging
 import threading
 import time
+from typing import Any
 
 from taskbus.channel import Recorded, Target
 from taskbus.channel.kafka.client import Publisher, task_record
@@ -60,11 +61,10 @@ class KafkaOutlet:
         try:
             self.publisher.publish([task_record(self.settings, queue_of(t) or "", t) for t in ids])
         except Unavailable:
-            pipe = self.client.pipeline(transaction=False)
-            for t in tasks:
-                keys = [self.keys.task(t.task_id), self.keys.outbox(queue_of(t.task_id) or ""), t.dedupe_key]
-                self.scripts.kafka_undo(keys=keys, args=[t.task_id], client=pipe)
-            pipe.execute()
+            calls: list[tuple[list[str], list[Any]]] = [
+                ([self.keys.task(t.task_id), self.keys.outbox(queue_of(t.task_id) or ""), t.dedupe_key], [t.task_id])
+                for t in tasks]
+            self.scripts.run_many(self.scripts.kafka_undo, calls, fsync=False, wait_ms=0)  # also on a cluster
             raise
         with contextlib.suppress(*REDIS_ERRORS):  # else the sweep publishes them once more: harmless
             self._mark_published(ids)
