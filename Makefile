@@ -30,7 +30,7 @@ up: venv
 test: venv tools
 	$(BIN)/ruff check .  # everything: core, functions, tests, testkit, chaos, bench, local
 	$(BIN)/mypy --strict taskbus
-	$(BIN)/python -m pytest -n 4 --dist worksteal -m "not chaos"  # 4 runners on 2 cores: the tests mostly wait on real processes; idle runners steal queued tests (no long tail)
+	$(BIN)/python -m pytest -n 4 --dist loadgroup -m "not chaos"  # 4 runners on 2 cores: the tests mostly wait on real processes; the Redis Cluster tests (xdist_group "cluster") share one runner, hence one cluster
 	$(BIN)/python -m pytest -m chaos  # the fault scenarios one at a time, after the rest: they load the machine
 
 # The fault-injection suite at full size (tests/test_chaos.py runs the short versions).
