@@ -25,8 +25,10 @@ SUCCEEDED, FAILED, CANCELLED = "succeeded", "failed", "cancelled"
 TERMINAL = frozenset({SUCCEEDED, FAILED, CANCELLED})
 STATUSES = (QUEUED, SCHEDULED, RUNNING, SUCCEEDED, FAILED, CANCELLED)
 
-FIELDS = {"type", "payload", "queue", "max_attempts", "timeout_s", "delay_s"}
+FIELDS = {"type", "payload", "queue", "max_attempts", "timeout_s", "delay_s", "priority"}
 DEFAULTABLE = frozenset({"max_attempts", "timeout_s"})  # a handler may set its own defaults for these
+DEFAULT_PRIORITY = 5  # 0-9, higher first; the default costs nothing (see channel/levels.py)
+PRIORITIES = range(10)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,6 +44,7 @@ class TaskSpec:
     # Fields the request left out ("max_attempts", "timeout_s"): the values above are the
     # deployment's defaults, and the handler's own defaults replace them when the task first starts.
     defaults: frozenset[str] = frozenset()
+    priority: int = DEFAULT_PRIORITY
 
 
 def check_name(field: str, value: object) -> str:
@@ -78,6 +81,11 @@ def parse_spec(
     delay_s = obj.get("delay_s", 0)
     if not _is_number(delay_s) or not 0 <= delay_s <= 366 * 86400:
         raise ValidationError("delay_s", "must be a number >= 0 and <= one year")
+    priority = obj.get("priority", DEFAULT_PRIORITY)
+    if isinstance(priority, float) and priority.is_integer():
+        priority = int(priority)
+    if not _is_int(priority) or priority not in PRIORITIES:
+        raise ValidationError("priority", "must be an integer from 0 to 9 (higher runs first)")
     return TaskSpec(
         type=check_name("type", obj["type"]),
         payload=obj.get("payload", {}),
@@ -86,6 +94,7 @@ def parse_spec(
         timeout_s=float(timeout_s),
         delay_s=float(delay_s),
         defaults=frozenset(DEFAULTABLE - set(obj)),
+        priority=priority,
     )
 
 

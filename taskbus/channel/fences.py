@@ -104,11 +104,14 @@ class Fences:
         if not leaving:
             self.client.sadd(self.keys.queue_index(), *self.settings.queues)
 
-    def finish(self, queue: str, outcomes: list[Outcome], entries: list[str]) -> list[str | None]:
-        """Write outcomes in one script call; `entries[i]` is the stream entry to acknowledge with
-        outcome i ('' when the channel acknowledges otherwise). Returns per outcome the status
-        written, or None where this worker's lease was lost (fenced off)."""
-        keys = [self.keys.stream(queue), self.keys.delayed(queue), self.keys.dead(queue), *self.ending_keys(queue)]
+    def finish(self, queue: str, outcomes: list[Outcome], entries: list[str],
+               stream: str | None = None) -> list[str | None]:
+        """Write outcomes in one script call; `entries[i]` is the entry of `stream` (default: the
+        queue's stream) to acknowledge with outcome i ('' when the channel acknowledges
+        otherwise). Returns per outcome the status written, or None where this worker's lease
+        was lost (fenced off)."""
+        keys = [stream or self.keys.stream(queue), self.keys.delayed(queue), self.keys.dead(queue),
+                *self.ending_keys(queue)]
         args: list[Any] = [
             self.settings.consumer_group,
             self.consumer,
@@ -124,14 +127,17 @@ class Fences:
         written = self.scripts.finish(keys=keys, args=args, client=self.client)
         return [status or None for status in written]
 
-    def promote(self, queue: str, limit: int, target: Target) -> tuple[list[str], int]:
-        """Move due delayed tasks into `target`; returns the ids moved and ms until the next one
-        is due (0: more are due now, -1: none)."""
+    def promote(self, queue: str, limit: int, target: Target, levels: list[str] | None = None) -> tuple[list[str], int]:
+        """Move due delayed tasks into `target` (or, given `levels`, the ten streams of priority
+        levels 0-9: each task into its own level's); returns the ids moved and ms until the next
+        one is due (0: more are due now, -1: none)."""
         due, wait_ms = self.read_due(self.keys.delayed(queue), limit)
         if not due:
             return [], wait_ms
-        keys = [self.keys.delayed(queue), target.key, *(self.keys.task(task_id) for task_id in due)]
-        moved: list[str] = self.scripts.promote(keys=keys, args=[target.kind, *due], client=self.client)
+        targets = levels or [target.key]
+        keys = [self.keys.delayed(queue), self.keys.levels(queue), *targets, *(self.keys.task(t) for t in due)]
+        args = [target.kind, len(targets), *due]
+        moved: list[str] = self.scripts.promote(keys=keys, args=args, client=self.client)
         return moved, 0 if len(due) == limit else wait_ms
 
     def read_due(self, zset: str, limit: int, age_ms: int = 0) -> tuple[list[str], int]:

@@ -21,14 +21,20 @@ end
 -- schedule_fire.lua. `t[a..a+9]` holds the task in enqueue.lua's ARGV layout (id, type, queue,
 -- payload JSON, max_attempts, timeout_s, delay_ms, pending TTL s, -, the fields the request left
 -- out), so enqueue.lua passes its ARGV as is. `target` is the stream (XADD) or, with `outbox`,
--- the Kafka outbox (ZADD). Returns the task's status.
-local function record_task(task, target, delayed, outbox, now, t, a)
+-- the Kafka outbox (ZADD). A task of a non-default priority has `t[a + 10]` (its level, 0-9,
+-- '' for the default) and `levels` (the queue's set of levels in use): its level is kept in the
+-- task hash (`priority`) for promotions, and `target` is its level's stream. Returns the status.
+local function record_task(task, target, delayed, outbox, now, t, a, levels)
   local delay = tonumber(t[a + 6])
   local status = 'queued'
   if delay > 0 then status = 'scheduled' end
   redis.call('HSET', task, 'id', t[a], 'type', t[a + 1], 'queue', t[a + 2], 'payload', t[a + 3],
     'max_attempts', t[a + 4], 'timeout_s', t[a + 5], 'status', status, 'attempts', 0, 'created_ms', now)
   if t[a + 9] ~= '' then redis.call('HSET', task, 'defaults', t[a + 9]) end
+  if levels and t[a + 10] ~= '' then
+    redis.call('HSET', task, 'priority', t[a + 10])
+    redis.call('SADD', levels, t[a + 10])
+  end
   -- a delayed task must outlive its delay: keep it PENDING_TTL_S past its due time
   redis.call('EXPIRE', task, tonumber(t[a + 7]) + math.ceil(delay / 1000))
   if delay > 0 then
