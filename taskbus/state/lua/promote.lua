@@ -19,11 +19,11 @@ for i = 1, #ARGV - 2 do
     local f = redis.call('HMGET', task, 'status', 'priority')
     if ARGV[1] == 'outbox' then
       redis.call('ZADD', KEYS[3], now, id)
-    elseif l == 10 and f[2] then
-      redis.call('SADD', KEYS[2], f[2])
-      redis.call('XADD', KEYS[3 + tonumber(f[2])], '*', 'id', id)
-    else
+    elseif l == 1 then
       redis.call('XADD', KEYS[3], '*', 'id', id)
+    else
+      if f[2] then redis.call('SADD', KEYS[2], f[2]) end
+      redis.call('XADD', KEYS[3 + (tonumber(f[2]) or 5)], '*', 'id', id)
     end
     if f[1] == 'scheduled' then
       redis.call('HSET', task, 'status', 'queued')
