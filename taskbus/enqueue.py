@@ -55,7 +55,7 @@ class Enqueuer:
                     results[index] = (found, status, bool(created))
             self.outlet.recorded(
                 [
-                    Recorded(found, self._dedupe_key(spec.queue, key, found))
+                    Recorded(found, self._dedupe_key(spec.queue, key, found), spec.priority)
                     for (found, status, created), (spec, key) in zip(results, items)
                     if created and status == QUEUED
                 ]
