@@ -104,12 +104,18 @@ class Fences:
         if not leaving:
             self.client.sadd(self.keys.queue_index(), *self.settings.queues)
 
-    def finish(self, queue: str, outcomes: list[Outcome], entries: list[str],
-               stream: str | None = None) -> list[str | None]:
-        """Write outcomes in one script call; `entries[i]` is the entry of `stream` (default: the
-        queue's stream) to acknowledge with outcome i ('' when the channel acknowledges
-        otherwise). Returns per outcome the status written, or None where this worker's lease
-        was lost (fenced off)."""
+    def finish(self, queue: str, outcomes: list[Outcome], entries: list[str]) -> list[str | None]:
+        """Write outcomes in one script call; `entries[i]` is the stream entry to acknowledge with
+        outcome i ('' when the channel acknowledges otherwise). Returns per outcome the status
+        written, or None where this worker's lease was lost (fenced off)."""
+        keys, args = self.finish_call(queue, outcomes, entries)
+        written = self.scripts.finish(keys=keys, args=args, client=self.client)
+        return [status or None for status in written]
+
+    def finish_call(self, queue: str, outcomes: list[Outcome], entries: list[str],
+                    stream: str | None = None) -> tuple[list[str], list[Any]]:
+        """KEYS and ARGV of `finish`'s script call, acknowledging `entries` in `stream` (default:
+        the queue's stream; Redis Streams passes a priority level's)."""
         keys = [stream or self.keys.stream(queue), self.keys.delayed(queue), self.keys.dead(queue),
                 *self.ending_keys(queue)]
         args: list[Any] = [
@@ -124,8 +130,7 @@ class Fences:
             job = outcome.job
             keys += [self.keys.task(job.task_id), self.keys.events(job.task_id)]
             args += [entry, job.task_id, job.attempt, outcome.kind, outcome.body, outcome.delay_ms]
-        written = self.scripts.finish(keys=keys, args=args, client=self.client)
-        return [status or None for status in written]
+        return keys, args
 
     def promote(self, queue: str, limit: int, target: Target, levels: list[str] | None = None) -> tuple[list[str], int]:
         """Move due delayed tasks into `target` (or, given `levels`, the ten streams of priority

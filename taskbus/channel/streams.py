@@ -198,15 +198,20 @@ class StreamsChannel:
         return keys, args
 
     def finish(self, queue: str, outcomes: list[Outcome]) -> list[str | None]:
-        """One finish.lua call per level stream among the outcomes (one, unless priorities are used)."""
-        written: list[str | None] = [None] * len(outcomes)
+        """One finish.lua call per level stream among the outcomes (one, unless priorities are
+        used; then all in one round trip)."""
+        groups = by_level(outcomes, lambda o: o.job.entry)
+        if len(groups) == 1 and DEFAULT_PRIORITY in groups:
+            with self._redis():
+                return self.fences.finish(queue, outcomes, [o.job.entry for o in outcomes])
+        calls = [self.fences.finish_call(queue, [o for _, o in items], [split_entry(o.job.entry)[1] for _, o in items],
+                                         self.keys.level_stream(queue, level)) for level, items in groups.items()]
         with self._redis():
-            for level, items in by_level(outcomes, lambda o: o.job.entry).items():
-                entries = [split_entry(o.job.entry)[1] for _, o in items]
-                stream = self.keys.level_stream(queue, level)
-                statuses = self.fences.finish(queue, [o for _, o in items], entries, stream)
-                for (index, _), status in zip(items, statuses):
-                    written[index] = status
+            replies = self.scripts.run_many(self.scripts.finish, calls, fsync=False, wait_ms=0)
+        written: list[str | None] = [None] * len(outcomes)
+        for items, statuses in zip(groups.values(), replies):
+            for (index, _), status in zip(items, statuses):
+                written[index] = status or None
         return written
 
     def heartbeat(self, queue: str, jobs: list[Job]) -> list[str]:

@@ -14,12 +14,12 @@ local heads = {}
 for i = 1, #KEYS do
   local ok, groups = pcall(redis.call, 'XINFO', 'GROUPS', KEYS[i])
   local last = nil
-  if ok then
-    for _, g in ipairs(groups) do
-      local info = {}
-      for j = 1, #g, 2 do info[g[j]] = g[j + 1] end
-      if info['name'] == group then last = info['last-delivered-id'] end
+  for _, g in ipairs(ok and groups or {}) do
+    local name, delivered = nil, nil
+    for j = 1, #g, 2 do
+      if g[j] == 'name' then name = g[j + 1] elseif g[j] == 'last-delivered-id' then delivered = g[j + 1] end
     end
+    if name == group then last = delivered break end
   end
   if last then  -- else no stream or no group yet: the worker creates it, nothing to read here
     local level = tonumber(ARGV[4 + i])
