@@ -81,3 +81,21 @@ def test_purge_empties_every_level(admin, client, queue, r, keys):
     assert all(admin.task(t)["status"] == "cancelled" for t in ids)  # type: ignore[index]
     assert admin.overview(queue)["counts"]["queued"] == 0
     assert r.xlen(keys.level_stream(queue, 7)) == r.xlen(keys.level_stream(queue, 2)) == 0
+
+
+def test_an_operators_retry_keeps_the_level(admin, client, settings, queue, r, keys):
+    [task_id] = enqueue(client, queue, 1, priority=9)
+    channel = StreamsChannel(settings, "c1")
+    try:
+        channel.open()
+        found = wait_until(lambda: channel.read(1, 100), timeout=10, message="a read")
+        [job] = [v.job for v in channel.start(queue, found) if isinstance(v, Run)]
+        error = b'{"type": "Boom", "message": "failed for the test", "traceback": null}'
+        assert channel.finish(queue, [Outcome(job, "failed", error)]) == ["failed"]
+        admin.retry(task_id, actor="gina")
+        assert admin.task(task_id)["status"] == "queued"  # type: ignore[index]
+        assert r.xlen(keys.stream(queue)) == 0, "not put in the default level's stream"
+        wait_until(lambda: channel.promote_due(queue) >= -1 and r.xlen(keys.level_stream(queue, 9)) == 1,
+                   timeout=10, message="promoted into level 9")
+    finally:
+        channel.close(drained=True)

@@ -202,12 +202,14 @@ end
 -- A failed or cancelled task back to `queued` as a new series of attempts under the same id
 -- (retry and re-drive): the series that ended goes into the history; the new series gets as
 -- many attempts as the first had. `target`/`kind`: the work stream (XADD), or, on Kafka, the
--- delayed zset due now (the next promotion publishes it through the outbox). `fallback` (the
+-- delayed zset due now (the next promotion publishes it through the outbox); a task of a
+-- non-default priority goes through the delayed zset on Redis Streams too, so the promotion puts
+-- it in its level's stream. `fallback` (the
 -- dead-letter record's fields, or nil) recreates a task whose record expired. Returns
 -- {'queued'}, {'missing'} or {'conflict', status}.
 local function requeue(task, target, kind, delayed, dead, dead_entry, id, now, pending_ttl, fallback)
   local f = redis.call('HMGET', task, 'status', 'attempts', 'max_attempts', 'series_max', 'consumer',
-    'started_ms', 'finished_ms', 'error', 'dead_entry')
+    'started_ms', 'finished_ms', 'error', 'dead_entry', 'priority')
   if not f[1] then
     if not fallback or fallback.type == '' or fallback.payload == '' then return {'missing'} end
     redis.call('HSET', task, 'id', id, 'type', fallback.type, 'queue', fallback.queue, 'payload', fallback.payload,
@@ -225,7 +227,7 @@ local function requeue(task, target, kind, delayed, dead, dead_entry, id, now, p
   redis.call('HSET', task, 'status', 'queued', 'max_attempts', attempts + series_max, 'series_max', series_max)
   redis.call('HINCRBY', task, 'series', 1)
   redis.call('EXPIRE', task, pending_ttl)
-  if kind == 'stream' then
+  if kind == 'stream' and not f[10] then
     redis.call('XADD', target, '*', 'id', id)
   else
     redis.call('ZADD', delayed, now, id)
