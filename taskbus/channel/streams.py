@@ -141,6 +141,8 @@ class StreamsChannel:
             self._orphans_possible.discard(queue)
             found: list[Delivery] = []
             for level in self.levels.of(queue):  # each level stream in use, highest first
+                if len(found) >= limit:
+                    break
                 if orphans:
                     found += self._own_orphans(queue, level, running, limit - len(found))
                 found += self._expired(queue, level, limit - len(found))
