@@ -13,15 +13,20 @@ local group, consumer, count, step = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumb
 local heads = {}
 for i = 1, #KEYS do
   local ok, groups = pcall(redis.call, 'XINFO', 'GROUPS', KEYS[i])
-  local last = nil
+  local last, lag = nil, nil
   for _, g in ipairs(ok and groups or {}) do
-    local name, delivered = nil, nil
+    local name, delivered, behind = nil, nil, nil
     for j = 1, #g, 2 do
-      if g[j] == 'name' then name = g[j + 1] elseif g[j] == 'last-delivered-id' then delivered = g[j + 1] end
+      local field = g[j]
+      if field == 'name' then name = g[j + 1]
+      elseif field == 'last-delivered-id' then delivered = g[j + 1]
+      elseif field == 'lag' then behind = g[j + 1] end
     end
-    if name == group then last = delivered break end
+    if name == group then last, lag = delivered, behind break end
   end
-  if last then  -- else no stream or no group yet: the worker creates it, nothing to read here
+  -- no stream or no group yet (the worker creates it), or nothing undelivered (a lag of 0; the
+  -- lag is nil when Redis cannot tell): nothing to read here
+  if last and lag ~= 0 then
     local level = tonumber(ARGV[4 + i])
     heads[i] = {level = level, offset = (9 - level) * step, entries = redis.call('XRANGE', KEYS[i], '(' .. last,
       '+', 'COUNT', count), next = 1, taken = 0}
