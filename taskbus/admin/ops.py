@@ -61,7 +61,8 @@ class Admin:
     def _overviews(self, queues: list[str]) -> list[dict[str, Any]]:
         """Three pipelined round trips for any number of queues, a handful of O(1)/O(log n)
         commands per queue in each: counts, then the oldest queued and running entries, then
-        when the oldest running task started."""
+        when the oldest running task started (and, between the first two, the counts of the
+        priority level streams of the queues that have some in use)."""
         with unavailable_on_redis_errors():
             first = self._pipeline(lambda p, q: stats.first_round(p, self.keys, self.settings, q), queues)
             now_ms = stats.server_ms(self.client)

@@ -1,5 +1,6 @@
 """The queue overview, read in three pipelined rounds of O(1) commands per queue (no scan of
-tasks), and the per-queue counters' ring of 10-second buckets (written by lib.lua `flush_tally`)."""
+tasks; a fourth, `level_round`, only while some queue has priority levels in use), and the
+per-queue counters' ring of 10-second buckets (written by lib.lua `flush_tally`)."""
 
 from __future__ import annotations
 

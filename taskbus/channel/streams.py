@@ -176,6 +176,8 @@ class StreamsChannel:
         """One start.lua call per level stream in the batch (all in one round trip)."""
         groups = by_level(deliveries, lambda d: d.entry)
         calls = [self._start_call(queue, level, [d for _, d in items]) for level, items in groups.items()]
+        if not calls:
+            return []
         with self._redis():
             if len(calls) == 1:
                 keys, args = calls[0]
