@@ -157,22 +157,32 @@ class Admin:
     def _list_running(self, queue: str, cursor: str | None, limit: int) -> Page:
         if self.kafka:  # Kafka has no pending list to page through
             return [], None
-        stream = self.keys.stream(queue)
-        start = f"({_entry_cursor(cursor)}" if cursor else "-"
+        at, after = _level_cursor(cursor) if cursor else (9, "")
+        rows: list[dict[str, Any]] = []
+        for level in self._levels(queue):  # as the queued listing: highest level first
+            if level <= at:
+                rows += self._running_rows(queue, level, f"({after}" if after and level == at else "-",
+                                           limit - len(rows))
+            if len(rows) == limit:
+                return rows, rows[-1]["entry"]
+        return rows, None
+
+    def _running_rows(self, queue: str, level: int, start: str, limit: int) -> list[dict[str, Any]]:
+        stream = self.keys.level_stream(queue, level)
         try:
             pending: Any = self.client.xpending_range(stream, self.settings.consumer_group, start, "+", limit)
         except redis.ResponseError:  # no group yet
-            return [], None
+            return []
         pipe = self.client.pipeline(transaction=False)
         for p in pending:
             pipe.xrange(stream, p["message_id"], p["message_id"])
         found = pipe.execute()
         ids = [entries[0][1].get("id", "") if entries else "" for entries in found]
-        rows = [
-            {**r, "entry": p["message_id"], "worker": p["consumer"], "idle_s": p["time_since_delivered"] / 1000}
+        return [
+            {**r, "entry": entry_name(level, p["message_id"]), "priority": level, "worker": p["consumer"],
+             "idle_s": p["time_since_delivered"] / 1000}
             for r, p in zip(self._rows(ids), pending)
         ]
-        return rows, pending[-1]["message_id"] if len(pending) == limit else None
 
     def _list_dead(self, queue: str, cursor: str | None, limit: int) -> Page:
         end = f"({_entry_cursor(cursor)}" if cursor else "+"

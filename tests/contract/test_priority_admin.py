@@ -51,6 +51,9 @@ def test_overview_counts_queued_and_running_tasks_of_every_level(admin, client, 
         o = admin.overview(queue)
         assert (o["counts"]["queued"], o["counts"]["running"]) == (7, 2)
         assert o["oldest_age_s"]["running"] is not None
+        running = admin.tasks(queue, "running", limit=1)
+        more = admin.tasks(queue, "running", cursor=running["next_cursor"], limit=1)
+        assert [(t["id"], t["priority"]) for t in running["tasks"] + more["tasks"]] == [(t, 9) for t in nines]
         assert channel.heartbeat(queue, jobs) == [], "the level-9 leases are ours"
         assert channel.finish(queue, [Outcome(j, "succeeded", b"{}") for j in jobs]) == ["succeeded"] * 2
         assert admin.overview(queue)["counts"]["running"] == 0
