@@ -114,4 +114,4 @@ def test_a_flood_of_nines_holds_a_one_at_most_the_max_delay_beyond_its_fifo_turn
     assert younger_before, "the 9s that arrived after the 1 overtook it (priorities were in effect)"
     print(f"priority-1 wait {started - created} ms, {started - fifo_turn} ms past its FIFO turn, "
           f"overtaken by {len(younger_before)} younger 9s")
-    assert started - fifo_turn <= (max_delay_s + 0.75) * 1000, (started - created, started - fifo_turn)
+    assert started - fifo_turn <= (max_delay_s + 1.0) * 1000, (started - created, started - fifo_turn)
