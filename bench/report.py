@@ -144,6 +144,7 @@ def drain_table(w: Callable[[str], None], s: dict[str, Any], cfg: dict[str, Any]
     kafka_best = best_per_procs(s, "taskbus-kafka", cfg["concurrencies"])
     rows = [(f"taskbus/{p}p/c{c}", p) for p in (1, 2) for c in cfg["concurrencies"]]
     rows += [(f"taskbus-kafka/{p}p/c{c}", p) for p in (1, 2) for c in cfg["concurrencies"]]
+    rows += [(f"taskbus-prio/{p}p/c{c}", p) for p in (1, 2) for c in cfg["concurrencies"]]  # bench/priority.py
     for key, p in rows + DRAIN_PEERS:
         base = f"drain/{key}"
         if base + "/tasks_s" not in s:
@@ -154,6 +155,9 @@ def drain_table(w: Callable[[str], None], s: dict[str, Any], cfg: dict[str, Any]
             vs = "best" if tb_best.get(p) == base else ""
         elif key.startswith("taskbus-kafka/"):
             vs = kafka_vs(s, base, p, tb_best.get(p), kafka_best.get(p) == base)
+        elif key.startswith("taskbus-prio/"):
+            plain = "drain/taskbus/" + key.removeprefix("taskbus-prio/")
+            vs = f"{rfmt(ratio(s, base + '/tasks_s', plain + '/tasks_s'))} of no priorities, same procs and CONCURRENCY"
         else:
             tb = tb_best.get(p)
             vs = f"{rfmt(ratio(s, tb + '/tasks_s', base + '/tasks_s'))} vs taskbus {p} proc(s)" if tb else "—"

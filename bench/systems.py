@@ -41,6 +41,9 @@ def drain_systems(stack: Stack, cfg: Config) -> list[System]:
     systems: list[System] = []
     if "drain" in cfg.only:
         systems += taskbus_systems(stack, cfg)
+        from bench.priority import priority_systems  # it builds on this module's System
+
+        systems += priority_systems(stack, cfg)
     if "kafka" in cfg.only:
         systems += kafka_systems(stack, cfg)
     if "peers" in cfg.only:

@@ -439,9 +439,10 @@ def workers(ops: Ops, queue: str | None) -> None:
 @click.option("--queue", default="default", show_default=True)
 @click.option("--wait", type=click.FloatRange(min=0), default=None, metavar="S",
               help="Wait up to S seconds for the task to finish, then print it.")
-def enqueue(ops: Ops, task_type: str, payload: Any, queue: str, wait: float | None) -> None:
+@click.option("--priority", type=click.IntRange(0, 9), default=None, help="0-9, higher first (default 5).")
+def enqueue(ops: Ops, task_type: str, payload: Any, queue: str, wait: float | None, priority: int | None) -> None:
     """Enqueue a task of TYPE with a JSON PAYLOAD (default {}); print its id."""
-    enqueued = ops.client.enqueue(task_type, payload, queue=queue)
+    enqueued = ops.client.enqueue(task_type, payload, queue=queue, priority=priority)
     task = ops.client.wait(enqueued.id, wait) if wait is not None else None
     if ops.as_json:
         document: dict[str, Any] = {"id": enqueued.id, "status": enqueued.status, "created": enqueued.created}

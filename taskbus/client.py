@@ -47,11 +47,14 @@ class Client:
         delay_s: float = 0.0,
         max_attempts: int | None = None,
         timeout_s: float | None = None,
+        priority: int | None = None,
     ) -> Enqueued:
         """Record a task and publish it; `max_attempts` and `timeout_s` left as None take the
-        handler's defaults, else the deployment's (DEFAULT_MAX_ATTEMPTS, DEFAULT_TIMEOUT_S)."""
+        handler's defaults, else the deployment's (DEFAULT_MAX_ATTEMPTS, DEFAULT_TIMEOUT_S);
+        `priority` 0-9, higher first (None: 5)."""
         task = {"type": type, "payload": {} if payload is None else payload, "queue": queue, "delay_s": delay_s,
-                "max_attempts": max_attempts, "timeout_s": timeout_s, "idempotency_key": idempotency_key}
+                "max_attempts": max_attempts, "timeout_s": timeout_s, "idempotency_key": idempotency_key,
+                "priority": priority}
         return Enqueued(*self._enqueuer.enqueue_many([self._item(task)])[0])
 
     def enqueue_many(self, tasks: Iterable[Mapping[str, Any]]) -> list[Enqueued]:

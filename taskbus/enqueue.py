@@ -5,12 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 from taskbus import codec
-from taskbus.channel import Outlet, Recorded, open_outlet
+from taskbus.channel import Outlet, Recorded, Target, open_outlet
 from taskbus.keys import Keys
 from taskbus.settings import Settings
 from taskbus.state.client import connect, unavailable_on_redis_errors
 from taskbus.state.scripts import Scripts
-from taskbus.task import QUEUED, TaskSpec, new_id
+from taskbus.task import DEFAULT_PRIORITY, QUEUED, TaskSpec, new_id
 
 # WAITAOF waits this fraction of the socket timeout, so Redis answers before the socket gives up.
 FSYNC_WAIT_SHARE = 0.75
@@ -55,7 +55,7 @@ class Enqueuer:
                     results[index] = (found, status, bool(created))
             self.outlet.recorded(
                 [
-                    Recorded(found, self._dedupe_key(spec.queue, key, found))
+                    Recorded(found, self._dedupe_key(spec.queue, key, found), spec.priority)
                     for (found, status, created), (spec, key) in zip(results, items)
                     if created and status == QUEUED
                 ]
@@ -79,7 +79,8 @@ class Enqueuer:
         for spec, key in items:
             task_id = new_id(queue)
             dedupe = self._dedupe_key(queue, key, task_id)
-            keys += [self.keys.task(task_id), target.key, self.keys.delayed(queue), dedupe]
+            keys += [self.keys.task(task_id), self._target_key(target, queue, spec.priority), self.keys.delayed(queue),
+                     dedupe, self.keys.levels(queue)]
             args += [
                 task_id,
                 spec.type,
@@ -91,11 +92,19 @@ class Enqueuer:
                 self.settings.pending_ttl_s,
                 (idempotency_ttl_s or self.settings.idempotency_ttl_s) if key is not None else "",
                 ",".join(sorted(spec.defaults)),
+                "" if spec.priority == DEFAULT_PRIORITY else spec.priority,
                 spec.concurrency_key or "",
             ]
         if traceparent is not None:
             args.append(traceparent)
         return keys, args
+
+    def _target_key(self, target: Target, queue: str, priority: int) -> str:
+        """On Redis Streams each priority level has its stream (the default's is the queue's
+        stream); Kafka's outbox takes every level (the record carries it)."""
+        if target.kind != "stream" or priority == DEFAULT_PRIORITY:
+            return target.key
+        return self.keys.level_stream(queue, priority)
 
     def _run(self, calls: list[tuple[list[str], list[Any]]]) -> list[Any]:
         fsync, replicas = self.settings.enqueue_fsync, self.settings.enqueue_replicas

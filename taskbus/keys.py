@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 
-from taskbus.task import queue_of
+from taskbus.task import DEFAULT_PRIORITY, queue_of
 
 
 class Keys:
@@ -23,6 +23,16 @@ class Keys:
     def stream(self, queue: str) -> str:
         """The work stream: one entry per delivery, deleted once acknowledged."""
         return f"{self._queue_prefix(queue)}:stream"
+
+    def level_stream(self, queue: str, level: int) -> str:
+        """The work stream of priority `level` (0-9): the default level 5 is `stream` itself, so
+        a queue without priorities has exactly today's keys (see channel/levels.py)."""
+        return self.stream(queue) if level == DEFAULT_PRIORITY else f"{self._queue_prefix(queue)}:stream:p{level}"
+
+    def levels(self, queue: str) -> str:
+        """Set of the non-default priority levels ever enqueued on the queue: while it is empty,
+        workers read the queue's one stream as if priorities did not exist."""
+        return f"{self._queue_prefix(queue)}:levels"
 
     def delayed(self, queue: str) -> str:
         """Sorted set of task ids scored by due time (ms, server clock): delays and backoffs."""

@@ -77,6 +77,7 @@ class Settings:
     consumer_name: str = ""  # empty: derived from host name and pid
     unknown_type_grace_s: float = 600.0  # a task no live worker has a handler for fails after this long
     cancel_grace_s: float = 10.0  # a cancelled running task ends `cancelled` this long after the request at the latest
+    priority_max_delay_s: float = 60.0  # priorities delay no task more than this beyond its FIFO turn
     # Operators: dead letters keep the task (payload included) this long, beyond RESULT_TTL_S, for re-drives
     dead_ttl_s: int = 14 * 24 * 3600
     dead_max: int = 100_000  # dead letters kept per queue (oldest dropped first, counted as evicted)
@@ -158,7 +159,7 @@ class Settings:
                     "max_wait_s", "backoff_max_s", "kafka_produce_timeout_s")
         _at_least(self, 0, "grace_s", "backoff_base_s", "unknown_type_grace_s", "cancel_grace_s")
         _at_least(self, 1, "dead_ttl_s", "dead_max", "recent_max")
-        _above_zero(self, "redrive_rate")
+        _above_zero(self, "redrive_rate", "priority_max_delay_s")
         if self.block_ms / 1000 >= self.redis_socket_timeout_s:
             raise _bad("BLOCK_MS", self.block_ms,
                        f"below REDIS_SOCKET_TIMEOUT_S in ms ({self.redis_socket_timeout_s * 1000:g})")

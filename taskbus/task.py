@@ -25,8 +25,10 @@ SUCCEEDED, FAILED, CANCELLED = "succeeded", "failed", "cancelled"
 TERMINAL = frozenset({SUCCEEDED, FAILED, CANCELLED})
 STATUSES = (QUEUED, SCHEDULED, THROTTLED, RUNNING, SUCCEEDED, FAILED, CANCELLED)
 
-FIELDS = {"type", "payload", "queue", "max_attempts", "timeout_s", "delay_s", "concurrency_key"}
+FIELDS = {"type", "payload", "queue", "max_attempts", "timeout_s", "delay_s", "priority", "concurrency_key"}
 DEFAULTABLE = frozenset({"max_attempts", "timeout_s"})  # a handler may set its own defaults for these
+DEFAULT_PRIORITY = 5  # 0-9, higher first; the default costs nothing (see channel/levels.py)
+PRIORITIES = range(10)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,6 +44,7 @@ class TaskSpec:
     # Fields the request left out ("max_attempts", "timeout_s"): the values above are the
     # deployment's defaults, and the handler's own defaults replace them when the task first starts.
     defaults: frozenset[str] = frozenset()
+    priority: int = DEFAULT_PRIORITY
     # The limit key its type's concurrency and rate limits count it under, instead of the payload
     # field the type names (taskbus.limits); None: that field, or one key for the type.
     concurrency_key: str | None = None
@@ -81,6 +84,11 @@ def parse_spec(
     delay_s = obj.get("delay_s", 0)
     if not _is_number(delay_s) or not 0 <= delay_s <= 366 * 86400:
         raise ValidationError("delay_s", "must be a number >= 0 and <= one year")
+    priority = obj.get("priority", DEFAULT_PRIORITY)
+    if isinstance(priority, float) and priority.is_integer():
+        priority = int(priority)
+    if not _is_int(priority) or priority not in PRIORITIES:
+        raise ValidationError("priority", "must be an integer from 0 to 9 (higher runs first)")
     return TaskSpec(
         type=check_name("type", obj["type"]),
         payload=obj.get("payload", {}),
@@ -89,6 +97,7 @@ def parse_spec(
         timeout_s=float(timeout_s),
         delay_s=float(delay_s),
         defaults=frozenset(DEFAULTABLE - set(obj)),
+        priority=priority,
         concurrency_key=check_idempotency_key("concurrency_key", obj["concurrency_key"])
         if "concurrency_key" in obj else None,
     )

@@ -12,13 +12,14 @@ import redis
 from taskbus import codec
 from taskbus.admin import stats
 from taskbus.admin.rows import as_int, as_json, detail, row, workers_of
+from taskbus.channel.levels import entry_name, split_entry
 from taskbus.errors import Conflict, NotFound, ValidationError
 from taskbus.keys import Keys
 from taskbus.redact import redact
 from taskbus.settings import Settings
 from taskbus.state.client import connect, unavailable_on_redis_errors
 from taskbus.state.scripts import Scripts
-from taskbus.task import check_name, iso, queue_of
+from taskbus.task import DEFAULT_PRIORITY, PRIORITIES, check_name, iso, queue_of
 
 log = logging.getLogger(__name__)
 
@@ -60,11 +61,19 @@ class Admin:
     def _overviews(self, queues: list[str]) -> list[dict[str, Any]]:
         """Three pipelined round trips for any number of queues, a handful of O(1)/O(log n)
         commands per queue in each: counts, then the oldest queued and running entries, then
-        when the oldest running task started."""
+        when the oldest running task started (and, between the first two, the counts of the
+        priority level streams of the queues that have some in use)."""
         with unavailable_on_redis_errors():
             first = self._pipeline(lambda p, q: stats.first_round(p, self.keys, self.settings, q), queues)
             now_ms = stats.server_ms(self.client)
             heads = [stats.Head.of(reply, self.settings) for reply in first]
+            with_levels = [(q, h) for q, h in zip(queues, heads) if h.levels]
+            if with_levels:  # only while some queue has priorities in use: one more round trip
+                add = dict(with_levels)
+                levels = self._pipeline(lambda p, q: stats.level_round(p, self.keys, self.settings, q, add[q].levels),
+                                        [q for q, _ in with_levels])
+                for (_, head), reply in zip(with_levels, levels):
+                    head.take_levels(reply, self.settings)
             second = self._pipeline(lambda p, q: heads[queues.index(q)].second_round(p, self.keys, q), queues)
             for head, reply in zip(heads, second):
                 head.take_second(reply)
@@ -106,16 +115,30 @@ class Admin:
     def _list_queued(self, queue: str, cursor: str | None, limit: int) -> Page:
         if self.kafka:  # recorded and not yet started: the outbox, by when each was recorded
             return self._list_zset(self.keys.outbox(queue), cursor, limit, "queued_since")
-        start = f"({_entry_cursor(cursor)}" if cursor else self._first_undelivered(queue)
-        entries: Any = self.client.xrange(self.keys.stream(queue), start, "+", count=limit)
-        ids = [fields.get("id", "") for _, fields in entries]
-        rows = [{**r, "entry": e} for r, (e, _) in zip(self._rows(ids), entries)]
-        return rows, entries[-1][0] if len(entries) == limit else None
+        at, after = _level_cursor(cursor) if cursor else (9, "")
+        rows: list[dict[str, Any]] = []
+        for level in self._levels(queue):  # highest first, as workers take them (within their deadlines)
+            stream = self.keys.level_stream(queue, level)
+            if level > at:
+                continue
+            start = f"({after}" if after and level == at else self._first_undelivered(stream)
+            entries: Any = self.client.xrange(stream, start, "+", count=limit - len(rows))
+            found = self._rows([fields.get("id", "") for _, fields in entries])
+            rows += [{**r, "entry": entry_name(level, e), "priority": level} for r, (e, _) in zip(found, entries)]
+            if len(rows) == limit:
+                return rows, rows[-1]["entry"]
+        return rows, None
 
-    def _first_undelivered(self, queue: str) -> str:
-        """`(last-delivered-id` of the queue's group: what follows is queued, not yet read."""
+    def _levels(self, queue: str) -> list[int]:
+        """The queue's priority levels in use and the default, highest first (channel/levels.py)."""
+        levels: Any = self.client.smembers(self.keys.levels(queue))
+        return sorted({DEFAULT_PRIORITY, *(int(n) for n in levels if n.isdigit() and int(n) in PRIORITIES)},
+                      reverse=True)
+
+    def _first_undelivered(self, stream: str) -> str:
+        """`(last-delivered-id` of the queue's group on `stream`: what follows is queued, not yet read."""
         try:
-            groups: Any = self.client.xinfo_groups(self.keys.stream(queue))
+            groups: Any = self.client.xinfo_groups(stream)
         except redis.ResponseError:  # no stream yet
             return "-"
         group = next((g for g in groups if g["name"] == self.settings.consumer_group), None)
@@ -143,22 +166,32 @@ class Admin:
     def _list_running(self, queue: str, cursor: str | None, limit: int) -> Page:
         if self.kafka:  # Kafka has no pending list to page through
             return [], None
-        stream = self.keys.stream(queue)
-        start = f"({_entry_cursor(cursor)}" if cursor else "-"
+        at, after = _level_cursor(cursor) if cursor else (9, "")
+        rows: list[dict[str, Any]] = []
+        for level in self._levels(queue):  # as the queued listing: highest level first
+            if level <= at:
+                rows += self._running_rows(queue, level, f"({after}" if after and level == at else "-",
+                                           limit - len(rows))
+            if len(rows) == limit:
+                return rows, rows[-1]["entry"]
+        return rows, None
+
+    def _running_rows(self, queue: str, level: int, start: str, limit: int) -> list[dict[str, Any]]:
+        stream = self.keys.level_stream(queue, level)
         try:
             pending: Any = self.client.xpending_range(stream, self.settings.consumer_group, start, "+", limit)
         except redis.ResponseError:  # no group yet
-            return [], None
+            return []
         pipe = self.client.pipeline(transaction=False)
         for p in pending:
             pipe.xrange(stream, p["message_id"], p["message_id"])
         found = pipe.execute()
         ids = [entries[0][1].get("id", "") if entries else "" for entries in found]
-        rows = [
-            {**r, "entry": p["message_id"], "worker": p["consumer"], "idle_s": p["time_since_delivered"] / 1000}
+        return [
+            {**r, "entry": entry_name(level, p["message_id"]), "priority": level, "worker": p["consumer"],
+             "idle_s": p["time_since_delivered"] / 1000}
             for r, p in zip(self._rows(ids), pending)
         ]
-        return rows, pending[-1]["message_id"] if len(pending) == limit else None
 
     def _list_dead(self, queue: str, cursor: str | None, limit: int) -> Page:
         end = f"({_entry_cursor(cursor)}" if cursor else "+"
@@ -292,11 +325,14 @@ class Admin:
         """Every entry queued when the purge began, in chunks (tasks enqueued meanwhile stay)."""
         if self.kafka:
             raise ValidationError("state", "purging queued tasks needs CHANNEL=redis (Kafka records cannot be deleted)")
-        stream = self.keys.stream(queue)
+        return sum(self._purge_stream(queue, self.keys.level_stream(queue, level), actor)
+                   for level in self._levels(queue))
+
+    def _purge_stream(self, queue: str, stream: str, actor: str) -> int:
         last: Any = self.client.xrevrange(stream, "+", "-", count=1)
         if not last:
             return 0
-        stop, start, total = last[0][0], self._first_undelivered(queue), 0
+        stop, start, total = last[0][0], self._first_undelivered(stream), 0
         while True:
             entries: Any = self.client.xrange(stream, start, stop, count=PURGE_CHUNK)
             entries = [(e, f.get("id", "")) for e, f in entries]
@@ -332,6 +368,15 @@ class Admin:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _level_cursor(cursor: str) -> tuple[int, str]:
+    """A queued listing's cursor: an entry of the default level, or `<entry>@<level>`, checked."""
+    entry, sep, level = cursor.partition("@")
+    _entry_cursor(entry)
+    if sep and not (level.isdigit() and int(level) in PRIORITIES):
+        raise ValidationError("cursor", "is not a cursor this listing returned")
+    return split_entry(cursor)
 
 
 def _entry_cursor(cursor: str) -> str:

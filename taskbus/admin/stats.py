@@ -1,5 +1,6 @@
 """The queue overview, read in three pipelined rounds of O(1) commands per queue (no scan of
-tasks), and the per-queue counters' ring of 10-second buckets (written by lib.lua `flush_tally`)."""
+tasks; a fourth, `level_round`, only while some queue has priority levels in use), and the
+per-queue counters' ring of 10-second buckets (written by lib.lua `flush_tally`)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import redis
 from taskbus import codec
 from taskbus.keys import Keys
 from taskbus.settings import Settings
-from taskbus.task import iso, queue_of
+from taskbus.task import DEFAULT_PRIORITY, iso, queue_of
 
 BUCKET_MS = 10_000
 SLOTS = 361  # an hour of buckets and the current one
@@ -37,6 +38,17 @@ def first_round(pipe: Any, keys: Keys, settings: Settings, queue: str) -> None:
     pipe.hgetall(keys.workers(queue))
     pipe.zcard(keys.outbox(queue))
     pipe.zcard(keys.throttled(queue))  # waiting for a concurrency slot (flow control)
+    pipe.smembers(keys.levels(queue))
+
+
+def level_round(pipe: Any, keys: Keys, settings: Settings, queue: str, levels: list[int]) -> None:
+    """Only for a queue with priority levels in use: the first round's stream counts of each
+    level's stream (see channel/levels.py)."""
+    for level in levels:
+        stream = keys.level_stream(queue, level)
+        pipe.xlen(stream)
+        pipe.xinfo_groups(stream)
+        pipe.xpending(stream, settings.consumer_group)
 
 
 @dataclasses.dataclass
@@ -54,6 +66,9 @@ class Head:
     workers: dict[str, str]
     outbox: int
     throttled: int
+    levels: list[int] = dataclasses.field(default_factory=list)  # non-default priority levels in use
+    streams: list[tuple[str | None, str | None, int]] = dataclasses.field(default_factory=list)  # per other
+    #   level: its last delivered and oldest pending entries, its level
     oldest_queued_ms: int | None = None
     running_task: str | None = None
     oldest_started_ms: int | None = None
@@ -70,21 +85,36 @@ class Head:
             scheduled=_count(r[3]), dead=_count(r[4]), paused=paused if r[5] is not None else None,
             counters=r[6] if isinstance(r[6], dict) else {}, workers=r[7] if isinstance(r[7], dict) else {},
             outbox=_count(r[8]), throttled=_count(r[9]),
+            levels=sorted(int(n) for n in (r[10] if isinstance(r[10], set | list) else [])),
         )
 
+    def take_levels(self, r: list[Any], settings: Settings) -> None:
+        """Add each level stream's counts (three replies per level, `level_round`'s) to the queue's."""
+        for i, level in enumerate(self.levels):
+            other = Head.of([*r[3 * i:3 * i + 3], 0, 0, None, {}, {}, 0, 0, []], settings)
+            self.length += other.length
+            self.pending += other.pending
+            self.streams.append((other.last_delivered, other.oldest_pending, level))
+
     def second_round(self, pipe: Any, keys: Keys, queue: str) -> None:
-        stream = keys.stream(queue)
-        start = f"({self.last_delivered}" if self.last_delivered else "-"
-        pipe.xrange(stream, start, "+", count=1)
-        if self.oldest_pending:
-            pipe.xrange(stream, self.oldest_pending, self.oldest_pending)
+        """The head of each level's stream (the default's first), then the oldest pending entry
+        of them all."""
+        streams = [(self.last_delivered, self.oldest_pending, DEFAULT_PRIORITY), *self.streams]
+        for last_delivered, _, level in streams:
+            start = f"({last_delivered}" if last_delivered else "-"
+            pipe.xrange(keys.level_stream(queue, level), start, "+", count=1)
+        pending = [(_entry_ms(oldest), oldest, level) for _, oldest, level in streams if oldest]
+        if pending:
+            _, oldest, level = min(pending)
+            pipe.xrange(keys.level_stream(queue, level), oldest, oldest)
 
     def take_second(self, replies: list[Any]) -> None:
-        first = replies[0] if replies and isinstance(replies[0], list) else []
-        if first:
-            self.oldest_queued_ms = int(first[0][0].split("-")[0])
-        if len(replies) > 1 and isinstance(replies[1], list) and replies[1]:
-            task_id = replies[1][0][1].get("id", "")
+        heads = [_entry_ms(r[0][0]) for r in replies[:len(self.streams) + 1] if isinstance(r, list) and r]
+        if heads:
+            self.oldest_queued_ms = min(heads)
+        running = replies[len(self.streams) + 1:]
+        if running and isinstance(running[0], list) and running[0]:
+            task_id = running[0][0][1].get("id", "")
             self.running_task = task_id if queue_of(task_id) else None
 
     def third_round(self, pipe: Any, keys: Keys) -> None:
@@ -161,6 +191,10 @@ def live_workers(workers: dict[str, str], since_ms: int) -> list[dict[str, Any]]
         if w and int(w.get("seen_ms") or 0) >= since_ms:
             out.append({**w, "consumer": consumer})
     return out
+
+
+def _entry_ms(entry: str) -> int:
+    return int(entry.split("-")[0])
 
 
 def _age(now_ms: int, then_ms: int | None) -> float | None:

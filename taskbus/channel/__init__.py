@@ -168,6 +168,7 @@ class Recorded:
 
     task_id: str
     dedupe_key: str
+    priority: int = 5  # 0-9 (task.DEFAULT_PRIORITY): what Kafka's record carries
 
 
 class Outlet(Protocol):

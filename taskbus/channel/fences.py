@@ -108,8 +108,16 @@ class Fences:
         """Write outcomes in one script call; `entries[i]` is the stream entry to acknowledge with
         outcome i ('' when the channel acknowledges otherwise). Returns per outcome the status
         written, or None where this worker's lease was lost (fenced off)."""
-        keys = [self.keys.stream(queue), self.keys.delayed(queue), self.keys.dead(queue), *self.ending_keys(queue),
-                *self.keys.limits(queue)]
+        keys, args = self.finish_call(queue, outcomes, entries)
+        written = self.scripts.finish(keys=keys, args=args, client=self.client)
+        return [status or None for status in written]
+
+    def finish_call(self, queue: str, outcomes: list[Outcome], entries: list[str],
+                    stream: str | None = None) -> tuple[list[str], list[Any]]:
+        """KEYS and ARGV of `finish`'s script call, acknowledging `entries` in `stream` (default:
+        the queue's stream; Redis Streams passes a priority level's)."""
+        keys = [stream or self.keys.stream(queue), self.keys.delayed(queue), self.keys.dead(queue),
+                *self.ending_keys(queue), *self.keys.limits(queue)]
         args: list[Any] = [
             self.settings.consumer_group,
             self.consumer,
@@ -122,17 +130,19 @@ class Fences:
             job = outcome.job
             keys += [self.keys.task(job.task_id), self.keys.events(job.task_id)]
             args += [entry, job.task_id, job.attempt, outcome.kind, outcome.body, outcome.delay_ms]
-        written = self.scripts.finish(keys=keys, args=args, client=self.client)
-        return [status or None for status in written]
+        return keys, args
 
-    def promote(self, queue: str, limit: int, target: Target) -> tuple[list[str], int]:
-        """Move due delayed tasks into `target`; returns the ids moved and ms until the next one
-        is due (0: more are due now, -1: none)."""
+    def promote(self, queue: str, limit: int, target: Target, levels: list[str] | None = None) -> tuple[list[str], int]:
+        """Move due delayed tasks into `target` (or, given `levels`, the ten streams of priority
+        levels 0-9: each task into its own level's); returns the ids moved and ms until the next
+        one is due (0: more are due now, -1: none)."""
         due, wait_ms = self.read_due(self.keys.delayed(queue), limit)
         if not due:
             return [], wait_ms
-        keys = [self.keys.delayed(queue), target.key, *(self.keys.task(task_id) for task_id in due)]
-        moved: list[str] = self.scripts.promote(keys=keys, args=[target.kind, *due], client=self.client)
+        targets = levels or [target.key]
+        keys = [self.keys.delayed(queue), self.keys.levels(queue), *targets, *(self.keys.task(t) for t in due)]
+        args = [target.kind, len(targets), *due]
+        moved: list[str] = self.scripts.promote(keys=keys, args=args, client=self.client)
         return moved, 0 if len(due) == limit else wait_ms
 
     def read_due(self, zset: str, limit: int, age_ms: int = 0) -> tuple[list[str], int]:

@@ -16,13 +16,14 @@ from taskbus import codec
 from taskbus.channel import Delivery, Job, Outcome, Recorded, Skip, Target, Verdict, run_verdict
 from taskbus.channel.cluster_reads import ClusterReads
 from taskbus.channel.fences import PAUSE_CHECK_S, Fences
+from taskbus.channel.levels import Levels, by_level, delivery, split_entry
 from taskbus.errors import DataLost, Unavailable
 from taskbus.keys import Keys
 from taskbus.registry import ANY_TYPE, HandlerTable
 from taskbus.settings import Settings
 from taskbus.state.client import REDIS_ERRORS, connect
 from taskbus.state.scripts import Scripts
-from taskbus.task import queue_of
+from taskbus.task import DEFAULT_PRIORITY
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +66,7 @@ class StreamsChannel:
         self.scripts = Scripts(self.client)
         self.fences = Fences(settings, consumer, self.client, self.scripts, handlers)
         self.outlet = StreamsOutlet(settings)
+        self.levels = Levels(settings, consumer, self.client, self.scripts)
         self.lease_ms = int(settings.lease_s * 1000)
         self._group_lost = False  # a command found a group missing: `open` recreates it, flagged
         self._orphans_possible: set[str] = set()  # queues where a lost reply may have delivered to us
@@ -99,6 +101,8 @@ class StreamsChannel:
                     continue
                 self._created(queue)
             self.fences.announce()
+            self.levels.reset()
+            self.levels.refresh()
         self._group_lost = False
 
     def _created(self, queue: str) -> None:
@@ -115,19 +119,31 @@ class StreamsChannel:
     def read(self, count: int, block_ms: int) -> list[Delivery]:
         """New entries of the queues not paused (a paused queue's entries wait in its stream)."""
         with self._redis():
-            streams: Any = {self.keys.stream(q): ">" for q in self.settings.queues if not self.fences.paused(q)}
-            if not streams:
+            queues = [q for q in self.settings.queues if not self.fences.paused(q)]
+            if not queues:
                 time.sleep(min(block_ms / 1000, PAUSE_CHECK_S))  # every queue paused: look again soon
                 return []
+            if self.levels.any():  # some queue has priorities in use: read its levels by deadline
+                found = self.levels.take(queues, count)
+                if found or self._cluster_reads is not None:  # (a cluster then blocks on the default streams)
+                    return found or self._cluster_read(queues, count, block_ms)
+                return self.levels.wait(queues, block_ms)
             if self._cluster_reads is not None:  # a cluster: one read per queue, on its master
-                read = self._cluster_reads.read(list(streams), count, block_ms)
-                by_stream = {self.keys.stream(q): q for q in self.settings.queues}
-                return [_delivery(by_stream[name], entry, fields) for name, entry, fields in read]
+                return self._cluster_read(queues, count, block_ms)
+            streams: Any = {self.keys.stream(q): ">" for q in queues}
             reply: Any = self.client.xreadgroup(self.group, self.consumer, streams, count=count, block=block_ms)
         by_stream = {self.keys.stream(q): q for q in self.settings.queues}
-        return [
-            _delivery(by_stream[name], entry, fields) for name, entries in (reply or []) for entry, fields in entries
-        ]
+        return [delivery(by_stream[name], DEFAULT_PRIORITY, entry, fields)
+                for name, entries in (reply or []) for entry, fields in entries]
+
+    def _cluster_read(self, queues: list[str], count: int, block_ms: int) -> list[Delivery]:
+        """On a cluster: the queues' default streams, one blocking read per queue on its master
+        (a queue's other priority levels are taken by `levels.take` before it blocks, so a new
+        entry of another level waits at most one block)."""
+        assert self._cluster_reads is not None
+        by_stream = {self.keys.stream(q): q for q in queues}
+        read = self._cluster_reads.read(list(by_stream), count, block_ms)
+        return [delivery(by_stream[name], DEFAULT_PRIORITY, entry, fields) for name, entry, fields in read]
 
     def pause(self) -> None:
         """A Redis consumer needs no polling to stay in its group."""
@@ -137,56 +153,95 @@ class StreamsChannel:
         delivered by a read whose reply was lost), taken at once instead of after a lease; then
         entries whose lease expired."""
         with self._redis():
-            found = self._own_orphans(queue, running, limit) if queue in self._orphans_possible else []
+            orphans = queue in self._orphans_possible
             self._orphans_possible.discard(queue)
-            return found + self._expired(queue, limit - len(found))
+            found: list[Delivery] = []
+            for level in self.levels.of(queue):  # each level stream in use, highest first
+                if len(found) >= limit:
+                    break
+                if orphans:
+                    found += self._own_orphans(queue, level, running, limit - len(found))
+                found += self._expired(queue, level, limit - len(found))
+            return found
 
-    def _own_orphans(self, queue: str, running: Collection[str], limit: int) -> list[Delivery]:
-        stream = self.keys.stream(queue)
-        pending: Any = self.client.xpending_range(stream, self.group, "-", "+", limit + len(running), self.consumer)
-        orphans = [p["message_id"] for p in pending if p["message_id"] not in running][:limit]
+    def _own_orphans(self, queue: str, level: int, running: Collection[str], limit: int) -> list[Delivery]:
+        stream = self.keys.level_stream(queue, level)
+        mine = {split_entry(entry)[1] for entry in running if split_entry(entry)[0] == level}
+        pending: Any = self.client.xpending_range(stream, self.group, "-", "+", limit + len(mine), self.consumer)
+        orphans = [p["message_id"] for p in pending if p["message_id"] not in mine][:limit]
         if not orphans:
             return []
         claimed: Any = self.client.xclaim(stream, self.group, self.consumer, 0, orphans)
-        return [_delivery(queue, entry, fields) for entry, fields in claimed if fields is not None]
+        return [delivery(queue, level, entry, fields) for entry, fields in claimed if fields is not None]
 
-    def _expired(self, queue: str, limit: int) -> list[Delivery]:
+    def _expired(self, queue: str, level: int, limit: int) -> list[Delivery]:
         """One at a time: a poison entry that killed its worker must not drag innocent entries
         along with it."""
         found: list[Delivery] = []
         cursor = "0-0"
         while len(found) < limit:
             cursor, claimed, _deleted = self.client.xautoclaim(
-                self.keys.stream(queue), self.group, self.consumer, self.lease_ms, cursor, count=1
+                self.keys.level_stream(queue, level), self.group, self.consumer, self.lease_ms, cursor, count=1
             )
-            found.extend(_delivery(queue, entry, fields) for entry, fields in claimed if fields is not None)
+            found.extend(delivery(queue, level, entry, fields) for entry, fields in claimed if fields is not None)
             if cursor == "0-0":
                 break
         return found
 
     def start(self, queue: str, deliveries: list[Delivery]) -> list[Verdict]:
-        keys = [self.keys.stream(queue), self.keys.dead(queue), self.keys.delayed(queue), self.keys.workers(queue),
-                *self.fences.start_keys(queue), *self.keys.limits(queue)]
+        """One start.lua call per level stream in the batch (all in one round trip)."""
+        groups = by_level(deliveries, lambda d: d.entry)
+        calls = [self._start_call(queue, level, [d for _, d in items]) for level, items in groups.items()]
+        if not calls:
+            return []
+        with self._redis():
+            if len(calls) == 1:
+                keys, args = calls[0]
+                replies = [self.scripts.start(keys=keys, args=args, client=self.client)]
+            else:
+                replies = self.scripts.run_many(self.scripts.start, calls, fsync=False, wait_ms=0)
+        verdicts: list[Verdict | None] = [None] * len(deliveries)
+        for items, reply in zip(groups.values(), replies):
+            for (index, d), one in zip(items, reply):
+                verdicts[index] = _verdict(d, one)
+        return [v for v in verdicts if v is not None]
+
+    def _start_call(self, queue: str, level: int, deliveries: list[Delivery]) -> tuple[list[str], list[Any]]:
+        keys = [self.keys.level_stream(queue, level), self.keys.dead(queue), self.keys.delayed(queue),
+                self.keys.workers(queue), *self.fences.start_keys(queue), *self.keys.limits(queue)]
         args: list[Any] = [self.group, self.consumer, self.settings.result_ttl_s, self.settings.dead_max,
                            *self.fences.typing_args()]
         for d in deliveries:
             assert d.task_id is not None
             keys += [self.keys.task(d.task_id), self.keys.events(d.task_id)]
-            args += [d.entry, d.task_id]
-        with self._redis():
-            replies = self.scripts.start(keys=keys, args=args, client=self.client)
-        return [_verdict(d, reply) for d, reply in zip(deliveries, replies)]
+            args += [split_entry(d.entry)[1], d.task_id]
+        return keys, args
 
     def finish(self, queue: str, outcomes: list[Outcome]) -> list[str | None]:
+        """One finish.lua call per level stream among the outcomes (one, unless priorities are
+        used; then all in one round trip)."""
+        groups = by_level(outcomes, lambda o: o.job.entry)
+        if len(groups) == 1 and DEFAULT_PRIORITY in groups:
+            with self._redis():
+                return self.fences.finish(queue, outcomes, [o.job.entry for o in outcomes])
+        calls = [self.fences.finish_call(queue, [o for _, o in items], [split_entry(o.job.entry)[1] for _, o in items],
+                                         self.keys.level_stream(queue, level)) for level, items in groups.items()]
         with self._redis():
-            return self.fences.finish(queue, outcomes, [o.job.entry for o in outcomes])
+            replies = self.scripts.run_many(self.scripts.finish, calls, fsync=False, wait_ms=0)
+        written: list[str | None] = [None] * len(outcomes)
+        for items, statuses in zip(groups.values(), replies):
+            for (index, _), status in zip(items, statuses):
+                written[index] = status or None
+        return written
 
     def heartbeat(self, queue: str, jobs: list[Job]) -> list[str]:
-        entries = [job.entry for job in jobs]
+        lost: list[str] = []
         with self._redis():
-            lost: list[str] = self.scripts.heartbeat(
-                keys=[self.keys.stream(queue)], args=[self.group, self.consumer, *entries], client=self.client
-            )
+            for level, items in by_level(jobs, lambda job: job.entry).items():
+                entries = [split_entry(job.entry)[1] for _, job in items]
+                gone = set(self.scripts.heartbeat(keys=[self.keys.level_stream(queue, level)],
+                                                  args=[self.group, self.consumer, *entries], client=self.client))
+                lost += [job.entry for _, job in items if split_entry(job.entry)[1] in gone]
         return lost
 
     def cancel_requests(self, queue: str) -> set[str]:
@@ -205,28 +260,32 @@ class StreamsChannel:
         instead of after a full lease."""
         with self._redis():
             for job in jobs:
+                level, entry = split_entry(job.entry)
                 self.client.xclaim(
-                    self.keys.stream(queue), self.group, self.consumer, 0, [job.entry], idle=self.lease_ms * 10,
-                    justid=True,
+                    self.keys.level_stream(queue, level), self.group, self.consumer, 0, [entry],
+                    idle=self.lease_ms * 10, justid=True,
                 )
 
     def reject(self, delivery: Delivery, reason: str) -> None:
         error = codec.dumps({"type": "MalformedEntry", "message": reason, "traceback": None})
-        keys = [self.keys.stream(delivery.queue), self.keys.dead(delivery.queue)]
-        args: list[Any] = [self.group, self.consumer, delivery.entry, error, codec.dumps(delivery.fields),
+        level, entry = split_entry(delivery.entry)
+        keys = [self.keys.level_stream(delivery.queue, level), self.keys.dead(delivery.queue)]
+        args: list[Any] = [self.group, self.consumer, entry, error, codec.dumps(delivery.fields),
                            self.settings.dead_max]
         with self._redis():
             self.scripts.dead_letter_malformed(keys=keys, args=args, client=self.client)
 
     def promote_due(self, queue: str) -> int:
         with self._redis():
-            return self.fences.promote(queue, PROMOTE_BATCH, self.outlet.target(queue))[1]
+            target = self.outlet.target(queue)
+            return self.fences.promote(queue, PROMOTE_BATCH, target, self.levels.all_streams(queue))[1]
 
     def maintain(self) -> None:
         """Say which types this worker takes, and forget long-dead consumers now and then, so
         each group's consumer list stays bounded."""
         with self._redis():
             self.fences.announce()
+            self.levels.refresh()
             self.fences.trim_dead()
             if time.monotonic() < self._next_prune:
                 return
@@ -238,12 +297,14 @@ class StreamsChannel:
         """Remove consumers (ours, or long idle ones) that hold no pending entry. Deleting a
         consumer drops its pending entries, so only empty ones go; a live worker's XREADGROUP
         recreates it."""
-        stream, removed = self.keys.stream(queue), []
-        for consumer in self.client.xinfo_consumers(stream, self.group):
-            mine = consumer["name"] == self.consumer
-            if consumer["pending"] == 0 and (myself if mine else consumer["idle"] > PRUNE_IDLE_S * 1000):
-                self.client.xgroup_delconsumer(stream, self.group, consumer["name"])
-                removed.append(consumer["name"])
+        removed = []
+        for level in self.levels.of(queue):
+            stream = self.keys.level_stream(queue, level)
+            for consumer in self.client.xinfo_consumers(stream, self.group):
+                mine = consumer["name"] == self.consumer
+                if consumer["pending"] == 0 and (myself if mine else consumer["idle"] > PRUNE_IDLE_S * 1000):
+                    self.client.xgroup_delconsumer(stream, self.group, consumer["name"])
+                    removed.append(consumer["name"])
         return removed
 
     def close(self, drained: bool) -> None:
@@ -257,12 +318,6 @@ class StreamsChannel:
                 for queue in self.settings.queues:
                     self._prune(queue, myself=True)
         self.client.close()
-
-
-def _delivery(queue: str, entry: str, fields: dict[str, str]) -> Delivery:
-    task_id = fields.get("id", "")
-    ok = queue_of(task_id) == queue
-    return Delivery(queue, entry, task_id if ok else None, fields)
 
 
 def _verdict(d: Delivery, reply: list[Any]) -> Verdict:

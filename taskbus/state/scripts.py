@@ -35,6 +35,7 @@ class Scripts:
         *("kafka_start", "kafka_lease", "kafka_republish", "kafka_undo", "kafka_mark_published"),
         *("cancel", "requeue", "purge_queued", "redrive_claim", "redrive_step", "redrive_cancel"),
         *("schedule_upsert", "schedule_fire", "schedule_pause"),
+        *("take", "levels"),
     )
     enqueue: Script
     start: Script
@@ -58,6 +59,8 @@ class Scripts:
     schedule_upsert: Script
     schedule_fire: Script
     schedule_pause: Script
+    take: Script
+    levels: Script
 
     def __init__(self, client: redis.Redis) -> None:
         self.client = client

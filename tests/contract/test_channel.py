@@ -124,8 +124,8 @@ def strand_in_outbox(settings: Settings, queue: str, r: redis.Redis) -> str:
     """The state an enqueue leaves when it dies after recording a task and before producing it."""
     keys, task_id = Keys(settings.key_prefix), f"{queue}~{uuid.uuid4().hex}"
     Scripts(r).enqueue(
-        keys=[keys.task(task_id), keys.outbox(queue), keys.delayed(queue), keys.task(task_id)],
-        args=["outbox", task_id, "echo", queue, "{}", 3, "30.0", 0, 3600, "", ""],
+        keys=[keys.task(task_id), keys.outbox(queue), keys.delayed(queue), keys.task(task_id), keys.levels(queue)],
+        args=["outbox", task_id, "echo", queue, "{}", 3, "30.0", 0, 3600, "", "", "", ""],
     )
     return task_id
 

@@ -74,8 +74,8 @@ def test_outbox_sweep_publishes_a_task_whose_enqueue_died_before_producing(http,
     task_id = f"{queue}~{uuid.uuid4().hex}"
     task_key = keys.task(task_id)
     Scripts(r).enqueue(
-        keys=[task_key, keys.outbox(queue), keys.delayed(queue), task_key],
-        args=["outbox", task_id, "echo", queue, '{"from":"outbox"}', 3, "30.0", 0, 3600, "", ""],
+        keys=[task_key, keys.outbox(queue), keys.delayed(queue), task_key, keys.levels(queue)],
+        args=["outbox", task_id, "echo", queue, '{"from":"outbox"}', 3, "30.0", 0, 3600, "", "", "", ""],
     )
     assert status(http, functions, task_id)["status"] == "queued"
     workers()

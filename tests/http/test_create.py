@@ -50,6 +50,17 @@ def test_create_applies_defaults(api: Api, queue: str, r: redis.Redis) -> None:
     assert view["max_attempts"] == 5 and view["attempts"] == 0 and view["status"] == "queued"
 
 
+def test_a_priority_task_goes_to_its_levels_stream(api: Api, queue: str, r: redis.Redis) -> None:
+    nine, five = create_id(api.enqueue, queue, priority=9), create_id(api.enqueue, queue, priority=5)
+    assert r.hget(KEYS.task(nine), "priority") == "9" and r.hget(KEYS.task(five), "priority") is None
+    assert r.xlen(KEYS.level_stream(queue, 9)) == 1 and r.xlen(KEYS.stream(queue)) == 1
+    assert r.smembers(KEYS.levels(queue)) == {"9"}
+    results = api.enqueue.post("/tasks/batch", json={"tasks": [{"type": "t", "queue": queue, "priority": 0},
+                                                              {"type": "t", "queue": queue, "priority": 10}]}).json
+    assert "id" in results["results"][0] and results["results"][1]["error"]["code"] == "validation_error"
+    assert r.xlen(KEYS.level_stream(queue, 0)) == 1
+
+
 def test_default_queue_is_default(api: Api, r: redis.Redis) -> None:
     response = api.enqueue.post("/tasks", json={"type": "t"})
     assert response.status_code == 202, response.text

@@ -165,6 +165,13 @@ def test_parse_spec_names_the_fields_left_to_the_handlers_defaults(given: dict[s
     assert parse_spec({"type": "echo", **given}).defaults == left_out
 
 
+@pytest.mark.parametrize("given, priority", [({}, 5), ({"priority": 0}, 0), ({"priority": 9}, 9),
+                                             ({"priority": 7.0}, 7)])
+def test_parse_spec_priority(given: dict[str, float], priority: int) -> None:
+    spec = parse_spec({"type": "echo", **given})
+    assert spec.priority == priority and isinstance(spec.priority, int)
+
+
 def test_parse_spec_uses_the_callers_defaults() -> None:
     spec = parse_spec({"type": "echo"}, default_max_attempts=9, default_timeout_s=12.5)
     assert spec.max_attempts == 9 and spec.timeout_s == 12.5
@@ -246,7 +253,9 @@ INVALID_SPECS = [
     ({"type": "t", "delay_s": float("nan")}, "delay_s"),
     ({"type": "t", "delay_s": float("inf")}, "delay_s"),
     ({"type": "t", "delay_s": 366 * 86400 + 1}, "delay_s"),
-    ({"type": "t", "priority": 1}, "priority"),
+    ({"type": "t", "priority": 10}, "priority"),
+    ({"type": "t", "priority": "1"}, "priority"),
+    ({"type": "t", "urgency": 1}, "urgency"),
     ({"type": "t", "id": "x"}, "id"),
     ({"type": "t", "Type": "x"}, "Type"),
     ([{"type": "t"}], "body"),

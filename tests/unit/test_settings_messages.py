@@ -20,6 +20,7 @@ CASES = {
     "BLOCK_MS": ("900", "below REDIS_SOCKET_TIMEOUT_S"),
     "DEFAULT_MAX_ATTEMPTS": ("0", "expected an integer 1-100"),
     "REDIS_URL": ("localhost:6379", "expected redis://"),
+    "PRIORITY_MAX_DELAY_S": ("0", "expected a number > 0"),
 }
 
 

@@ -17,6 +17,7 @@ from typing import Any
 from taskbus import codec
 from taskbus.errors import Unavailable
 from taskbus.settings import Settings
+from taskbus.task import DEFAULT_PRIORITY
 
 log = logging.getLogger(__name__)
 
@@ -176,9 +177,15 @@ class Publisher:
         self._closed.set()
 
 
-def task_record(settings: Settings, queue: str, task_id: str, anywhere: bool = False) -> tuple[str, str, bytes]:
+def task_record(settings: Settings, queue: str, task_id: str, anywhere: bool = False,
+                priority: int = DEFAULT_PRIORITY) -> tuple[str, str, bytes]:
     """A task's record, keyed by its id (one partition for the first publication). `anywhere`:
     a random key, so the record may land on any partition: a task published again (a retry,
-    a delay, a type the last worker had no handler for) should not go back to the same worker."""
+    a delay, a type the last worker had no handler for) should not go back to the same worker.
+    A non-default `priority` is in the record (`{"id", "priority"}`): workers order what they
+    fetched by it (`group.by_deadline`)."""
     key = f"{task_id}/{os.urandom(4).hex()}" if anywhere else task_id
-    return topic(settings, queue), key, codec.dumps({"id": task_id})
+    value: dict[str, object] = {"id": task_id}
+    if priority != DEFAULT_PRIORITY:
+        value["priority"] = priority
+    return topic(settings, queue), key, codec.dumps(value)

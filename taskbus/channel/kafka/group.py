@@ -14,7 +14,7 @@ from taskbus.channel import Delivery
 from taskbus.channel.kafka import client as kafka
 from taskbus.channel.kafka.offsets import OffsetBook, Partition, entry_of, parse_entry
 from taskbus.settings import Settings
-from taskbus.task import queue_of
+from taskbus.task import DEFAULT_PRIORITY, PRIORITIES, queue_of
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +71,7 @@ class GroupMember:
             for consumer in self.consumers.values():
                 consumer.resume(consumer.assignment())
             self._paused = False
+        self._held = by_deadline(self._held, self.settings.priority_max_delay_s)
         found, self._held = self._held[:count], self._held[count:]
         timeout = block_ms / 1000 / max(1, len(self.consumers))
         for queue, consumer in self.consumers.items():
@@ -78,7 +79,7 @@ class GroupMember:
                 break
             messages = consumer.consume(num_messages=count - len(found), timeout=0 if found else timeout)
             found.extend(self._book(queue, messages))
-        return found
+        return by_deadline(found, self.settings.priority_max_delay_s)
 
     def pause(self) -> None:
         """The consumer keeps polling (so the group keeps this member however long tasks run):
@@ -146,13 +147,33 @@ class GroupMember:
         self.consumers.clear()
 
 
+def by_deadline(deliveries: list[Delivery], max_delay_s: float) -> list[Delivery]:
+    """Priorities on Kafka, within what this worker fetched and has not started: earliest
+    virtual deadline first (the record's time plus (9 - priority) * PRIORITY_MAX_DELAY_S / 9,
+    the rule of Redis Streams' take.lua). Untouched (FIFO) while every record has the default."""
+    if not any("priority" in d.fields for d in deliveries):
+        return deliveries
+    step_ms = max_delay_s * 1000 / 9
+
+    def deadline(d: Delivery) -> float:
+        level = int(d.fields.get("priority", DEFAULT_PRIORITY))
+        return int(d.fields.get("time_ms", 0)) + (9 - level) * step_ms
+
+    return sorted(deliveries, key=deadline)
+
+
 def _delivery(queue: str, message: Any) -> Delivery:
     raw = message.value() or b""
     try:
-        task_id = codec.loads(raw).get("id")
+        record = codec.loads(raw)
+        task_id, priority = record.get("id"), record.get("priority")
     except (ValueError, AttributeError):
-        task_id = None
+        task_id = priority = None
     ok = isinstance(task_id, str) and queue_of(task_id) == queue
     fields = {"value": raw[:MALFORMED_KEEP_BYTES].decode("utf-8", "replace")}
+    if ok:  # the record's time (ms) and a non-default priority, for `by_deadline`
+        fields["time_ms"] = str(message.timestamp()[1])
+        if isinstance(priority, int) and priority in PRIORITIES and priority != DEFAULT_PRIORITY:
+            fields["priority"] = str(priority)
     return Delivery(queue, entry_of(message.topic(), message.partition(), message.offset()), task_id if ok else None,
                     fields)

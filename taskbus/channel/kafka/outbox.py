@@ -19,7 +19,7 @@ from taskbus.keys import Keys
 from taskbus.settings import Settings
 from taskbus.state.client import REDIS_ERRORS
 from taskbus.state.scripts import Scripts
-from taskbus.task import queue_of
+from taskbus.task import DEFAULT_PRIORITY, queue_of
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +59,8 @@ class KafkaOutlet:
             return
         ids = [t.task_id for t in tasks]
         try:
-            self.publisher.publish([task_record(self.settings, queue_of(t) or "", t) for t in ids])
+            self.publisher.publish([task_record(self.settings, queue_of(t.task_id) or "", t.task_id,
+                                                priority=t.priority) for t in tasks])
         except Unavailable:
             calls: list[tuple[list[str], list[Any]]] = [
                 ([self.keys.task(t.task_id), self.keys.outbox(queue_of(t.task_id) or ""), t.dedupe_key], [t.task_id])
@@ -73,8 +74,20 @@ class KafkaOutlet:
         """Publish tasks already in the outbox (due delays and retries, stale entries)."""
         if task_ids:
             self.publisher.ensure([queue])
-            self.publisher.publish([task_record(self.settings, queue, t, anywhere=True) for t in task_ids])
+            levels = self._priorities(queue, task_ids)
+            self.publisher.publish([task_record(self.settings, queue, t, anywhere=True, priority=p)
+                                    for t, p in zip(task_ids, levels)])
             self._mark_published(task_ids)
+
+    def _priorities(self, queue: str, task_ids: list[str]) -> list[int]:
+        """Each task's priority, from its hash, read only while the queue has levels in use (one
+        SCARD per batch otherwise): a delay or a retry keeps its level."""
+        if not self.client.scard(self.keys.levels(queue)):
+            return [DEFAULT_PRIORITY] * len(task_ids)
+        pipe = self.client.pipeline(transaction=False)
+        for t in task_ids:
+            pipe.hget(self.keys.task(t), "priority")
+        return [int(p) if p else DEFAULT_PRIORITY for p in pipe.execute()]
 
     def _mark_published(self, task_ids: list[str]) -> None:
         """The broker acknowledged these tasks' records: due again KAFKA_REDELIVER_S from now

@@ -20,17 +20,24 @@ end
 -- Record one new task and hand it to the channel: enqueue.lua's step, shared with
 -- schedule_fire.lua. `t[a..a+9]` holds the task in enqueue.lua's ARGV layout (id, type, queue,
 -- payload JSON, max_attempts, timeout_s, delay_ms, pending TTL s, -, the fields the request left
--- out, and enqueue.lua's 11th: the request's `concurrency_key`, '' or absent for none), so
+-- out, then for enqueue.lua: the priority level and the request's `concurrency_key`), so
 -- enqueue.lua passes its ARGV as is. `target` is the stream (XADD) or, with `outbox`,
--- the Kafka outbox (ZADD). Returns the task's status.
-local function record_task(task, target, delayed, outbox, now, t, a)
+-- the Kafka outbox (ZADD). A task of a non-default priority has `t[a + 10]` (its level, 0-9,
+-- '' for the default) and `levels` (the queue's set of levels in use): its level is kept in the
+-- task hash (`priority`) for promotions, and `target` is its level's stream. `t[a + 11]` (''
+-- or absent for none) is kept as `ckey` for flow control. Returns the status.
+local function record_task(task, target, delayed, outbox, now, t, a, levels)
   local delay = tonumber(t[a + 6])
   local status = 'queued'
   if delay > 0 then status = 'scheduled' end
   redis.call('HSET', task, 'id', t[a], 'type', t[a + 1], 'queue', t[a + 2], 'payload', t[a + 3],
     'max_attempts', t[a + 4], 'timeout_s', t[a + 5], 'status', status, 'attempts', 0, 'created_ms', now)
   if t[a + 9] ~= '' then redis.call('HSET', task, 'defaults', t[a + 9]) end
-  if t[a + 10] and t[a + 10] ~= '' then redis.call('HSET', task, 'ckey', t[a + 10]) end  -- flow control
+  if levels and t[a + 10] ~= '' then
+    redis.call('HSET', task, 'priority', t[a + 10])
+    redis.call('SADD', levels, t[a + 10])
+  end
+  if t[a + 11] and t[a + 11] ~= '' then redis.call('HSET', task, 'ckey', t[a + 11]) end  -- flow control
   -- a delayed task must outlive its delay: keep it PENDING_TTL_S past its due time
   redis.call('EXPIRE', task, tonumber(t[a + 7]) + math.ceil(delay / 1000))
   if delay > 0 then
@@ -198,12 +205,14 @@ end
 -- A failed or cancelled task back to `queued` as a new series of attempts under the same id
 -- (retry and re-drive): the series that ended goes into the history; the new series gets as
 -- many attempts as the first had. `target`/`kind`: the work stream (XADD), or, on Kafka, the
--- delayed zset due now (the next promotion publishes it through the outbox). `fallback` (the
+-- delayed zset due now (the next promotion publishes it through the outbox); a task of a
+-- non-default priority goes through the delayed zset on Redis Streams too, so the promotion puts
+-- it in its level's stream. `fallback` (the
 -- dead-letter record's fields, or nil) recreates a task whose record expired. Returns
 -- {'queued'}, {'missing'} or {'conflict', status}.
 local function requeue(task, target, kind, delayed, dead, dead_entry, id, now, pending_ttl, fallback)
   local f = redis.call('HMGET', task, 'status', 'attempts', 'max_attempts', 'series_max', 'consumer',
-    'started_ms', 'finished_ms', 'error', 'dead_entry')
+    'started_ms', 'finished_ms', 'error', 'dead_entry', 'priority')
   if not f[1] then
     if not fallback or fallback.type == '' or fallback.payload == '' then return {'missing'} end
     redis.call('HSET', task, 'id', id, 'type', fallback.type, 'queue', fallback.queue, 'payload', fallback.payload,
@@ -221,7 +230,7 @@ local function requeue(task, target, kind, delayed, dead, dead_entry, id, now, p
   redis.call('HSET', task, 'status', 'queued', 'max_attempts', attempts + series_max, 'series_max', series_max)
   redis.call('HINCRBY', task, 'series', 1)
   redis.call('EXPIRE', task, pending_ttl)
-  if kind == 'stream' then
+  if kind == 'stream' and not f[10] then
     redis.call('XADD', target, '*', 'id', id)
   else
     redis.call('ZADD', delayed, now, id)
