@@ -225,6 +225,8 @@ def run_schemathesis(urls: dict[str, str], cwd: Path, *extra: str, phases: str =
             if proc.poll() is None:
                 proc.kill()
                 proc.wait(10)
+            if proc.stdout is not None:
+                proc.stdout.close()  # else a later test's collection warns of it (warnings are errors)
     if failed:
         pytest.fail("\n".join(failed), pytrace=False)
 
@@ -312,6 +314,7 @@ def test_each_function_serves_its_document(functions: dict[str, str], name: str)
 # --------------------------------------------------------------------------- schemathesis
 
 
+@pytest.mark.timeout(300)  # a fixed number of cases per operation: 25-50 s here alone, more on a loaded host
 def test_schemathesis_finds_nothing(functions: dict[str, str], tmp_path: Path) -> None:
     run_schemathesis(functions, tmp_path)
 
@@ -336,6 +339,7 @@ def test_keyed_functions_serve_their_settings(keyed_functions: dict[str, str], n
     assert response.json() == expected_document(name, max_wait_s=1, keyed=True)
 
 
+@pytest.mark.timeout(300)  # a fixed number of cases per operation: 25-50 s here alone, more on a loaded host
 def test_schemathesis_finds_nothing_with_api_keys(keyed_functions: dict[str, str], tmp_path: Path) -> None:
     run_schemathesis(keyed_functions, tmp_path, "--header", f"Authorization: Bearer {API_KEY}", phases=KEYED_PHASES)
 
@@ -392,6 +396,7 @@ def test_each_console_serves_its_document(consoles: dict[str, str]) -> None:
     assert response.status_code == 200 and response.json() == expected_document("console", keyed=True)
 
 
+@pytest.mark.timeout(300)  # a fixed number of cases per operation: 25-50 s here alone, more on a loaded host
 def test_schemathesis_finds_nothing_on_the_console(fuzzed_console: str, tmp_path: Path) -> None:
     """The keyed console, where every action runs (and `ignored_auth` probes each without and with
     a wrong key), once, on the default serving path: the console's routes share the adapters and

@@ -53,7 +53,8 @@ def test_overview_counts_match_redis_and_the_chart_draws(page: Page, stack: Stac
         counts = stack.admin.overview(queue)["counts"]
         shown = cells(page, queue)
         assert {name: shown[name] for name in counts} == {name: str(n) for name, n in counts.items()}
-    assert stack.admin.overview(idle)["counts"] == {"queued": 3, "scheduled": 1, "running": 0, "dead": 0}
+    expected = {"queued": 3, "scheduled": 1, "throttled": 0, "running": 0, "dead": 0}
+    assert stack.admin.overview(idle)["counts"] == expected
     assert cells(page, served)["succeeded"] == "6" and cells(page, served)["failed"] == "2"
     expect(page.locator("#chart canvas")).to_have_count(1)
     # live: a task enqueued now shows up without a reload (the table refreshes every 2 s)

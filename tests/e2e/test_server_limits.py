@@ -394,7 +394,10 @@ def test_asgi_long_polls_hold_no_thread(base_settings: Settings, function_server
             return [subscribed, connections, health, *(reply.status_code for reply in replies)]
 
     try:
-        subscribed, connections, health, *statuses = asyncio.run(all_wait())
+        # on a thread of its own: a session's Playwright (the browser tests, on the same runner)
+        # keeps an event loop running on this one, where asyncio.run() refuses to start
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            subscribed, connections, health, *statuses = pool.submit(asyncio.run, all_wait()).result()
         assert subscribed == polls and health == 200
         assert connections == 1  # every long-poll of the process on one shared subscription
         assert statuses.count(200) == polls, sorted(set(statuses))
