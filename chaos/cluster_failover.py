@@ -85,9 +85,9 @@ def _start(c: Cluster, pool: concurrent.futures.ThreadPoolExecutor, n: int, ms: 
     for _ in range(2):
         c.start_worker()
     c.oracle.start_monitor()
-    share = n // len(QUEUES)
+    shares = [n // len(QUEUES) + (1 if i < n % len(QUEUES) else 0) for i in range(len(QUEUES))]
     return [pool.submit(c.enqueue, share, payload={"ms": ms}, threads=2, tolerate_errors=True, queue=q, pace_s=pace_s)
-            for q in QUEUES]
+            for q, share in zip(QUEUES, shares)]
 
 
 def _fail_over(c: Cluster, after: int, lagging: bool = False) -> tuple[dict[str, float], set[str]]:
