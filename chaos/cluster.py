@@ -19,6 +19,7 @@ from local.embedded import EmbeddedKafka, EmbeddedServer
 from taskbus.settings import Settings
 from testkit.functions import FunctionPair, start_functions
 from testkit.procs import Proc, spawn
+from testkit.rcluster import ValkeyCluster
 from testkit.settings import kafka_settings
 
 BASE = dict(
@@ -46,7 +47,7 @@ KAFKA = dict(
 class Cluster:
     root: Path
     settings: Settings
-    server: EmbeddedServer
+    server: EmbeddedServer | ValkeyCluster  # a standalone Valkey, or a 3+3 cluster (`on_redis_cluster`)
     functions: FunctionPair
     oracle: Oracle
     broker: EmbeddedKafka | None = None  # CHANNEL=kafka: the tansu broker
@@ -79,6 +80,20 @@ class Cluster:
 
         oracle = Oracle(root, functions.settings, client, kafka=broker is not None)
         return cls(root, functions.settings, server, functions, oracle, broker)
+
+    @classmethod
+    def on_redis_cluster(cls, root: Path, queues: tuple[str, ...], **changes: Any) -> Cluster:
+        """The same on a Redis Cluster of 3 masters + 3 replicas (REDIS_CLUSTER=true); `queues`
+        chosen to live on different masters (`testkit.rcluster.queues_on_masters`)."""
+        root.mkdir(parents=True, exist_ok=True)
+        valkey = ValkeyCluster(root / "rcluster")
+        valkey.start()
+        settings = Settings(redis_url=valkey.url, redis_cluster=True,  # type: ignore[arg-type]
+                            **{**BASE, "queues": queues, **changes})
+        functions = start_functions(settings, root)
+        shared = redis.RedisCluster.from_url(valkey.url, decode_responses=True, socket_timeout=5)
+        oracle = Oracle(root, functions.settings, lambda: shared)  # one client: its slot map follows failovers
+        return cls(root, functions.settings, valkey, functions, oracle)
 
     # -- processes and faults -----------------------------------------------------------------
 
@@ -115,7 +130,10 @@ class Cluster:
         for proc in self.workers:
             proc.kill()
         self.functions.stop(timeout=5)
-        self.server.kill()
+        if isinstance(self.server, ValkeyCluster):
+            self.server.stop()
+        else:
+            self.server.kill()
         if self.broker is not None:
             self.broker.kill()
 
@@ -134,15 +152,18 @@ class Cluster:
         max_attempts: int = 5,
         tolerate_errors: bool = False,
         delay_s: float = 0,
+        queue: str = "",
+        pace_s: float = 0,
     ) -> list[str]:
-        """POST until n tasks are acknowledged, from `threads` clients; every 202 goes into the oracle.
+        """POST until n tasks are acknowledged on `queue` (default: the first), from `threads`
+        clients, each pausing `pace_s` after a 202 (a load that lasts); every 202 goes into the oracle.
 
         With `tolerate_errors` a client behaves like a real one under a fault: a refused or cut
         request, or a 503, is retried after a short back-off, so the load outlives the fault
         instead of burning its requests against a restarting server."""
         body = {
             "type": type_,
-            "queue": self.settings.queues[0],
+            "queue": queue or self.settings.queues[0],
             "payload": payload or {},
             "max_attempts": max_attempts,
             "delay_s": delay_s,
@@ -166,6 +187,7 @@ class Cluster:
                     if reply.status_code == 202:
                         self.oracle.ack(reply.json()["id"])
                         got.append(reply.json()["id"])
+                        time.sleep(pace_s)  # the load's shape (`pace_s` between a client's requests)
                     elif tolerate_errors and reply.status_code == 503:
                         time.sleep(0.05)
                     else:

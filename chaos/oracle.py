@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import redis
+from redis.exceptions import RedisClusterException
 
 from taskbus.keys import Keys
 from taskbus.settings import Settings
@@ -24,6 +25,9 @@ from testkit.procs import wait_until
 
 class InvariantBroken(AssertionError):
     pass
+
+
+ERRORS = (redis.RedisError, RedisClusterException)  # Redis faults (a cluster client's are not all RedisErrors)
 
 
 def task_key(settings: Settings, task_id: str) -> str:
@@ -89,17 +93,17 @@ class Oracle:
         self._watchers.append(watcher)
 
     def _pending_ids(self) -> set[str] | None:
-        """Ids in the consumer group's pending list (Kafka: tasks running), or None while Redis
-        does not answer."""
+        """Entries in the queues' consumer groups' pending lists (Kafka: tasks running), or None
+        while Redis does not answer."""
         try:
             if self.kafka:
                 now = statuses(self.client(), self.settings, self.acked_ids())
                 return {t for t, status in now.items() if status == "running"}
-            stream = Keys(self.settings.key_prefix).stream(self.settings.queues[0])
-            entries = self.client().xpending_range(stream, self.settings.consumer_group, "-", "+", 100_000)
-        except redis.RedisError:
+            keys, client = Keys(self.settings.key_prefix), self.client()
+            return {f"{queue} {e['message_id']}" for queue in self.settings.queues
+                    for e in client.xpending_range(keys.stream(queue), self.settings.consumer_group, "-", "+", 100_000)}
+        except ERRORS:
             return None
-        return {e["message_id"] for e in entries}
 
     # -- observation ------------------------------------------------------------------------
 
@@ -116,7 +120,7 @@ class Oracle:
                         seen = self._monitor[task_id]
                         if status and (not seen or seen[-1] != status):
                             seen.append(status)
-                except redis.RedisError:
+                except ERRORS:
                     pass  # Redis faults are part of the scenario
                 self._stop.wait(0.05)
 
@@ -139,8 +143,13 @@ class Oracle:
         return starts, ends
 
     def backlog(self) -> tuple[int, int]:
-        """(entries waiting, entries delivered and not acknowledged); Kafka: what waits to be published."""
-        keys, queue = Keys(self.settings.key_prefix), self.settings.queues[0]
+        """(entries waiting, entries delivered and not acknowledged) over the queues; Kafka: what
+        waits to be published."""
+        waiting, pending = zip(*(self._backlog(queue) for queue in self.settings.queues))
+        return sum(waiting), sum(pending)
+
+    def _backlog(self, queue: str) -> tuple[int, int]:
+        keys = Keys(self.settings.key_prefix)
         stream = keys.stream(queue)
         client = self.client()
         if self.kafka:  # records wait in Kafka; here only what waits to be published
@@ -153,21 +162,26 @@ class Oracle:
         delayed = client.zcard(keys.delayed(queue))
         return int(client.xlen(stream)) + int(delayed), int(pending)
 
+    def absent(self) -> list[str]:
+        """Acknowledged tasks whose record Redis no longer has (lost by a failover)."""
+        return sorted(t for t, s in statuses(self.client(), self.settings, self.acked_ids()).items() if s is None)
+
     def terminal_count(self) -> int:
         return sum(1 for s in statuses(self.client(), self.settings, self.acked_ids()).values() if s in TERMINAL)
 
-    def wait_all_terminal(self, timeout: float) -> float:
-        """Seconds from the last fault until every acked task is terminal and the backlog is 0."""
+    def wait_all_terminal(self, timeout: float, absent_ok: bool = False) -> float:
+        """Seconds from the last fault until every acked task is terminal and the backlog is 0;
+        `absent_ok`: or its record is gone (a failover lost it: `absent` counts those)."""
         client = self.client()
         left: dict[str, Any] = {}  # what was still unfinished at the last look, for the failure
 
         def done() -> bool:
             try:
                 waiting = {t: s for t, s in statuses(client, self.settings, self.acked_ids()).items()
-                           if s not in TERMINAL}
+                           if s not in TERMINAL and not (absent_ok and s is None)}
                 left.update(statuses=Counter(waiting.values()), sample=sorted(waiting)[:3], backlog=self.backlog())
                 return not waiting and left["backlog"] == (0, 0)
-            except redis.RedisError as exc:
+            except ERRORS as exc:
                 left["error"] = repr(exc)
                 return False
 
@@ -207,8 +221,8 @@ class Oracle:
         replies = pipe.execute()
         records: dict[str, list[Any]] = dict(zip(ids, replies[0::2]))
         terminal_writes = {t: int(n or 0) for t, n in zip(ids, replies[1::2])}
-        dead_stream = Keys(self.settings.key_prefix).dead(self.settings.queues[0])
-        dead = {fields.get("id") for _, fields in client.xrange(dead_stream)}
+        keys = Keys(self.settings.key_prefix)
+        dead = {fields.get("id") for queue in self.settings.queues for _, fields in client.xrange(keys.dead(queue))}
         lost = [t for t, (status, _) in records.items() if status not in TERMINAL]
         problems = [f"{len(lost)} acknowledged tasks not terminal, e.g. {lost[:3]}"] if lost else []
         problems += self._outcome_problems(records, terminal_writes, dead, poison)

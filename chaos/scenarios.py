@@ -21,6 +21,7 @@ from typing import Any
 import httpx
 
 from chaos.cluster import Cluster
+from chaos.cluster_failover import cluster_failover, cluster_failover_control
 from chaos.oracle import InvariantBroken, task_key
 from chaos.proxy import FaultProxy
 from testkit.procs import wait_until
@@ -407,4 +408,7 @@ SCENARIOS: dict[str, Callable[[Path, bool], Figures]] = {
     "kafka_kill_workers": functools.partial(kill_workers, channel="kafka"),
     "kafka_rolling_sigterm": functools.partial(rolling_sigterm, channel="kafka"),
     "kafka_enqueue_killed": functools.partial(enqueue_killed, channel="kafka"),
+    # a master of a 3+3 Redis Cluster SIGKILLed (issue 15), and the control that loses tasks
+    "cluster_failover": cluster_failover,
+    "cluster_failover_control": cluster_failover_control,
 }

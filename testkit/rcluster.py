@@ -39,6 +39,18 @@ class ValkeyCluster(EmbeddedCluster):
         node.process.send_signal(signal.SIGKILL)
         node.process.wait(10)
 
+    def replica_of(self, master: Node) -> Node:
+        """A live replica of `master` (CLUSTER REPLICAS)."""
+        reply = master.call("CLUSTER", "REPLICAS", master.call("CLUSTER", "MYID"))
+        ids = {line.split()[0] for line in (reply if isinstance(reply, list) else str(reply).splitlines()) if line}
+        return next(n for n in self.nodes if n is not master and n.alive() and str(n.call("CLUSTER", "MYID")) in ids)
+
+    def freeze(self, node: Node, frozen: bool = True) -> None:
+        """SIGSTOP a node (it keeps its connections and reads nothing: a lagging replica), or
+        SIGCONT it again."""
+        assert node.process is not None
+        node.process.send_signal(signal.SIGSTOP if frozen else signal.SIGCONT)
+
     def restart(self, node: Node) -> None:
         """Start a killed node again with its own argv: it rejoins as a replica of its promoted one."""
         node.start()

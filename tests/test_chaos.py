@@ -16,3 +16,6 @@ def test_scenario_keeps_every_invariant(name: str, tmp_path: Path) -> None:
     """A broken invariant (a lost task among them) raises `InvariantBroken` from the scenario."""
     figures = SCENARIOS[name](tmp_path, False)
     assert figures["tasks"] > 0, "the scenario ran no load: it tested nothing"
+    if "loss_detected" in figures:  # a control that loses tasks on purpose: the loss is counted, or said absent
+        assert figures["loss_detected"] == (figures["acknowledged_lost"] > 0)
+        assert figures["loss_detected"] or "nothing was lost" in figures["note"]

@@ -25,6 +25,7 @@ from taskbus.registry import ANY_TYPE, HandlerTable
 from taskbus.settings import Settings
 
 if TYPE_CHECKING:
+    from taskbus.channel.outages import Outages
     from taskbus.state.scripts import Scripts
 
 OutcomeKind = Literal["succeeded", "retry", "failed", "cancelled"]
@@ -113,6 +114,7 @@ class Channel(Protocol):
     (the backend lost the queue's delivery state: `open` again)."""
 
     consumer: str
+    outages: Outages  # which queues to skip for now (on a cluster: those whose master is down)
 
     def open(self) -> None:
         """Make sure each queue's group (and topics) exist and join them."""

@@ -10,17 +10,21 @@ from __future__ import annotations
 
 import concurrent.futures
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from taskbus.settings import Settings
 from taskbus.state import cluster
-from taskbus.state.client import connect
+from taskbus.state.client import REDIS_ERRORS, connect
 
 Reply = list[tuple[str, list[tuple[str, dict[str, str]]]]]  # XREADGROUP's: [(stream, [(entry, fields)])]
 
 
 class ClusterReads:
-    def __init__(self, settings: Settings, group: str, consumer: str) -> None:
+    def __init__(self, settings: Settings, group: str, consumer: str,
+                 failed: Callable[[str, BaseException], None] | None = None) -> None:
+        """`failed(stream, error)`: told of each failed read instead of `read` raising it (the
+        channel then backs off that stream's queue alone)."""
         queues = len(settings.queues)
         # A connection per queue's blocked read, on a client of its own: never starves the others.
         self.client = connect(settings, max_connections=queues + 1)
@@ -29,6 +33,7 @@ class ClusterReads:
         self._reads: dict[str, concurrent.futures.Future[Reply]] = {}
         self._buffer: list[tuple[str, str, dict[str, str]]] = []  # (stream, entry, fields) read, not yet returned
         self._lock = threading.Lock()
+        self._failed = failed
 
     def read(self, streams: list[str], count: int, block_ms: int) -> list[tuple[str, str, dict[str, str]]]:
         """Up to `count` (stream, entry, fields) delivered to this consumer from `streams`."""
@@ -43,7 +48,8 @@ class ClusterReads:
 
     def _collect(self, block_ms: int) -> None:
         """Wait for the first reads to answer (at most `block_ms` plus a margin), keep what they
-        delivered; a failed read raises once nothing else was delivered, and is issued again."""
+        delivered; a failed read goes to `failed`, or raises once nothing else was delivered; it
+        is issued again by a later call."""
         concurrent.futures.wait(list(self._reads.values()), timeout=block_ms / 1000 + 0.1,
                                 return_when=concurrent.futures.FIRST_COMPLETED)
         failure: BaseException | None = None
@@ -51,10 +57,14 @@ class ClusterReads:
             if not future.done():
                 continue
             del self._reads[stream]
-            if future.exception() is not None:
-                failure = failure or future.exception()
-                continue
-            self._buffer += [(name, entry, fields) for name, entries in future.result() for entry, fields in entries]
+            error = future.exception()
+            if isinstance(error, REDIS_ERRORS) and self._failed is not None:
+                self._failed(stream, error)
+            elif error is not None:
+                failure = failure or error
+            else:
+                self._buffer += [(name, entry, fields) for name, entries in future.result()
+                                 for entry, fields in entries]
         if failure is not None and not self._buffer:
             raise failure
 

@@ -6,6 +6,7 @@ their KEYS and ARGV.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from typing import Any
@@ -14,9 +15,11 @@ import redis
 
 from taskbus import codec
 from taskbus.channel import Outcome, Target
+from taskbus.channel.outages import Outages
 from taskbus.keys import Keys
 from taskbus.registry import HandlerTable
 from taskbus.settings import Settings
+from taskbus.state.client import REDIS_ERRORS
 from taskbus.state.scripts import Scripts
 
 TRIM_DEAD_EVERY_S = 60.0  # how often a worker trims its queues' dead letters to DEAD_MAX and DEAD_TTL_S
@@ -27,8 +30,9 @@ FORGET_WORKER_S = 3600.0  # a worker not seen this long leaves the queue's worke
 
 class Fences:
     def __init__(self, settings: Settings, consumer: str, client: redis.Redis, scripts: Scripts,
-                 handlers: HandlerTable) -> None:
+                 handlers: HandlerTable, outages: Outages | None = None) -> None:
         self.settings = settings
+        self.outages = outages or Outages(per_queue=False)
         self.consumer = consumer
         self.keys = Keys(settings.key_prefix)
         self.client = client
@@ -50,14 +54,15 @@ class Fences:
         self._next_trim = now + TRIM_DEAD_EVERY_S
         seconds, micros = self.client.time()
         cutoff = int(seconds) * 1000 + int(micros) // 1000 - self.settings.dead_ttl_s * 1000
-        for queue in self.settings.queues:
-            dead = self.keys.dead(queue)
-            pipe = self.client.pipeline(transaction=False)
-            pipe.xtrim(dead, minid=f"{max(cutoff, 0)}-0", approximate=True)
-            pipe.xtrim(dead, maxlen=self.settings.dead_max, approximate=True)
-            evicted = sum(int(n) for n in pipe.execute())
-            if evicted:
-                self.client.hincrby(self.keys.stats(queue), "evicted", evicted)
+        for queue in self.outages.live(self.settings.queues):
+            with self.outages.guard(queue):
+                dead = self.keys.dead(queue)
+                pipe = self.client.pipeline(transaction=False)
+                pipe.xtrim(dead, minid=f"{max(cutoff, 0)}-0", approximate=True)
+                pipe.xtrim(dead, maxlen=self.settings.dead_max, approximate=True)
+                evicted = sum(int(n) for n in pipe.execute())
+                if evicted:
+                    self.client.hincrby(self.keys.stats(queue), "evicted", evicted)
 
     def cancel_requests(self, queue: str) -> set[str]:
         return set(self.client.smembers(self.keys.cancels(queue)))  # type: ignore[arg-type]
@@ -66,13 +71,27 @@ class Fences:
         """From the pause flags of every queue of this worker, read in one round trip at most
         every PAUSE_CHECK_S (one command per queue: never one command over several queues)."""
         now = time.monotonic()
-        if now >= self._paused_read + PAUSE_CHECK_S:
+        if now >= self._paused_read + PAUSE_CHECK_S and self.outages.per_queue:
+            self._paused = self._paused_each()
+            self._paused_read = now
+        elif now >= self._paused_read + PAUSE_CHECK_S:
             pipe = self.client.pipeline(transaction=False)
             for q in self.settings.queues:
                 pipe.exists(self.keys.paused(q))
             self._paused = {q for q, n in zip(self.settings.queues, pipe.execute()) if n}
             self._paused_read = now
         return queue in self._paused
+
+    def _paused_each(self) -> set[str]:
+        """On a cluster, one queue at a time: a queue whose master is down keeps its last flag."""
+        paused = set()
+        for q in self.settings.queues:
+            was = q in self._paused
+            with self.outages.guard(q):
+                was = bool(self.client.exists(self.keys.paused(q)))
+            if was:
+                paused.add(q)
+        return paused
 
     def ending_keys(self, queue: str) -> list[str]:
         """The queue-wide keys every script that ends tasks updates: counters, the recently
@@ -98,11 +117,14 @@ class Fences:
             return
         self._next_announce = now + self.settings.lease_s / 3
         info = codec.dumps(self.info()).decode()
-        for queue in self.settings.queues:
+        for queue in self.outages.live(self.settings.queues):
             args: list[Any] = [self.consumer, "" if leaving else self.handlers, int(FORGET_WORKER_S * 1000), info]
-            self.scripts.announce(keys=[self.keys.workers(queue)], args=args, client=self.client)
+            with self.outages.guard(queue):
+                self.scripts.announce(keys=[self.keys.workers(queue)], args=args, client=self.client)
         if not leaving:
-            self.client.sadd(self.keys.queue_index(), *self.settings.queues)
+            # (on a cluster the index lives on one master: its outage is retried at the next announce)
+            with contextlib.suppress(*(REDIS_ERRORS if self.outages.per_queue else ())):
+                self.client.sadd(self.keys.queue_index(), *self.settings.queues)
 
     def finish(self, queue: str, outcomes: list[Outcome], entries: list[str]) -> list[str | None]:
         """Write outcomes in one script call; `entries[i]` is the stream entry to acknowledge with

@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 import redis
 
 from taskbus.channel import Delivery
+from taskbus.channel.outages import Outages
 from taskbus.keys import Keys
 from taskbus.settings import Settings
 from taskbus.state.scripts import Scripts
@@ -61,8 +62,10 @@ def delivery(queue: str, level: int, entry_id: str, fields: dict[str, str]) -> D
 class Levels:
     """Which levels each of a worker's queues has in use, and the reads across them."""
 
-    def __init__(self, settings: Settings, consumer: str, client: redis.Redis, scripts: Scripts) -> None:
+    def __init__(self, settings: Settings, consumer: str, client: redis.Redis, scripts: Scripts,
+                 outages: Outages | None = None) -> None:
         self.settings = settings
+        self.outages = outages or Outages(per_queue=False)
         self.consumer = consumer
         self.group = settings.consumer_group
         self.keys = Keys(settings.key_prefix)
@@ -86,10 +89,17 @@ class Levels:
         if now < self._next_refresh:
             return
         self._next_refresh = now + REFRESH_S
+        queues = self.outages.live(self.settings.queues)
         calls: list[tuple[list[str], list[Any]]] = [([self.keys.levels(queue), *self.all_streams(queue)], [])
-                                                    for queue in self.settings.queues]
-        replies = self.scripts.run_many(self.scripts.levels, calls, fsync=False, wait_ms=0)  # cluster-safe
-        for queue, kept in zip(self.settings.queues, replies):
+                                                    for queue in queues]
+        if self.outages.per_queue:  # a cluster: one call per queue, so a failed master costs only its queues
+            replies: dict[str, Any] = {}
+            for queue, call in zip(queues, calls):
+                with self.outages.guard(queue):
+                    replies[queue] = self.scripts.run_many(self.scripts.levels, [call], fsync=False, wait_ms=0)[0]
+        else:
+            replies = dict(zip(queues, self.scripts.run_many(self.scripts.levels, calls, fsync=False, wait_ms=0)))
+        for queue, kept in replies.items():
             levels = tuple(sorted((int(level) for level in kept), reverse=True))
             for level in levels:
                 self._ensure_group(self.keys.level_stream(queue, level))

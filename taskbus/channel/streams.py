@@ -17,6 +17,7 @@ from taskbus.channel import Delivery, Job, Outcome, Recorded, Skip, Target, Verd
 from taskbus.channel.cluster_reads import ClusterReads
 from taskbus.channel.fences import PAUSE_CHECK_S, Fences
 from taskbus.channel.levels import Levels, by_level, delivery, split_entry
+from taskbus.channel.outages import Outages
 from taskbus.errors import DataLost, Unavailable
 from taskbus.keys import Keys
 from taskbus.registry import ANY_TYPE, HandlerTable
@@ -64,14 +65,16 @@ class StreamsChannel:
         self.keys = Keys(settings.key_prefix)
         self.client = connect(settings, max_connections=settings.concurrency + SPARE_CONNECTIONS)
         self.scripts = Scripts(self.client)
-        self.fences = Fences(settings, consumer, self.client, self.scripts, handlers)
+        self.outages = Outages(per_queue=settings.cluster)  # a cluster: one master's outage is its queues' only
+        self.fences = Fences(settings, consumer, self.client, self.scripts, handlers, self.outages)
         self.outlet = StreamsOutlet(settings)
-        self.levels = Levels(settings, consumer, self.client, self.scripts)
+        self.levels = Levels(settings, consumer, self.client, self.scripts, self.outages)
         self.lease_ms = int(settings.lease_s * 1000)
         self._group_lost = False  # a command found a group missing: `open` recreates it, flagged
         self._orphans_possible: set[str] = set()  # queues where a lost reply may have delivered to us
         self._next_prune = time.monotonic() + PRUNE_EVERY_S
-        self._cluster_reads = ClusterReads(settings, self.group, consumer) if settings.cluster else None
+        self._cluster_reads = (ClusterReads(settings, self.group, consumer, self._read_failed)
+                               if settings.cluster else None)
 
     @contextlib.contextmanager
     def _redis(self) -> Iterator[None]:
@@ -119,7 +122,7 @@ class StreamsChannel:
     def read(self, count: int, block_ms: int) -> list[Delivery]:
         """New entries of the queues not paused (a paused queue's entries wait in its stream)."""
         with self._redis():
-            queues = [q for q in self.settings.queues if not self.fences.paused(q)]
+            queues = [q for q in self.outages.live(self.settings.queues) if not self.fences.paused(q)]
             if not queues:
                 time.sleep(min(block_ms / 1000, PAUSE_CHECK_S))  # every queue paused: look again soon
                 return []
@@ -144,6 +147,11 @@ class StreamsChannel:
         by_stream = {self.keys.stream(q): q for q in queues}
         read = self._cluster_reads.read(list(by_stream), count, block_ms)
         return [delivery(by_stream[name], DEFAULT_PRIORITY, entry, fields) for name, entry, fields in read]
+
+    def _read_failed(self, stream: str, error: BaseException) -> None:
+        queue = next(q for q in self.settings.queues if self.keys.stream(q) == stream)
+        self._orphans_possible.add(queue)  # its lost reply may have delivered entries to us
+        self.outages.failed(queue, error)
 
     def pause(self) -> None:
         """A Redis consumer needs no polling to stay in its group."""

@@ -18,8 +18,10 @@ import socket
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Callable, Iterable
+from typing import TypeVar
 
-from taskbus.channel import Channel, Delivery, Job, OutcomeKind, Run, Skip, open_channel
+from taskbus.channel import Channel, Delivery, Job, OutcomeKind, Run, Skip, Verdict, open_channel
 from taskbus.errors import DataLost, Unavailable
 from taskbus.registry import Registry
 from taskbus.settings import Settings
@@ -34,6 +36,7 @@ PROMOTE_AT_LEAST_EVERY_S = 1.0
 CANCEL_CHECK_S = 0.25  # how soon a running handler's ctx.cancelled follows a cancel request
 RECLAIM_AT_MOST_EVERY_S = 5.0
 LOOP_RETRY_MAX_S = 30.0  # an outage is retried quietly: one line per step, the steps growing to this
+T = TypeVar("T")
 
 
 class Worker:
@@ -67,8 +70,9 @@ class Worker:
 
     def problem(self) -> str | None:
         """None while the control loop reaches the store and the channel, else why it does not
-        (for a health check)."""
-        return self._problem
+        (for a health check); on a cluster also while some queues' master is out of reach."""
+        down = self.channel.outages.down()
+        return self._problem or (f"Redis unavailable for queues {', '.join(down)}" if down else None)
 
     def describe(self) -> dict[str, object]:
         """What the console shows of this worker (announced with its heartbeat)."""
@@ -123,15 +127,15 @@ class Worker:
         now = time.monotonic()
         queues = self.settings.queues
         if now >= self._next_promote:
-            waits = [self.channel.promote_due(q) for q in queues]
+            waits = self._each(queues, self.channel.promote_due)
             self._next_promote = now + min([w / 1000 for w in waits if w >= 0] + [PROMOTE_AT_LEAST_EVERY_S])
         self.runners.expire(now)
         if now >= self._next_heartbeat:
             self._heartbeat()
             self._next_heartbeat = now + self.settings.lease_s / 3
         if self.inflight.free() > 0 and now >= self._next_reclaim:
-            for queue in queues:
-                self._dispatch(self.channel.reclaim(queue, self.inflight.free(), self.inflight.entries()))
+            self._each(queues, lambda q: self._dispatch(self.channel.reclaim(q, self.inflight.free(),
+                                                                              self.inflight.entries())))
             self._next_reclaim = now + min(self.settings.lease_s / 2, RECLAIM_AT_MOST_EVERY_S)
         if now >= self._next_cancel_check and len(self.inflight):
             self._check_cancels(now)
@@ -147,11 +151,21 @@ class Worker:
             return
         self._dispatch(self.channel.read(free, wait_ms))
 
+    def _each(self, queues: Iterable[str], step: Callable[[str], T]) -> list[T]:
+        """`step` of each queue; on a cluster a queue whose master is down is skipped, and backed
+        off alone (`Channel.outages`); elsewhere its error ends the turn of the loop."""
+        done = []
+        for queue in self.channel.outages.live(queues):
+            with self.channel.outages.guard(queue):
+                done.append(step(queue))
+        return done
+
     def _check_cancels(self, now: float) -> None:
         """Set ctx.cancelled on the handlers of running tasks that have a cancel request."""
         self._next_cancel_check = now + CANCEL_CHECK_S
-        for queue in self.inflight.queues():
-            told = self.inflight.cancel(self.channel.cancel_requests(queue), self.settings.cancel_grace_s, now)
+        requests = self._each(self.inflight.queues(), self.channel.cancel_requests)
+        for requested in requests:
+            told = self.inflight.cancel(requested, self.settings.cancel_grace_s, now)
             for r in told:
                 log.info("cancel requested: the handler is told (ctx.cancelled)",
                          extra={"fields": log_fields(r.job, grace_s=self.settings.cancel_grace_s)})
@@ -169,7 +183,10 @@ class Worker:
         for queue, batch in by_queue.items():
             started: list[Running] = []
             now = time.monotonic()
-            for verdict in self.channel.start(queue, batch):
+            verdicts: list[Verdict] = []  # none if the queue's master is down (cluster): its entries get reclaimed
+            with self.channel.outages.guard(queue):
+                verdicts = self.channel.start(queue, batch)
+            for verdict in verdicts:
                 if isinstance(verdict, Run):
                     started.append(self.inflight.add(verdict.job, now))
                 else:
@@ -197,8 +214,8 @@ class Worker:
         by_queue: dict[str, list[Job]] = defaultdict(list)
         for job in self.inflight.jobs():
             by_queue[job.queue].append(job)
-        for queue, batch in by_queue.items():
-            for entry in self.channel.heartbeat(queue, batch):
+        for queue, lost in self._each(list(by_queue), lambda q: (q, self.channel.heartbeat(q, by_queue[q]))):
+            for entry in lost:
                 if self.inflight.is_running(entry):  # else it just finished: its outcome acknowledged the entry
                     log.warning(
                         "lease lost (reclaimed by another worker?)", extra={"fields": {"queue": queue, "entry": entry}}

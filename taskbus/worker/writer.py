@@ -38,19 +38,24 @@ class OutcomeWriter:
         self.metrics = metrics
         self.give_up_at = float("inf")  # set at shutdown: stop retrying after the grace period
         self._outcomes: queues.SimpleQueue[Item] = queues.SimpleQueue()
+        # On a cluster, a thread per queue: one whose master is down retries alone while the
+        # other queues' outcomes are written (each queue lives on one master).
+        self._lanes: dict[str, queues.SimpleQueue[Item]] = (
+            {q: queues.SimpleQueue() for q in settings.queues} if channel.outages.per_queue else {})
 
     def put(self, running: Running, kind: OutcomeKind, body: bytes) -> None:
-        self._outcomes.put((running, kind, body))
+        self._lanes.get(running.job.queue, self._outcomes).put((running, kind, body))
 
     def start(self) -> None:
-        threading.Thread(target=self._loop, daemon=True, name="writer").start()
+        for name, lane in self._lanes.items() or [("", self._outcomes)]:
+            threading.Thread(target=self._loop, args=(lane,), daemon=True, name=f"writer{name and '-'}{name}").start()
 
-    def _loop(self) -> None:
+    def _loop(self, outcomes: queues.SimpleQueue[Item]) -> None:
         while True:
-            batch = [self._outcomes.get()]
+            batch = [outcomes.get()]
             while len(batch) < WRITE_BATCH:
                 try:
-                    batch.append(self._outcomes.get_nowait())
+                    batch.append(outcomes.get_nowait())
                 except queues.Empty:
                     break
             by_queue: dict[str, list[Item]] = defaultdict(list)

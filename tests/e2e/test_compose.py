@@ -3,7 +3,8 @@ fields and their defaults. Nothing is built here (no Docker engine); the files a
 the HTTP health probes are run against a real function.
 
 The `kafka` profile adds a Kafka broker and a CHANNEL=kafka twin of each function; the twins are
-checked by the same tests as the default functions, plus their own."""
+checked by the same tests as the default functions, plus their own. The `cluster` profile (a 3+3
+Redis Cluster and REDIS_CLUSTER=true twins) is checked in test_compose_cluster.py."""
 
 from __future__ import annotations
 
@@ -207,7 +208,7 @@ def test_the_stack_is_redis_plus_each_service_of_the_command_table() -> None:
 
 
 def test_the_kafka_profile_is_a_broker_plus_a_kafka_twin_of_each_function() -> None:
-    in_profile = {name for name in compose()["services"] if profiles(name)}
+    in_profile = {name for name in compose()["services"] if KAFKA_PROFILE in profiles(name)}
     assert in_profile == {KAFKA_BROKER, "enqueue-kafka", "status-kafka", "worker-kafka"}
     for name in in_profile:
         assert profiles(name) == [KAFKA_PROFILE], f"{name} must be in the kafka profile only"

@@ -53,6 +53,7 @@ class KafkaChannel:
         self.client = connect(settings, max_connections=settings.concurrency + SPARE_CONNECTIONS)
         self.scripts = Scripts(self.client)
         self.fences = Fences(settings, consumer, self.client, self.scripts, handlers)
+        self.outages = self.fences.outages  # never per queue: one consumer reads every queue's topic
         self.outlet = KafkaOutlet(settings, self.scripts)
         self.book = OffsetBook()
         self.group = GroupMember(settings, consumer, self.book, on_gone=self._gone)
