@@ -1,4 +1,5 @@
-"""The session's Redis Cluster (`testkit.rcluster`: 3 masters + 3 replicas of the embedded
+"""The operator core and the Python client on the session's Valkey (`admin`, `client`), and
+the session's Redis Cluster (`testkit.rcluster`: 3 masters + 3 replicas of the embedded
 Valkey), started on first use by the cluster tests (`test_cluster.py`, `test_cluster_channel.py`),
 and the settings that point taskbus at it. Tests isolate by key prefix and queue name (a cluster
 has only db 0)."""
@@ -12,11 +13,26 @@ import pytest
 import redis
 
 from local.embedded import free_port
+from taskbus.admin import Admin
+from taskbus.client import Client
 from taskbus.settings import Settings
 from testkit.rcluster import ValkeyCluster, queues_on_masters
 from testkit.settings import FAST
 
 RUN = uuid.uuid4().hex[:8]
+
+
+@pytest.fixture
+def admin(settings: Settings) -> Iterator[Admin]:
+    a = Admin(settings)
+    yield a
+    a.close()
+
+
+@pytest.fixture
+def client(settings: Settings) -> Iterator[Client]:
+    with Client(settings) as c:
+        yield c
 
 
 @pytest.fixture(scope="session")

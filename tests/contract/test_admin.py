@@ -10,7 +10,6 @@ import signal
 import sys
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,23 +19,8 @@ from taskbus.admin import Admin
 from taskbus.admin.redrive import Redrives
 from taskbus.client import Client
 from taskbus.errors import Conflict, NotFound, ValidationError
-from taskbus.settings import Settings
 from testkit.env import env_of
 from testkit.procs import Proc, wait_until
-
-
-@pytest.fixture
-def admin(settings: Settings) -> Iterator[Admin]:
-    a = Admin(settings)
-    yield a
-    a.close()
-
-
-@pytest.fixture
-def client(settings: Settings) -> Iterator[Client]:
-    c = Client(settings)
-    yield c
-    c.close()
 
 
 def key() -> str:

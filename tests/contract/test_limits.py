@@ -8,7 +8,6 @@ from __future__ import annotations
 import signal
 import time
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -23,13 +22,6 @@ from testkit.client import status
 from testkit.procs import wait_until
 
 LIMITS = "tests.handlers_limits"
-
-
-@pytest.fixture
-def client(settings: Settings) -> Iterator[Client]:
-    c = Client(settings)
-    yield c
-    c.close()
 
 
 @pytest.fixture

@@ -4,30 +4,13 @@ consumer's reads, starts and finishes on the level streams keep them consistent.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 
-from taskbus.admin import Admin
 from taskbus.channel import Outcome, Run
 from taskbus.channel.streams import StreamsChannel
 from taskbus.client import Client
 from taskbus.errors import ValidationError
-from taskbus.settings import Settings
 from testkit.procs import wait_until
-
-
-@pytest.fixture
-def admin(settings: Settings) -> Iterator[Admin]:
-    a = Admin(settings)
-    yield a
-    a.close()
-
-
-@pytest.fixture
-def client(settings: Settings) -> Iterator[Client]:
-    with Client(settings) as c:
-        yield c
 
 
 def enqueue(client: Client, queue: str, n: int, priority: int | None = None) -> list[str]:
