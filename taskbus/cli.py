@@ -14,7 +14,7 @@ import threading
 
 import click
 
-from taskbus import cli_ops, cli_schedules, preflight, serving
+from taskbus import cli_ops, cli_redrive, cli_schedules, preflight, serving
 
 ENVIRONMENT = (
     "Configured by environment variables only (REDIS_URL, QUEUES, CONCURRENCY, ...: see the README's "
@@ -92,5 +92,5 @@ def worker(ctx: click.Context) -> None:
     sys.exit(run_worker(stop))
 
 
-for _command in [*cli_ops.COMMANDS, cli_schedules.schedules]:
+for _command in [*cli_ops.COMMANDS, cli_redrive.redrive, cli_schedules.schedules]:
     main.add_command(_command)
