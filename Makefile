@@ -15,11 +15,15 @@ $(VENV)/.installed: requirements.txt requirements-runtime.txt requirements-dev.t
 	touch $@
 
 # System tools some tests drive (Debian packages): libfaketime for the clock-skew scenario,
-# Chromium for the dashboard's browser tests (Playwright drives it; never its own download).
+# redis-cli (redis-tools) for the compose cluster profile's init script, Chromium for the
+# dashboard's browser tests (Playwright drives it; never its own download).
 tools:
 	@command -v faketime >/dev/null || { [ "$$(id -u)" = 0 ] && \
 	  { apt-get install -y -q faketime >/dev/null 2>&1 || { apt-get update -q >/dev/null && apt-get install -y -q faketime >/dev/null; }; }; } || \
 	  echo "faketime is missing and could not be installed: the clock_skew scenario will fail"
+	@command -v redis-cli >/dev/null || { [ "$$(id -u)" = 0 ] && \
+	  { apt-get install -y -q redis-tools >/dev/null 2>&1 || { apt-get update -q >/dev/null && apt-get install -y -q redis-tools >/dev/null; }; }; } || \
+	  echo "redis-cli is missing and could not be installed: the compose cluster profile's init test will fail"
 	@test -x /usr/bin/chromium || { [ "$$(id -u)" = 0 ] && \
 	  { apt-get install -y -q chromium >/dev/null 2>&1 || { apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null; }; }; } || \
 	  echo "chromium is missing and could not be installed: the dashboard's browser tests will fail"
