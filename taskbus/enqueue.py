@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
+import anyio.to_thread
+from redis.commands.core import AsyncScript
+
 from taskbus import codec
 from taskbus.channel import Outlet, Recorded, Target, open_outlet
 from taskbus.keys import Keys
 from taskbus.settings import Settings
-from taskbus.state.client import connect, unavailable_on_redis_errors
+from taskbus.state.client import LoopClient, connect, unavailable_on_redis_errors
 from taskbus.state.scripts import Scripts
 from taskbus.task import DEFAULT_PRIORITY, QUEUED, TaskSpec, new_id
 
@@ -27,6 +30,12 @@ class Enqueuer:
         self.scripts = Scripts(self.client)
         self.outlet = outlet or open_outlet(settings, self.scripts)
         self._noted: set[str] = set()  # queues this process has added to the console's index
+        # The ASGI path awaits the script itself when it is the whole enqueue: Redis Streams, no
+        # fsync or replica wait, standalone Redis (a cluster's redirections are the sync client's).
+        fsync, replicas = settings.enqueue_fsync, settings.enqueue_replicas
+        self.inline = self.outlet.alone and not (fsync or replicas or settings.cluster)
+        self._loop_client = LoopClient(settings) if self.inline else None
+        self._async_enqueue: AsyncScript | None = None  # enqueue.lua for asyncio clients (any loop's)
 
     def enqueue(
         self, spec: TaskSpec, idempotency_key: str | None = None, idempotency_ttl_s: int | None = None,
@@ -62,6 +71,28 @@ class Enqueuer:
             )
             self._note(list(by_queue))
             return self._with_current_status(results)
+
+    async def enqueue_async(
+        self, spec: TaskSpec, idempotency_key: str | None = None, idempotency_ttl_s: int | None = None,
+        traceparent: str | None = None,
+    ) -> Result:
+        """`enqueue` for the event loop: when the script is the whole enqueue (`inline`), one
+        awaited EVALSHA (a replay adds one read, a queue new to this process one SADD); else
+        `enqueue` on a worker thread of the loop's pool."""
+        if self._loop_client is None:
+            return await anyio.to_thread.run_sync(self.enqueue, spec, idempotency_key, idempotency_ttl_s, traceparent)
+        client = self._loop_client.get()
+        keys, args = self._call(spec.queue, [(spec, idempotency_key)], idempotency_ttl_s, traceparent)
+        with unavailable_on_redis_errors():
+            if self._async_enqueue is None:
+                self._async_enqueue = client.register_script(self.scripts.enqueue.script)
+            [(found, created, status)] = await self._async_enqueue(keys=keys, args=args, client=client)
+            if not created:
+                status = await client.hget(self.keys.task(found), "status") or "unknown"
+            if spec.queue not in self._noted:
+                await client.sadd(self.keys.queue_index(), spec.queue)
+                self._noted.add(spec.queue)
+        return found, status, bool(created)
 
     def _note(self, queues: list[str]) -> None:
         """Add queues seen for the first time to the index the console lists (once per process)."""

@@ -174,7 +174,11 @@ class Recorded:
 
 
 class Outlet(Protocol):
-    """The producer half: what the enqueue function does besides writing the task's state."""
+    """The producer half: what the enqueue function does besides writing the task's state.
+    `alone`: `prepare` and `recorded` do nothing, so the enqueue script is the whole enqueue
+    (the ASGI path then awaits it on the event loop instead of a thread)."""
+
+    alone: bool
 
     def target(self, queue: str) -> Target:
         """Where the enqueue and promote scripts put a task that is due now."""

@@ -38,6 +38,8 @@ SPARE_CONNECTIONS = 8  # beyond one per runner: the control loop, the writer, he
 class StreamsOutlet:
     """Enqueue XADDs the entry in the same script that writes the task: nothing else to do."""
 
+    alone = True
+
     def __init__(self, settings: Settings) -> None:
         self.keys = Keys(settings.key_prefix)
 

@@ -183,7 +183,8 @@ class Service:
 
     async def handle_async(self, request: Request, read: AsyncReader) -> Response:
         """The ASGI path: the body is awaited; an endpoint without an `_async` twin (it calls
-        the sync Redis client or the Kafka producer) runs on a worker thread."""
+        the sync Redis client or the Kafka producer) runs on a worker thread of the loop's pool,
+        sized `threads` (a twin may use that pool too)."""
         started = time.perf_counter()
         plan = None
         try:
@@ -191,16 +192,15 @@ class Service:
             request = dataclasses.replace(request, actor=plan.actor)
             if plan.body is not None:
                 request = dataclasses.replace(request, body=await read(request))
+            limiter = anyio.to_thread.current_default_thread_limiter()  # one per event loop
+            if limiter.total_tokens != self.threads:
+                limiter.total_tokens = self.threads
             twin = getattr(self.api, f"{plan.endpoint}_async", None)
             if twin is not None:
                 response: Response = await twin(request, **plan.args)
             else:
                 endpoint = self.scrape if plan.endpoint == METRICS_ENDPOINT else getattr(self.api, plan.endpoint)
-                call = functools.partial(endpoint, request, **plan.args)
-                limiter = anyio.to_thread.current_default_thread_limiter()  # one per event loop
-                if limiter.total_tokens != self.threads:
-                    limiter.total_tokens = self.threads
-                response = await anyio.to_thread.run_sync(call)
+                response = await anyio.to_thread.run_sync(functools.partial(endpoint, request, **plan.args))
         except Exception as exc:
             response = self.error(request, exc)
         if self.metrics is not None:

@@ -62,7 +62,12 @@ class EnqueueAPI:
 
     def create(self, request: Request) -> Response:
         spec = self._spec(json_body(request))
-        return self._submit(request, spec, lambda task_id, status: {"id": task_id, "status": status})
+        return self._submit(request, spec, _created)
+
+    async def create_async(self, request: Request) -> Response:
+        """The ASGI path's `create`: the same rules, the enqueue awaited on the loop."""
+        spec = self._spec(json_body(request))
+        return await self._submit_async(request, spec, _created)
 
     def create_batch(self, request: Request) -> Response:
         """`{"tasks": [...]}`, up to MAX_BATCH: each item enqueued atomically or refused alone
@@ -95,27 +100,34 @@ class EnqueueAPI:
 
     def enqueue_legacy(self, request: Request) -> Response:
         """The blog design's route: any JSON object becomes the payload of a `default` task."""
+        return self._submit(request, self._legacy_spec(request), _published)
+
+    async def enqueue_legacy_async(self, request: Request) -> Response:
+        return await self._submit_async(request, self._legacy_spec(request), _published)
+
+    def _legacy_spec(self, request: Request) -> TaskSpec:
         body = json_body(request)
         if not isinstance(body, dict):
             raise ValidationError("body", "must be a JSON object")
-        spec = TaskSpec(
+        return TaskSpec(
             type="default",
             payload=body,
             max_attempts=self.settings.default_max_attempts,
             timeout_s=self.settings.default_timeout_s,
             defaults=DEFAULTABLE,
         )
-        return self._submit(
-            request,
-            spec,
-            lambda task_id, status: {"message": "Task published", "task_id": task_id, "id": task_id, "status": status},
-        )
 
     def _submit(self, request: Request, spec: TaskSpec, shape: Shape) -> Response:
-        key = request.headers.get("Idempotency-Key")
-        if key is not None:
-            check_idempotency_key("Idempotency-Key", key)
-        return self._accepted(request, spec, key, None, shape)
+        return self._accepted(request, spec, _idempotency_key(request), None, shape)
+
+    async def _submit_async(self, request: Request, spec: TaskSpec, shape: Shape) -> Response:
+        key = _idempotency_key(request)
+        if self.tracer is None:
+            return self._answer(spec, await self.enqueuer.enqueue_async(spec, key), shape)
+        with tracing.sending(self.tracer, request.headers, [spec.queue], 1) as span:
+            result = await self.enqueuer.enqueue_async(spec, key, traceparent=tracing.traceparent(span))
+            span.set_attribute("messaging.message.id", result[0])
+        return self._answer(spec, result, shape)
 
     def _enqueue_many(self, request: Request, items: list[Item]) -> list[Result]:
         """The batch route's enqueue: one `send` span for the whole batch while tracing is on."""
@@ -161,7 +173,7 @@ class EnqueueAPI:
         dedupe = f"webhook:{src.name}:{verified.delivery_id}" if verified.delivery_id else None
         response = self._accepted(
             request, spec, dedupe, self.settings.webhook_dedupe_ttl_s,
-            lambda task_id, status: {"id": task_id, "status": status},
+            _created,
         )
         if self.metrics is not None:
             self.metrics.webhook(src.name, "accepted" if response.status == 202 else "duplicate")
@@ -170,11 +182,15 @@ class EnqueueAPI:
     def _accepted(self, request: Request, spec: TaskSpec, key: str | None, ttl_s: int | None,
                   shape: Shape) -> Response:
         if self.tracer is None:
-            task_id, status, created = self.enqueuer.enqueue(spec, key, ttl_s)
-        else:
-            with tracing.sending(self.tracer, request.headers, [spec.queue], 1) as span:
-                task_id, status, created = self.enqueuer.enqueue(spec, key, ttl_s, tracing.traceparent(span))
-                span.set_attribute("messaging.message.id", task_id)
+            return self._answer(spec, self.enqueuer.enqueue(spec, key, ttl_s), shape)
+        with tracing.sending(self.tracer, request.headers, [spec.queue], 1) as span:
+            result = self.enqueuer.enqueue(spec, key, ttl_s, tracing.traceparent(span))
+            span.set_attribute("messaging.message.id", result[0])
+        return self._answer(spec, result, shape)
+
+    def _answer(self, spec: TaskSpec, result: Result, shape: Shape) -> Response:
+        """202 with the new task's id and status URL (200 for an idempotent replay)."""
+        task_id, status, created = result
         if created and self.metrics is not None:
             self.metrics.enqueued(spec.queue)
         url = status_url(self.settings, task_id)
@@ -204,6 +220,22 @@ class EnqueueAPI:
         self.enqueuer.ping()
         self.reader.ping()
         return json_response({"status": "ok"})
+
+
+def _created(task_id: str, status: str) -> dict[str, Any]:
+    return {"id": task_id, "status": status}
+
+
+def _published(task_id: str, status: str) -> dict[str, Any]:
+    """The blog design's answer, with ours beside it."""
+    return {"message": "Task published", "task_id": task_id, "id": task_id, "status": status}
+
+
+def _idempotency_key(request: Request) -> str | None:
+    key = request.headers.get("Idempotency-Key")
+    if key is not None:
+        check_idempotency_key("Idempotency-Key", key)
+    return key
 
 
 def make_service(settings: Settings) -> Service:

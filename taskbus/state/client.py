@@ -8,12 +8,14 @@ the few paths that differ on a cluster (`taskbus.state.cluster`) ask `is_cluster
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 from collections.abc import Iterator
 from typing import Any, cast
 from urllib.parse import urlsplit, urlunsplit
 
+import hiredis
 import redis
 import redis.asyncio
 import redis.asyncio.cluster
@@ -104,12 +106,45 @@ def connect_async(settings: Settings, *, socket_timeout_s: float | None = None,
         return cast(redis.asyncio.Redis, client)
     pool = redis.asyncio.BlockingConnectionPool.from_url(
         settings.redis_url,
+        connection_class=PackedConnection,  # a rediss:// or unix:// URL sets its own
         max_connections=max_connections or settings.redis_max_connections,
         timeout=pool_wait_s or settings.redis_socket_timeout_s,
         retry=retry,
         **options,
     )
     return redis.asyncio.Redis(connection_pool=pool)
+
+
+class PackedConnection(redis.asyncio.Connection):
+    """redis-py's asyncio connection packs commands in Python (about 6 µs per argument: an
+    enqueue's 20 cost more than the rest of the request); its sync connection uses hiredis's C
+    packer, and so does this one. (A `rediss://` or `unix://` URL keeps redis-py's class.)"""
+
+    def pack_command(self, *args: Any) -> list[bytes]:
+        if isinstance(args[0], str):
+            args = (*args[0].encode().split(), *args[1:])
+        try:
+            return [hiredis.pack_command(args)]
+        except TypeError as exc:
+            raise redis.DataError(str(exc)) from exc
+
+
+class LoopClient:
+    """`connect_async`'s client for the running event loop, made on first use in each loop: an
+    asyncio connection belongs to the loop that opened it (a gunicorn worker has one loop; a
+    test may run several one after the other)."""
+
+    def __init__(self, settings: Settings, **options: Any) -> None:
+        self.settings = settings
+        self.options = options
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._client: redis.asyncio.Redis | None = None
+
+    def get(self) -> redis.asyncio.Redis:
+        loop = asyncio.get_running_loop()
+        if self._client is None or self._loop is not loop:
+            self._loop, self._client = loop, connect_async(self.settings, **self.options)
+        return self._client
 
 
 def connect_async_node(settings: Settings, host: str, port: int, max_connections: int) -> redis.asyncio.Redis:

@@ -405,6 +405,36 @@ def test_asgi_long_polls_hold_no_thread(base_settings: Settings, function_server
         proc.kill()
 
 
+def test_asgi_enqueue_awaits_redis_on_its_event_loop(base_settings: Settings, tmp_path: Path, r: redis.Redis) -> None:
+    """On the ASGI path `POST /tasks` awaits its one Redis script on the event loop: 64
+    clients at once (half of them replaying an Idempotency-Key, which adds a read) are all
+    answered while the process starts no thread. Through the thread pool they would start up
+    to ENQUEUE_THREADS (16 here) threads."""
+    settings = dataclasses.replace(base_settings, enqueue_port=free_port(), web_workers=1, enqueue_threads=16)
+    proc, url = start_function("enqueue", settings, tmp_path, env={"SERVE_PATH": "asgi"})
+    queue = f"q-{uuid.uuid4().hex[:12]}"
+    try:
+        children = psutil.Process(proc.pid).children(recursive=True)
+        worker = next(p for p in children if "gunicorn" in " ".join(p.cmdline()))
+        threads = worker.num_threads()  # after /healthz (which runs on the pool's first thread)
+
+        async def post_all() -> list[httpx.Response]:
+            async with httpx.AsyncClient(timeout=10, limits=httpx.Limits(max_connections=64)) as http:
+                return await asyncio.gather(*(
+                    http.post(f"{url}/tasks", json={"type": "t", "queue": queue},
+                              headers={"Idempotency-Key": f"k{i % 32}"}) for i in range(64)))
+
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:  # a runner's Playwright owns this thread's loop
+            replies = pool.submit(asyncio.run, post_all()).result()
+        assert sorted({reply.status_code for reply in replies}) == [200, 202]
+        assert len({reply.json()["id"] for reply in replies}) == 32  # each key: one task, replayed once
+        assert {reply.json()["status"] for reply in replies} == {"queued"}
+        assert r.xlen(KEYS.stream(queue)) == 32
+        assert worker.num_threads() == threads
+    finally:
+        proc.kill()
+
+
 def test_a_long_poll_whose_client_left_stops_waiting(function_servers: Callable[[str], dict[str, str]],
                                                       r: redis.Redis) -> None:
     """ASGI path (the session's default pair): a `?wait=30` client that closes its connection

@@ -28,6 +28,8 @@ SWEEP_BATCH = 500
 
 
 class KafkaOutlet:
+    alone = False  # the record is produced after the script
+
     def __init__(self, settings: Settings, scripts: Scripts) -> None:
         self.settings = settings
         self.keys = Keys(settings.key_prefix)
