@@ -124,9 +124,9 @@ def start_servers(stack: Stack, m: Metrics) -> list[Target]:
     `taskbus serve` offers (`Stack.enqueue_targets`), the two bare functions-framework
     functions, the blog app. A server that does not start is left out (and named in the errors)."""
     out: list[Target] = []
-    for name, target in enqueue_targets():
-        proc, base, _ = stack.taskbus_function(target)
-        label = f"taskbus `serve {target}` ({describe_server(proc)})"
+    for name, target, flags in enqueue_targets():
+        proc, base, _ = stack.taskbus_function(target, *flags)
+        label = f"taskbus `serve {' '.join((target, *flags))}` ({describe_server(proc)})"
         out.append(Target(name, label, base + "/tasks", proc))
     peers = (
         ("ff_asgi", "bare ff ASGI fn, 1 SET (gunicorn+uvicorn ×2)", start_ff_asgi, "/"),

@@ -40,17 +40,17 @@ KEYS = Keys(PREFIX)  # key names of every queue the bench uses
 WEB_WORKERS = 2  # processes of every taskbus function the bench serves
 
 
-def enqueue_targets() -> list[tuple[str, str]]:
-    """(metric name, `taskbus serve` target) of every enqueue target the command table offers:
-    `enqueue` (whatever it runs: the rows follow the default serving path), then any second
-    name for the same function (e.g. a WSGI `enqueue-wsgi`), as row `taskbus_<suffix>`.
-    Today's table (taskbus.serving.FUNCTIONS) has `enqueue` alone; a target the table does not
-    list can be added here in one line, e.g. `out.append(("taskbus_wsgi", "enqueue-wsgi"))`."""
-    out = [("taskbus", "enqueue")]
+def enqueue_targets() -> list[tuple[str, str, tuple[str, ...]]]:
+    """(metric name, `taskbus serve` target, flags) of every enqueue row: `enqueue` on the
+    default serving path (the ASGI one), then `enqueue --wsgi` (the Flask target on gthread,
+    for teams that stay on WSGI), then any other enqueue target the command table
+    (taskbus.serving.FUNCTIONS) offers, as row `taskbus_<suffix>`."""
+    out: list[tuple[str, str, tuple[str, ...]]] = [
+        ("taskbus", "enqueue", ()), ("taskbus_wsgi", "enqueue", ("--wsgi",))]
     for target in getattr(serving, "FUNCTIONS", ()):
         if target != "enqueue" and target.startswith("enqueue"):
             suffix = target.removeprefix("enqueue").strip("-_:.") or target
-            out.append((f"taskbus_{suffix.replace('-', '_')}", target))
+            out.append((f"taskbus_{suffix.replace('-', '_')}", target, ()))
     return out
 
 
@@ -75,7 +75,7 @@ def describe_server(proc: Proc) -> str:
     elif kind == "?" and "uvicorn" in cmd:
         kind = "uvicorn"
     server = "gunicorn " if "gunicorn" in cmd else ""
-    kind = kind.replace("uvicorn_worker.UvicornWorker", "uvicorn workers")
+    kind = kind.replace("uvicorn_worker.UvicornWorker", "uvicorn").replace("taskbus.http.uvicorn.Worker", "uvicorn")
     return f"{server}{kind} ×{max(1, len(tree) - 1)}"
 
 
@@ -257,12 +257,13 @@ class Stack:
     def kafka_workers(self, queue: str, count: int, concurrency: int) -> list[Proc]:
         return self.workers_with(self.kafka_settings(queue, concurrency=concurrency), count, "kafka")
 
-    def taskbus_function(self, name: str, **changes: Any) -> tuple[Proc, str, Settings]:
-        """Start `taskbus serve <name>` (enqueue, status, or another target of the command table)
-        on a free port, WEB_WORKERS=2; returns it once it answers."""
+    def taskbus_function(self, name: str, *flags: str, **changes: Any) -> tuple[Proc, str, Settings]:
+        """Start `taskbus serve <name> [flags]` (enqueue, status, or another target of the command
+        table; `--wsgi`) on a free port, WEB_WORKERS=2; returns it once it answers."""
         port = free_port()
         settings = self.settings(enqueue_port=port, status_port=port, web_workers=WEB_WORKERS, **changes)
         argv = service_argv(name, settings) if name in SERVICES else [*taskbus_executable(), "serve", name]
+        argv += flags
         proc = self.spawn(f"taskbus-{name}", argv, settings)
         base = f"http://127.0.0.1:{port}"
         self.wait_http(proc, base)

@@ -21,7 +21,9 @@ from testkit.client import finished
 from testkit.env import ROOT, clean_env
 from testkit.procs import Proc, stop, wait_healthy
 
-pytestmark = pytest.mark.timeout(240)  # the first test builds the wheel and the venv (about 20 s here)
+# The first test builds the wheel and the venv (about 20 s idle, minutes on a loaded host); with
+# `--dist loadgroup` every test of the module runs on one runner, so the venv is built once.
+pytestmark = [pytest.mark.timeout(240), pytest.mark.xdist_group("package")]
 
 PACKAGE_FILES = ("pyproject.toml", "README.md", "taskbus", "worker_fn")
 TASKS_PY = '''\

@@ -244,6 +244,24 @@ def test_batch_idempotency_key_per_item(api: Api, queue: str) -> None:
     assert first[0]["id"] == first[1]["id"] == again[0]["id"]
 
 
+def test_a_full_batch_is_split_into_script_calls_and_keeps_its_order(api: Api, queue: str, r: redis.Redis) -> None:
+    """1,000 tasks over two queues go as one pipeline of 100-task script calls: every result
+    in request order, a key replayed across two calls returns the first task."""
+    from taskbus.enqueue import CALL_ITEMS
+
+    tasks: list[dict[str, object]] = [{"type": "echo", "queue": f"{queue}-{i % 2}", "payload": {"n": i}}
+                                      for i in range(1000)]
+    tasks[3]["idempotency_key"] = tasks[3 + 2 * CALL_ITEMS + 2]["idempotency_key"] = "same"
+    results = api.enqueue.post("/tasks/batch", json={"tasks": tasks}).json["results"]
+    assert results[3 + 2 * CALL_ITEMS + 2]["id"] == results[3]["id"]
+    assert results[3 + 2 * CALL_ITEMS + 2]["status"] == "queued"
+    assert r.xlen(KEYS.stream(f"{queue}-0")) + r.xlen(KEYS.stream(f"{queue}-1")) == 999
+    for n, res in enumerate(results):
+        assert res["id"].startswith(f"{queue}-{n % 2}~")
+        if n != 3 + 2 * CALL_ITEMS + 2:
+            assert r.hget(KEYS.task(res["id"]), "payload") == f'{{"n":{n}}}'
+
+
 def test_batch_items_of_several_queues(api: Api, queue: str) -> None:
     tasks = [{"type": "echo", "queue": f"{queue}-{i % 3}"} for i in range(9)]
     results = api.enqueue.post("/tasks/batch", json={"tasks": tasks}).json["results"]
