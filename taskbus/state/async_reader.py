@@ -28,16 +28,22 @@ class Subscriptions:
     """Every long-poll of one event loop on one sharded pub/sub connection: a waiter joins its
     task's channel, the channel is subscribed once however many wait on it (and unsubscribed
     when the last one leaves), and one reader task hands each message to the waiters of its
-    channel. Thousands of waiting clients cost one Redis connection, not one each."""
+    channel. Thousands of waiting clients cost one Redis connection, not one each.
 
-    def __init__(self, client: redis.asyncio.Redis, confirm_s: float) -> None:
+    With `coalesce` (standalone Redis), the channels joined in one turn of the event loop are
+    subscribed with one SSUBSCRIBE: a burst of a thousand long-polls is a few commands, not a
+    thousand. (On a cluster one SSUBSCRIBE may only name channels of one slot.)"""
+
+    def __init__(self, client: redis.asyncio.Redis, confirm_s: float, coalesce: bool = False) -> None:
         self.client = client
         self.confirm_s = confirm_s
+        self.coalesce = coalesce
         self._pubsub: Any = None
         self._reader: asyncio.Task[None] | None = None
         self._waiters: dict[str, set[asyncio.Future[None]]] = {}
         self._confirming: dict[str, asyncio.Future[None]] = {}
         self._connecting = asyncio.Lock()
+        self._batch: list[str] | None = None  # channels to subscribe at the end of this loop turn
 
     async def join(self, channel: str) -> asyncio.Future[None]:
         """A future done at the next message on `channel`. Returns once the subscription is
@@ -49,7 +55,7 @@ class Subscriptions:
         try:
             if len(waiters) == 1:  # the first waiter on this channel subscribes
                 self._confirming[channel] = loop.create_future()
-                await (await self._connection()).ssubscribe(channel)
+                await self._subscribe(channel)
             confirming = self._confirming.get(channel)
             if confirming is not None:
                 await asyncio.wait_for(asyncio.shield(confirming), self.confirm_s)
@@ -57,6 +63,27 @@ class Subscriptions:
             await asyncio.shield(self.leave(channel, waiter))
             raise
         return waiter
+
+    async def _subscribe(self, channel: str) -> None:
+        if not self.coalesce:
+            await (await self._connection()).ssubscribe(channel)
+            return
+        if self._batch is not None:  # another join of this turn sends it
+            self._batch.append(channel)
+            return
+        self._batch = batch = [channel]
+        try:
+            await asyncio.sleep(0)  # the other joins of this turn add their channels
+            self._batch = None
+            await (await self._connection()).ssubscribe(*batch)
+        except BaseException as exc:
+            self._batch = None
+            failure = exc if isinstance(exc, redis.RedisError) else redis.ConnectionError(str(exc))
+            for other in batch[1:]:  # their joins wait for a confirmation that will not come
+                confirming = self._confirming.get(other)
+                if confirming is not None and not confirming.done():
+                    confirming.set_exception(failure)
+            raise
 
     def rearm(self, channel: str, waiter: asyncio.Future[None]) -> asyncio.Future[None]:
         """A fresh future for the next message, in place of `waiter` (done), still subscribed."""
@@ -75,7 +102,9 @@ class Subscriptions:
             return
         del self._waiters[channel]
         self._confirming.pop(channel, None)
-        if self._pubsub is not None:
+        if self._batch is not None and channel in self._batch:  # not sent yet: nothing to undo
+            self._batch.remove(channel)
+        elif self._pubsub is not None:
             with contextlib.suppress(redis.RedisError, OSError):
                 await self._pubsub.sunsubscribe(channel)
 
@@ -133,7 +162,7 @@ class Subscriptions:
             with contextlib.suppress(Exception):
                 await self._pubsub.aclose()
         self._pubsub = self._reader = None
-        await self.client.aclose()
+        await self.client.aclose(close_connection_pool=True)
 
 
 class AsyncStatusReader:
@@ -183,7 +212,8 @@ class AsyncStatusReader:
         if name not in self._subscriptions:
             listener = (connect_async(self.settings, max_connections=2) if host is None
                         else connect_async_node(self.settings, host, port, max_connections=2))
-            self._subscriptions[name] = Subscriptions(listener, confirm_s=self.settings.redis_socket_timeout_s)
+            self._subscriptions[name] = Subscriptions(listener, confirm_s=self.settings.redis_socket_timeout_s,
+                                                      coalesce=host is None)
         return self._subscriptions[name]
 
     def drain(self) -> None:
@@ -204,7 +234,8 @@ class AsyncStatusReader:
         """The record once terminal, or as it is when `timeout_s` passes or the process drains.
 
         As `StatusReader.wait`: subscribe first, read the state once the subscription is
-        confirmed, so a change landing in between is always seen."""
+        confirmed, so a change landing in between is always seen. (No read before subscribing:
+        a long-poll is nearly always for a task still running, and that read would be wasted.)"""
         if queue_of(task_id) is None:
             return None
         client = self._clients()
@@ -212,9 +243,10 @@ class AsyncStatusReader:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
         with unavailable_on_redis_errors():
-            record: Any = await self._hgetall(client, task_key)
-            if not record or record.get("status") in TERMINAL or self.draining.is_set():
-                return record or None
+            if self.draining.is_set():
+                return await self.get(task_id)
+            if is_cluster(client):  # the node map, which routes the subscription (once per client)
+                await client.initialize()
             subscriptions = self._subscriptions_of(client, channel)
             try:
                 return await self._wait(client, subscriptions, task_key, channel, deadline)
@@ -258,5 +290,5 @@ class AsyncStatusReader:
         for subscriptions in self._subscriptions.values():
             await subscriptions.close()
         if self._client is not None:
-            await self._client.aclose()
+            await self._client.aclose(close_connection_pool=True)
         self._client, self._subscriptions = None, {}
