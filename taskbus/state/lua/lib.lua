@@ -142,7 +142,9 @@ end
 
 -- Add this call's counts to the queue's ring of 10-second buckets (an hour of them: 361 slots,
 -- fields t<slot> = bucket number, s<slot>/f<slot>/c<slot> = counts), reset when a slot is reused.
+-- The recently finished index is trimmed here, once per call, rather than by each XADD.
 local function flush_tally(now)
+  if Q.recent and next(Q.counts) ~= nil then redis.call('XTRIM', Q.recent, 'MAXLEN', '~', Q.recent_max) end
   if not Q.stats or next(Q.counts) == nil then return end
   local bucket = math.floor(now / 10000)
   local slot = bucket % 361
@@ -178,14 +180,14 @@ end
 
 -- The end of a task's life, after its status is written: kept for the result TTL, counted
 -- (the fences let a task get here once; `terminal_writes` audits that), tallied for the queue,
--- indexed among the recently finished, and announced to long-polls on the task's events
+-- indexed among the recently finished (trimmed by `flush_tally`), and announced to long-polls on the task's events
 -- channel (sharded pub/sub: no memory kept). `announce` is the same without the count, for a
 -- caller that wrote `terminal_writes` in its own HSET.
 local function announce(task, events, status, ttl, id)
   redis.call('EXPIRE', task, ttl)
   redis.call('SPUBLISH', events, status)
   tally(status)
-  if Q.recent then redis.call('XADD', Q.recent, 'MAXLEN', '~', Q.recent_max, '*', 'id', id, 'status', status) end
+  if Q.recent then redis.call('XADD', Q.recent, '*', 'id', id, 'status', status) end  -- trimmed by flush_tally
   if status == 'cancelled' and Q.cancels then redis.call('SREM', Q.cancels, id) end  -- only a cancel is in it
 end
 
