@@ -181,20 +181,21 @@ class Worker:
             else:
                 by_queue[d.queue].append(d)
         for queue, batch in by_queue.items():
-            started: list[Running] = []
             now = time.monotonic()
             verdicts: list[Verdict] = []  # none if the queue's master is down (cluster): its entries get reclaimed
             with self.channel.outages.guard(queue):
                 verdicts = self.channel.start(queue, batch)
+            jobs: list[Job] = []
             for verdict in verdicts:
                 if isinstance(verdict, Run):
-                    started.append(self.inflight.add(verdict.job, now))
+                    jobs.append(verdict.job)
                 else:
                     _log_skip(verdict)
                     if verdict.kind == "dead" and self.metrics is not None:
                         self.metrics.dead_lettered(queue)
                     elif verdict.kind == "throttled" and verdict.reason == "rate":
                         self._promote_by(now)  # it waits in the delayed zset: promote by its time
+            started = self.inflight.add_all(jobs, now)
             if started:
                 if self.metrics is not None:
                     self.metrics.started([r.job for r in started], now_ms())

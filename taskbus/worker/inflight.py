@@ -34,17 +34,26 @@ class InFlight:
         self._running: dict[str, Running] = {}  # by entry, until the outcome is written
         self._busy = 0  # handlers running now (started and not yet settled)
         self.abandoned = 0  # threads left running a timed-out handler
+        # A lower bound of every unsettled attempt's `due()`: the control loop asks for expiries and
+        # the next deadline on every turn, and this answers both without a scan until one is near.
+        self._due_from = float("inf")
 
     def __len__(self) -> int:
         return len(self._running)
 
     def add(self, job: Job, now: float) -> Running:
         """A started attempt: it holds a slot until its handler returns."""
-        running = Running(job, deadline=now + job.timeout_s, started=now)
+        return self.add_all([job], now)[0]
+
+    def add_all(self, jobs: list[Job], now: float) -> list[Running]:
+        """`add` for a started batch, under one lock."""
+        started = [Running(job, deadline=now + job.timeout_s, started=now) for job in jobs]
         with self.cond:
-            self._running[job.entry] = running
-            self._busy += 1
-        return running
+            for running in started:
+                self._running[running.job.entry] = running
+                self._due_from = min(self._due_from, running.deadline)
+            self._busy += len(started)
+        return started
 
     def settle(self, running: Running) -> bool:
         """The handler returned. False when the watchdog already counted it as timed out (the
@@ -61,12 +70,19 @@ class InFlight:
     def expire(self, now: float) -> list[Running]:
         """Settle, as abandoned, the attempts past their deadline."""
         with self.cond:
+            if now < self._due_from:
+                return []
             late = [r for r in self._running.values() if not r.settled and r.due() <= now]
             for r in late:
                 r.settled = r.abandoned = True
                 self.abandoned += 1
                 self._busy -= 1
+            self._due_from = self._scan_due()
         return late
+
+    def _scan_due(self) -> float:
+        """The earliest `due()` of the unsettled attempts (the lock held)."""
+        return min((r.due() for r in self._running.values() if not r.settled), default=float("inf"))
 
     def free(self) -> int:
         """Slots for new deliveries: a slot frees when its handler returns, not when the outcome
@@ -74,8 +90,10 @@ class InFlight:
         return min(self.concurrency - self._busy, MAX_UNWRITTEN - len(self._running))
 
     def next_deadline(self) -> float:
+        """When `expire` may next find something (at the earliest: settled attempts are only
+        forgotten by the scan `expire` does once that time comes)."""
         with self.cond:
-            return min((r.due() for r in self._running.values() if not r.settled), default=float("inf"))
+            return self._due_from
 
     def entries(self) -> set[str]:
         with self.cond:
@@ -110,6 +128,7 @@ class InFlight:
             for r in told:
                 r.cancelled.set()
                 r.cancel_deadline = now + grace_s
+                self._due_from = min(self._due_from, r.cancel_deadline)
             return told
 
     def queues(self) -> set[str]:

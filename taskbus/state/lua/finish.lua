@@ -27,27 +27,29 @@ for i = 1, (#KEYS - 10) / 2 do
   local a = 6 * i + 1
   local entry, id, attempt, outcome, body, delay_ms = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4],
     tonumber(ARGV[a + 5])
-  local f = redis.call('HMGET', task, 'status', 'attempts', 'consumer', 'type', 'terminal_writes',
-    'cancel_requested_ms', 'cancel_by', 'started_ms', 'slot')
+  -- only the fields every outcome needs; the rare paths (retry, failure, cancel) read theirs
+  local f = redis.call('HMGET', task, 'status', 'attempts', 'consumer', 'terminal_writes', 'cancel_requested_ms',
+    'slot')
   if f[2] == attempt and f[3] == consumer and f[1] ~= 'running' and f[1] ~= 'queued' then
     out[i] = f[1]  -- a retried call whose first try landed (its reply was lost): idempotent
   elseif f[1] ~= 'running' or f[2] ~= attempt or f[3] ~= consumer then
     out[i] = false
   else
     if entry ~= '' then acked[#acked + 1] = entry end
-    if f[9] then  -- a limited type's slot (Kafka: its waiter goes through the delayed zset)
+    if f[6] then  -- a limited type's slot (Kafka: its waiter goes through the delayed zset)
       L.target, L.kind = entry ~= '' and stream or KEYS[2], entry ~= '' and 'stream' or 'delayed'
       release_slot(id)
       redis.call('HDEL', task, 'slot')
     end
-    local writes = (tonumber(f[5]) or 0) + 1  -- `terminal`'s count, in the same HSET
-    if f[6] or outcome == 'cancelled' then
+    local writes = (tonumber(f[4]) or 0) + 1  -- `terminal`'s count, in the same HSET
+    if f[5] or outcome == 'cancelled' then
+      local more = redis.call('HMGET', task, 'cancel_by', 'started_ms')
       if outcome ~= 'cancelled' then  -- what the handler did, kept in the history
-        record_attempt(task, attempt, consumer, f[8], now, outcome == 'retry' and 'failed' or outcome,
+        record_attempt(task, attempt, consumer, more[2], now, outcome == 'retry' and 'failed' or outcome,
           outcome ~= 'succeeded' and body or nil)
       end
       local err = cjson.encode({type = 'Cancelled', traceback = cjson.null,
-        message = 'cancelled while running (by ' .. (f[7] or 'the worker') .. ')'})
+        message = 'cancelled while running (by ' .. (more[1] or 'the worker') .. ')'})
       redis.call('HSET', task, 'status', 'cancelled', 'error', err, 'finished_ms', now, 'terminal_writes', writes)
       announce(task, events, 'cancelled', ARGV[3], id)
       out[i] = 'cancelled'
@@ -57,14 +59,14 @@ for i = 1, (#KEYS - 10) / 2 do
       announce(task, events, 'succeeded', ARGV[3], id)
       out[i] = 'succeeded'
     elseif outcome == 'retry' then  -- not announced: long-polls wait for terminal states only
-      record_attempt(task, attempt, consumer, f[8], now, 'retried', body)
+      record_attempt(task, attempt, consumer, redis.call('HGET', task, 'started_ms'), now, 'retried', body)
       redis.call('HSET', task, 'status', 'scheduled', 'error', body)
       redis.call('ZADD', KEYS[2], now + delay_ms, id)
       redis.call('EXPIRE', task, ARGV[4])
       out[i] = 'scheduled'
     else
       redis.call('HSET', task, 'status', 'failed', 'error', body, 'finished_ms', now, 'terminal_writes', writes)
-      dead_letter(KEYS[3], ARGV[5], id, f[4], f[2], body, nil, task)
+      dead_letter(KEYS[3], ARGV[5], id, redis.call('HGET', task, 'type'), f[2], body, nil, task)
       announce(task, events, 'failed', ARGV[3], id)
       out[i] = 'failed'
     end

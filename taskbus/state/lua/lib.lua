@@ -142,7 +142,9 @@ end
 
 -- Add this call's counts to the queue's ring of 10-second buckets (an hour of them: 361 slots,
 -- fields t<slot> = bucket number, s<slot>/f<slot>/c<slot> = counts), reset when a slot is reused.
+-- The recently finished index is trimmed here, once per call, rather than by each XADD.
 local function flush_tally(now)
+  if Q.recent and next(Q.counts) ~= nil then redis.call('XTRIM', Q.recent, 'MAXLEN', '~', Q.recent_max) end
   if not Q.stats or next(Q.counts) == nil then return end
   local bucket = math.floor(now / 10000)
   local slot = bucket % 361
@@ -166,10 +168,9 @@ local function begin_attempt(task, f, consumer, now, field, value, extra, tracep
     record_attempt(task, f[2], last[1], last[2], now, 'lost', cjson.encode({type = 'WorkerLost',
       message = 'the worker running this attempt died or lost its lease'}))
   end
-  if extra then
+  if extra then  -- `defaults` emptied in the same HSET (no HDEL: one command less per first start)
     redis.call('HSET', task, 'status', 'running', 'attempts', attempt, 'started_ms', now,
-      'consumer', consumer, field, value, unpack(extra))
-    redis.call('HDEL', task, 'defaults')
+      'consumer', consumer, field, value, 'defaults', '', unpack(extra))
   else
     redis.call('HSET', task, 'status', 'running', 'attempts', attempt, 'started_ms', now,
       'consumer', consumer, field, value)
@@ -179,14 +180,14 @@ end
 
 -- The end of a task's life, after its status is written: kept for the result TTL, counted
 -- (the fences let a task get here once; `terminal_writes` audits that), tallied for the queue,
--- indexed among the recently finished, and announced to long-polls on the task's events
+-- indexed among the recently finished (trimmed by `flush_tally`), and announced to long-polls on the task's events
 -- channel (sharded pub/sub: no memory kept). `announce` is the same without the count, for a
 -- caller that wrote `terminal_writes` in its own HSET.
 local function announce(task, events, status, ttl, id)
   redis.call('EXPIRE', task, ttl)
   redis.call('SPUBLISH', events, status)
   tally(status)
-  if Q.recent then redis.call('XADD', Q.recent, 'MAXLEN', '~', Q.recent_max, '*', 'id', id, 'status', status) end
+  if Q.recent then redis.call('XADD', Q.recent, '*', 'id', id, 'status', status) end  -- trimmed by flush_tally
   if status == 'cancelled' and Q.cancels then redis.call('SREM', Q.cancels, id) end  -- only a cancel is in it
 end
 
@@ -272,11 +273,11 @@ local function handler_of(handlers, task_type)
 end
 
 -- The first start of a task gives the fields its request left out (`left_out`: the task's
--- `defaults` field, nil when none is left) the handler's own defaults `d`. Keeps `f` (status,
+-- `defaults` field, nil or '' when none is left) the handler's own defaults `d`. Keeps `f` (status,
 -- attempts, max_attempts, type, payload, timeout_s) in step and returns the field/value pairs to
--- write (`begin_attempt` writes them and deletes `defaults`), or nil when nothing was left out.
+-- write (`begin_attempt` writes them and empties `defaults`), or nil when nothing was left out.
 local function defaults_for(f, d, left_out)
-  if not left_out then return nil end
+  if not left_out or left_out == '' then return nil end
   local extra = {}
   for field in string.gmatch(left_out, '[^,]+') do
     if field == 'max_attempts' and d[1] > 0 then
@@ -293,8 +294,7 @@ end
 -- `defaults_for`'s pairs written on their own (a start that does not begin an attempt).
 local function write_defaults(task, extra)
   if not extra then return end
-  if #extra > 0 then redis.call('HSET', task, unpack(extra)) end
-  redis.call('HDEL', task, 'defaults')
+  redis.call('HSET', task, 'defaults', '', unpack(extra))
 end
 
 -- Whether a worker seen since `since` (server ms) advertises a handler for `type` in the queue's

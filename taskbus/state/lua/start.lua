@@ -43,8 +43,9 @@ for i = 1, n do
     out[i] = {'lost'}
   else
     mine[entry] = nil  -- an entry listed twice is started once
+    -- only the fields of the common path (the cancel and flow-control paths read theirs there)
     local f = redis.call('HMGET', task, 'status', 'attempts', 'max_attempts', 'type', 'payload', 'timeout_s',
-      'defaults', 'cancel_requested_ms', 'cancel_by', 'traceparent', 'ckey', 'rate_paid')
+      'defaults', 'cancel_requested_ms', 'traceparent')
     local handler = f[4] and handler_of(handlers, f[4])
     if not f[1] then
       acked[#acked + 1] = entry
@@ -56,7 +57,8 @@ for i = 1, n do
       out[i] = {'done'}
     elseif f[1] == 'running' and f[8] then
       acked[#acked + 1] = entry
-      cancel_now(task, events, id, now, f[9] or '', ARGV[3], 'cancelled while running; its worker vanished')
+      local by = redis.call('HGET', task, 'cancel_by')
+      cancel_now(task, events, id, now, by or '', ARGV[3], 'cancelled while running; its worker vanished')
       release_slot(id)
       out[i] = {'done'}
     elseif paused then
@@ -80,12 +82,16 @@ for i = 1, n do
         release_slot(id)
         out[i] = {'dead', 'WorkerLost'}
       else
-        local held_back = limited(handler) and admit(task, id, entry, f, handler, delayed, now, f[11], f[12])
+        local held_back = false
+        if limited(handler) then
+          local lim = redis.call('HMGET', task, 'ckey', 'rate_paid')
+          held_back = admit(task, id, entry, f, handler, delayed, now, lim[1], lim[2])
+        end
         if held_back then
           acked[#acked + 1] = entry
           out[i] = held_back
         else
-          out[i] = begin_attempt(task, f, consumer, now, 'entry', entry, extra, f[10])
+          out[i] = begin_attempt(task, f, consumer, now, 'entry', entry, extra, f[9])
         end
       end
     end
