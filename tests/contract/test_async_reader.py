@@ -24,7 +24,8 @@ def calls(r: redis.Redis, command: str) -> int:
 def test_a_burst_of_long_polls_is_subscribed_in_one_command_and_each_wakes(
         base_settings: Settings, fresh_valkey: Callable[..., EmbeddedServer]) -> None:
     """500 long-polls started in the same loop turn: one SSUBSCRIBE for all their channels, one
-    HGETALL each once subscribed (none before), and every one wakes with its finished task."""
+    HGETALL each once subscribed (none before), every one wakes with its finished task, and
+    every channel is unsubscribed once its long-poll has answered."""
     server = fresh_valkey(appendonly=False)
     settings = dataclasses.replace(base_settings, redis_url=server.url)
     keys = Keys(settings.key_prefix)
@@ -33,7 +34,7 @@ def test_a_burst_of_long_polls_is_subscribed_in_one_command_and_each_wakes(
     for task_id in ids:
         r.hset(keys.task(task_id), mapping={"id": task_id, "status": "running"})
 
-    async def burst() -> tuple[list[dict[str, str] | None], int, int]:
+    async def burst() -> tuple[list[dict[str, str] | None], int, int, int]:
         reader = AsyncStatusReader(settings)
         waits = [asyncio.ensure_future(reader.wait(task_id, 20)) for task_id in ids]
         while len(r.pubsub_shardchannels("*events*")) < len(ids) or calls(r, "hgetall") < len(ids):
@@ -43,12 +44,17 @@ def test_a_burst_of_long_polls_is_subscribed_in_one_command_and_each_wakes(
             r.hset(keys.task(task_id), "status", "succeeded")
             r.spublish(keys.events(task_id), "succeeded")
         records = await asyncio.wait_for(asyncio.gather(*waits), 20)
+        deadline = asyncio.get_running_loop().time() + 10
+        while r.pubsub_shardchannels("*events*") and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.02)  # each answered long-poll unsubscribes after its answer
+        left = len(r.pubsub_shardchannels("*events*"))
         await reader.close()
-        return records, subscribes, reads
+        return records, subscribes, reads, left
 
     with concurrent.futures.ThreadPoolExecutor(1) as pool:  # a runner's Playwright owns this thread's loop
-        records, subscribes, reads = pool.submit(asyncio.run, burst()).result()
+        records, subscribes, reads, left = pool.submit(asyncio.run, burst()).result()
     assert [record["status"] if record else None for record in records] == ["succeeded"] * len(ids)
     assert subscribes == 1
     assert reads == len(ids)
+    assert left == 0
     r.close()
