@@ -13,7 +13,13 @@ import redis.asyncio
 
 from taskbus.keys import Keys
 from taskbus.settings import Settings
-from taskbus.state.client import connect_async, connect_async_node, is_cluster, unavailable_on_redis_errors
+from taskbus.state.client import (
+    LoopClient,
+    connect_async,
+    connect_async_node,
+    is_cluster,
+    unavailable_on_redis_errors,
+)
 from taskbus.task import TERMINAL, queue_of
 
 # How long the one reader of the shared subscription waits per read (below the socket timeout).
@@ -166,29 +172,28 @@ class Subscriptions:
 
 
 class AsyncStatusReader:
-    """Clients are made per event loop (an asyncio connection belongs to the loop that opened
-    it: a gunicorn worker has one loop, a test client may start several)."""
+    """Clients are made per event loop (`LoopClient`), and with each its subscriptions and drain
+    signal: a gunicorn worker has one loop, a test client may start several."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.keys = Keys(settings.key_prefix)
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._client: redis.asyncio.Redis | None = None
+        self._loop_client = LoopClient(settings, pool_wait_s=POOL_WAIT_S)
+        self._client: redis.asyncio.Redis | None = None  # the current loop's, with the state below
         self._subscriptions: dict[str, Subscriptions] = {}  # by node name; one ("") on standalone
         self._gate: asyncio.Semaphore | None = None
         self.draining = asyncio.Event()  # set on SIGTERM: every long-poll answers now
 
     def _clients(self) -> redis.asyncio.Redis:
-        loop = asyncio.get_running_loop()
-        if self._client is None or self._loop is not loop:
-            self._loop = loop
+        client = self._loop_client.get()
+        if client is not self._client:  # the first use in this event loop
+            self._client = client
             self.draining = asyncio.Event()
-            self._client = connect_async(self.settings, pool_wait_s=POOL_WAIT_S)
             self._subscriptions = {}
             # redis-py's asyncio cluster fails a command at once when a node's connections are all
             # in use (no blocking pool): requests queue here instead, as they do for the pool.
             self._gate = asyncio.Semaphore(self.settings.redis_max_connections) if self.settings.cluster else None
-        return self._client
+        return client
 
     async def _hgetall(self, client: redis.asyncio.Redis, key: str) -> Any:
         if self._gate is None:
@@ -218,8 +223,9 @@ class AsyncStatusReader:
 
     def drain(self) -> None:
         """Wake every long-poll so it answers with the task as it is (call from any thread)."""
-        if self._loop is not None and not self._loop.is_closed():
-            self._loop.call_soon_threadsafe(self.draining.set)
+        loop = self._loop_client.loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(self.draining.set)
 
     async def get(self, task_id: str) -> dict[str, str] | None:
         """The stored record of a task, or None when unknown, expired or not a task id."""

@@ -136,14 +136,15 @@ class LoopClient:
 
     def __init__(self, settings: Settings, **options: Any) -> None:
         self.settings = settings
-        self.options = options
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self.options = options  # connect_async's
+        self.loop: asyncio.AbstractEventLoop | None = None  # the loop of the latest client
         self._client: redis.asyncio.Redis | None = None
 
     def get(self) -> redis.asyncio.Redis:
+        """The running loop's client (a new one in a loop not seen last)."""
         loop = asyncio.get_running_loop()
-        if self._client is None or self._loop is not loop:
-            self._loop, self._client = loop, connect_async(self.settings, **self.options)
+        if self._client is None or self.loop is not loop:
+            self.loop, self._client = loop, connect_async(self.settings, **self.options)
         return self._client
 
 
