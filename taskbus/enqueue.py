@@ -60,14 +60,14 @@ class Enqueuer:
         for index, (spec, _) in enumerate(items):
             by_queue.setdefault(spec.queue, []).append(index)
         self.outlet.prepare(list(by_queue))  # before any write: a 503 here leaves no state behind
-        chunks = [indexes[i:i + CALL_ITEMS] for indexes in by_queue.values()
+        chunks = [(queue, indexes[i:i + CALL_ITEMS]) for queue, indexes in by_queue.items()
                   for i in range(0, len(indexes), CALL_ITEMS)]
-        calls = [self._call(items[chunk[0]][0].queue, [items[i] for i in chunk], idempotency_ttl_s, traceparent)
-                 for chunk in chunks]
+        calls = [self._call(queue, [items[i] for i in chunk], idempotency_ttl_s, traceparent)
+                 for queue, chunk in chunks]
         with unavailable_on_redis_errors():
             replies = self._run(calls)
             results: list[Result] = [("", "", False)] * len(items)
-            for indexes, reply in zip(chunks, replies):
+            for (_, indexes), reply in zip(chunks, replies):
                 for index, (found, created, status) in zip(indexes, reply):
                     results[index] = (found, status, bool(created))
             self.outlet.recorded(

@@ -41,12 +41,8 @@ class InFlight:
     def __len__(self) -> int:
         return len(self._running)
 
-    def add(self, job: Job, now: float) -> Running:
-        """A started attempt: it holds a slot until its handler returns."""
-        return self.add_all([job], now)[0]
-
     def add_all(self, jobs: list[Job], now: float) -> list[Running]:
-        """`add` for a started batch, under one lock."""
+        """A started batch, under one lock: each attempt holds a slot until its handler returns."""
         started = [Running(job, deadline=now + job.timeout_s, started=now) for job in jobs]
         with self.cond:
             for running in started:
